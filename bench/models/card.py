@@ -1,0 +1,114 @@
+"""The model card schema: what a model is, where its weights come from, how it was trained."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bench.cards import canonical_hash, locate, read_card, validate
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Architecture(Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RobustBenchSource(Strict):
+    name: str
+    dataset: str = "cifar10"
+    threat_model: str = "Linf"
+
+
+class Weights(Strict):
+    """Exactly one source. ``file`` is relative to the card's folder; files and URLs need a sha256."""
+
+    file: str | None = None
+    url: str | None = None
+    robustbench: RobustBenchSource | None = None
+    entry_point: str | None = None
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Weights":
+        sources = [s for s in ("file", "url", "robustbench", "entry_point") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"give exactly one of file, url, robustbench, entry_point (got {sources or 'none'})")
+        if sources[0] in ("file", "url"):
+            if self.sha256 is None:
+                raise ValueError(f"weights.{sources[0]} needs a sha256 (run `sha256sum FILE`)")
+            if not SHA256.match(self.sha256):
+                raise ValueError("sha256 must be 64 lower-case hex digits")
+        if self.entry_point is not None and not re.match(r"^[\w.]+:\w+$", self.entry_point):
+            raise ValueError("entry_point must look like package.module:factory")
+        return self
+
+
+class Normalization(Strict):
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _positive(self) -> "Normalization":
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ValueError("mean and std need one entry per channel, std > 0")
+        return self
+
+
+class Recipe(Strict):
+    name: str
+    seed: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCard(Strict):
+    id: str
+    dataset: str
+    task: Literal["classifier", "vae"] = "classifier"
+    architecture: Architecture | None = None
+    weights: Weights | None = None
+    normalization: Normalization | None = None
+    recipe: Recipe | None = None
+    paper: str | None = None
+    license: str | None = None
+    description: str | None = None
+    version: int = 1
+    # Set by the loader, not written in YAML: the folder that relative weight paths start from.
+    source_dir: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "ModelCard":
+        if self.architecture is None and (self.weights is None or self.weights.entry_point is None):
+            raise ValueError("an architecture is needed unless weights come from an entry_point")
+        if self.weights is None and self.recipe is None:
+            raise ValueError("the card has neither weights nor a training recipe")
+        return self
+
+    @property
+    def hash(self) -> str:
+        return canonical_hash(self.model_dump(mode="json"))
+
+    @property
+    def training_hash(self) -> str:
+        """Identity of a trained result: only what changes the trained weights."""
+        return canonical_hash(self.model_dump(mode="json", include={"dataset", "architecture", "normalization", "recipe"}))
+
+    @property
+    def weights_path(self) -> Path | None:
+        if self.weights is None or self.weights.file is None:
+            return None
+        return Path(self.source_dir or ".") / self.weights.file
+
+
+def load_model_card(name: str | Path) -> ModelCard:
+    path = locate("model", name)
+    data = read_card(path)
+    data.setdefault("id", path.stem)
+    return validate(ModelCard, {**data, "source_dir": str(path.parent)}, f"model card {path}")

@@ -1,0 +1,142 @@
+"""Weight sources (local file, URL + sha256, RobustBench zoo, Python entry point) and safe loading.
+
+Weight files are untrusted: safetensors, or ``torch.load(weights_only=True)``, always after a
+sha256 check. A pickle that would run code is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.errors import WeightsError
+
+
+def cache_dir(kind: str) -> Path:
+    """$BENCH_CACHE/<kind>, default ~/.cache/bench/<kind>."""
+    root = os.environ.get("BENCH_CACHE")
+    path = (Path(root).expanduser() if root else Path.home() / ".cache" / "bench") / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, what: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise WeightsError(f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}",
+                           "the file is corrupted or not the one the card names; re-download it or fix the card's sha256")
+
+
+def download(url: str, sha256: str) -> Path:
+    """Download once into the cache, keyed by sha256; the file is checked before it is kept."""
+    suffix = Path(urllib.request.urlparse(url).path).suffix or ".bin"
+    target = cache_dir("weights") / f"{sha256}{suffix}"
+    if target.is_file():
+        verify_sha256(target, sha256, url)
+        return target
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out)
+        verify_sha256(Path(tmp), sha256, url)
+        os.replace(tmp, target)
+    except OSError as err:
+        raise WeightsError(f"could not download {url}: {err}",
+                           "check the network, or download the file by hand and point the card's weights.file at it") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read tensors only: safetensors, or a torch file through the weights-only unpickler."""
+    if not path.is_file():
+        raise WeightsError(f"weight file {path} does not exist",
+                           "check weights.file in the card (it is relative to the card's folder), or run `bench train`")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise WeightsError(f"{path} is not a valid safetensors file: {err}", "re-download or re-create it") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(f"refused to load {path}: it holds Python objects beyond tensors, which could run code "
+                           "when unpickled", "save only the state_dict (torch.save(model.state_dict(), f)) or "
+                           "convert it to safetensors") from err
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise WeightsError(f"{path} is not a readable torch weight file: {err}", "re-download or re-create it") from err
+    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict", "save model.state_dict()")
+    return state
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel checkpoints
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        summary = str(err).splitlines()[0]
+        raise WeightsError(f"weights of {what} do not fit its architecture: {summary}",
+                           "check architecture.name and kwargs in the card against the checkpoint") from err
+
+
+def load_entry_point(spec: str, kwargs: dict) -> nn.Module:
+    """``package.module:factory`` called with the architecture kwargs; must return an nn.Module."""
+    module_name, attr = spec.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise WeightsError(f"entry point {spec} cannot be imported: {err}",
+                           "install the package that provides it, or fix weights.entry_point") from err
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise WeightsError(f"entry point {spec} returned {type(model).__name__}, not an nn.Module",
+                           "make the factory return the model")
+    return model
+
+
+def load_robustbench(name: str, dataset: str, threat_model: str) -> nn.Module:
+    """A RobustBench zoo model (needs the optional robustbench package and the network)."""
+    import sys
+
+    try:
+        import pyautoattack
+        import pyautoattack.state
+
+        # robustbench imports `autoattack`, which no published package provides; pyautoattack is its code.
+        sys.modules.setdefault("autoattack", pyautoattack)
+        sys.modules.setdefault("autoattack.state", pyautoattack.state)
+        from robustbench.utils import load_model
+    except ImportError as err:
+        raise WeightsError(f"RobustBench model {name} needs the robustbench package ({err})",
+                           "pip install robustbench, or download the checkpoint and use weights.file") from err
+    try:
+        return load_model(model_name=name, dataset=dataset, threat_model=threat_model,
+                          model_dir=str(cache_dir("robustbench")))
+    except Exception as err:  # gdown / requests raise many types; all mean "could not fetch"
+        raise WeightsError(f"could not load RobustBench model {name}: {err}",
+                           "check the network and the model name (robustbench.model_zoo lists them)") from err
