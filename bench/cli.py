@@ -131,8 +131,7 @@ def models() -> None:
         except BenchError as err:
             rows.append([card_id, "", "", "", f"[red]invalid: {err.problem}[/]"])
             continue
-        source = next((s for s in ("file", "url", "robustbench", "entry_point") if c.weights and getattr(c.weights, s)),
-                      "trained on first use")
+        source = c.weights.source if c.weights else "trained on first use"
         recipe = c.recipe.name if c.recipe else "-"
         arch = c.architecture.name if c.architecture else "-"
         rows.append([c.id, c.dataset, arch, f"{source} / recipe {recipe}", c.description or ""])

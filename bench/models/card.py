@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from bench.cards import canonical_hash, locate, read_card, validate
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SOURCES = ("file", "package_file", "url", "robustbench", "entry_point")
 
 
 class Strict(BaseModel):
@@ -28,9 +29,14 @@ class RobustBenchSource(Strict):
 
 
 class Weights(Strict):
-    """Exactly one source. ``file`` is relative to the card's folder; files and URLs need a sha256."""
+    """Exactly one source, each file-like source with a sha256.
+
+    ``file`` is relative to the card's folder; ``package_file`` is ``package/path/inside`` of an
+    installed package (weights that ship in a wheel); ``url`` is downloaded once and cached.
+    """
 
     file: str | None = None
+    package_file: str | None = None
     url: str | None = None
     robustbench: RobustBenchSource | None = None
     entry_point: str | None = None
@@ -38,17 +44,29 @@ class Weights(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "Weights":
-        sources = [s for s in ("file", "url", "robustbench", "entry_point") if getattr(self, s) is not None]
+        sources = [s for s in SOURCES if getattr(self, s) is not None]
         if len(sources) != 1:
-            raise ValueError(f"give exactly one of file, url, robustbench, entry_point (got {sources or 'none'})")
-        if sources[0] in ("file", "url"):
+            raise ValueError(f"give exactly one of {', '.join(SOURCES)} (got {sources or 'none'})")
+        if sources[0] in ("file", "package_file", "url"):
             if self.sha256 is None:
                 raise ValueError(f"weights.{sources[0]} needs a sha256 (run `sha256sum FILE`)")
             if not SHA256.match(self.sha256):
                 raise ValueError("sha256 must be 64 lower-case hex digits")
+        if self.package_file is not None and "/" not in self.package_file:
+            raise ValueError("package_file must look like package/path/to/file")
         if self.entry_point is not None and not re.match(r"^[\w.]+:\w+$", self.entry_point):
             raise ValueError("entry_point must look like package.module:factory")
         return self
+
+
+    @property
+    def source(self) -> str:
+        return next(s for s in SOURCES if getattr(self, s) is not None)
+
+    @property
+    def builds_model(self) -> bool:
+        """RobustBench and entry points build the model themselves; other sources fill an architecture."""
+        return self.source in ("robustbench", "entry_point")
 
 
 class Normalization(Strict):
@@ -85,8 +103,8 @@ class ModelCard(Strict):
 
     @model_validator(mode="after")
     def _buildable(self) -> "ModelCard":
-        if self.architecture is None and (self.weights is None or self.weights.entry_point is None):
-            raise ValueError("an architecture is needed unless weights come from an entry_point")
+        if self.architecture is None and (self.weights is None or self.weights.builds_model is False):
+            raise ValueError("an architecture is needed unless weights come from robustbench or an entry_point")
         if self.weights is None and self.recipe is None:
             raise ValueError("the card has neither weights nor a training recipe")
         return self
@@ -102,9 +120,20 @@ class ModelCard(Strict):
 
     @property
     def weights_path(self) -> Path | None:
-        if self.weights is None or self.weights.file is None:
+        """The local weight file for file and package_file sources (None for others)."""
+        if self.weights is None:
             return None
-        return Path(self.source_dir or ".") / self.weights.file
+        if self.weights.file is not None:
+            return Path(self.source_dir or ".") / self.weights.file
+        if self.weights.package_file is not None:
+            import importlib.util
+
+            package, _, inner = self.weights.package_file.partition("/")
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                return Path(f"<package {package} is not installed>") / inner
+            return Path(spec.submodule_search_locations[0]) / inner
+        return None
 
 
 def load_model_card(name: str | Path) -> ModelCard:

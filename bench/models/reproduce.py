@@ -11,6 +11,7 @@ from bench.attacks.pgd_core import pgd
 from bench.data import load_dataset, subset_indices
 from bench.models import weights as W
 from bench.models.card import ModelCard
+from bench.models.recipes import PGDParams, make_recipe
 
 
 def _load(card: ModelCard, path: Path, device: torch.device) -> nn.Module:
@@ -29,11 +30,11 @@ def quick_metrics(card: ModelCard, path: Path, *, device: torch.device, n_robust
     correct = sum(int((predict(model, test.x[i:i + 1000].to(device)) == test.y[i:i + 1000].to(device)).sum())
                   for i in range(0, len(test), 1000))
     out = {"clean_acc": correct / len(test)}
-    params = card.recipe.params if card.recipe else {}
-    if "eps" in params:
+    params = make_recipe(card.recipe.name, card.recipe.params, card.id).params if card.recipe else None
+    if isinstance(params, PGDParams):
         idx = subset_indices(len(test), min(n_robust, len(test)))
         x, y = test.x[idx].to(device), test.y[idx].to(device)
-        x_adv = pgd(model, x, y, norm=params.get("norm", "Linf"), eps=params["eps"], steps=40,
-                    step_size=2.5 * params["eps"] / 40, gen=torch.Generator().manual_seed(0))
+        x_adv = pgd(model, x, y, norm=params.norm, eps=params.eps, steps=40, step_size=2.5 * params.eps / 40,
+                    gen=torch.Generator().manual_seed(0))
         out["pgd40_acc"] = float((predict(model, x_adv) == y).float().mean())
     return out

