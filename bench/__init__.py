@@ -9,7 +9,7 @@ The Python API mirrors the CLI::
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "leaderboard",
+__all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "board",
            "BenchError"]
 
 from bench.errors import BenchError
@@ -59,9 +59,9 @@ def list_threats() -> list[str]:
     return list(catalogue("threat"))
 
 
-def leaderboard(*, dataset: str | None = None, threat: str | None = None, results=None):
-    """The leaderboard as a pandas DataFrame."""
-    from bench.leaderboard import leaderboard as board
+def board(*, dataset: str | None = None, threat: str | None = None, results=None):
+    """The leaderboard as a pandas DataFrame (`bench board` in the CLI)."""
+    from bench.leaderboard import leaderboard
     from bench.store import Store
 
-    return board(Store(results), dataset, threat)
+    return leaderboard(Store(results), dataset, threat)

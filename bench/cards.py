@@ -50,6 +50,8 @@ def read_card(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CardError(f"{path}: a card must be a YAML mapping", "write it as `key: value` lines")
     include = data.pop("include", None)
+    if include is not None and not isinstance(include, str):
+        raise CardError(f"{path}: include must be one file name, got {include!r}", "write include: _base.yaml")
     if include is not None:
         data = _merge(read_card(path.parent / include, _seen + (path,)), data)
     return data

@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from bench.attacks import ThreatCard
-from bench.data import load_dataset
-from bench.models.archs import small_cnn
+from bench.testing import threat_card as threat  # noqa: F401  (tests import it from here)
+from bench.testing import tiny_digits_model
 
 
 @pytest.fixture(scope="session")
@@ -28,18 +26,7 @@ def isolated_env(monkeypatch, tmp_path, session_cache):
 
 @pytest.fixture(scope="session")
 def digits_model() -> torch.nn.Module:
-    """A small CNN trained (not robustly) on 8x8 digits in about a second: ~90% clean accuracy."""
-    torch.manual_seed(0)
-    train = load_dataset("digits", "train")
-    model = small_cnn(input_size=8)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(30):
-        for i in range(0, len(train), 64):
-            loss = F.cross_entropy(model(train.x[i:i + 64]), train.y[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return tiny_digits_model()
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +42,6 @@ def digits_card(digits_model, tmp_path_factory) -> Path:
         "id: digits-cnn\ndataset: digits\narchitecture: {name: small-cnn, kwargs: {input_size: 8}}\n"
         f"weights: {{file: digits-cnn.safetensors, sha256: {sha256_file(weights)}}}\n")
     return card
-
-
-def threat(family: str, card_id: str | None = None, **params) -> ThreatCard:
-    return ThreatCard(id=card_id or f"test-{family}", family=family, params=params)
 
 
 def write_threat(folder: Path, family: str, **params) -> Path:

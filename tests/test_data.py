@@ -114,6 +114,28 @@ def test_mnist_files_that_disagree_are_a_data_error(tmp_path, fresh_cache):
         load_dataset("mnist", "test", root=tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bad magic", "not 28x28"])
+def test_malformed_mnist_files_are_a_data_error(tmp_path, fresh_cache, damage):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx(raw, np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.uint8), "test", gz=False)
+    images = raw / "t10k-images-idx3-ubyte"
+    payload = images.read_bytes()
+    images.write_bytes({"truncated": payload[:-100], "bad magic": b"\x00\x00\x09\x03" + payload[4:],
+                        "not 28x28": struct.pack(">IIII", 0x803, 4, 14, 56) + payload[16:]}[damage])
+    with pytest.raises(DataError, match="replace it"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_changing_bench_data_is_not_hidden_by_the_cache(tmp_path, fresh_cache, monkeypatch):
+    for n, name in ((5, "a"), (7, "b")):
+        _write_idx(tmp_path / name / "MNIST" / "raw", np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.uint8),
+                   "test", gz=False)
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "a"))
+    assert len(load_dataset("mnist", "test")) == 5
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "b"))
+    assert len(load_dataset("mnist", "test")) == 7
+
+
 def test_mnist_missing_everywhere_says_how_to_get_it(tmp_path, fresh_cache, monkeypatch):
     real_find_spec = importlib.util.find_spec
 

@@ -106,7 +106,7 @@ def test_bare_module_through_the_api(digits_model, tmp_path):
         expected = (digits_model(x).argmax(1) == y).float().mean().item()
     assert summary.model == "my-net" and summary.n == 50
     assert summary.clean_acc == pytest.approx(expected) and summary.robust_acc == summary.clean_acc
-    assert bench.leaderboard(results=tmp_path).model.tolist() == ["my-net"]
+    assert bench.board(results=tmp_path).model.tolist() == ["my-net"]
 
 
 def test_module_hash_tracks_weights(digits_model):

@@ -1,6 +1,7 @@
 """The threat card schema: which family, with which parameters, on which datasets."""
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +20,8 @@ def _parse_eps(value: Any) -> float:
             raise ValueError(f"eps {value!r} is not a number or a fraction such as 8/255") from err
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"eps must be a number, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"eps must be positive, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"eps must be a positive finite number, got {value}")
     return float(value)
 
 
@@ -46,7 +47,8 @@ class ThreatCard(BaseModel):
         """Protocol identity: the family, its validated parameters and the version, not the prose."""
         from bench.attacks import family_class
 
-        params = family_class(self.family, self.id).Params.model_validate(self.params).model_dump(mode="json")
+        schema = family_class(self.family, self.id).Params
+        params = validate(schema, self.params, f"threat card {self.id} params").model_dump(mode="json")
         return canonical_hash({"family": self.family, "version": self.version, "params": params})
 
 

@@ -68,7 +68,7 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None)
     """Load a whole split. Results are cached per process; tensors are shared, do not modify them."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
-    key = (name, split, str(root))
+    key = (name, split, str(data_root(root)))
     if key not in _CACHE:
         if name.startswith("folder:"):
             from bench.data.folder import load_folder

@@ -26,10 +26,20 @@ def _candidate_dirs(root: Path | None) -> list[Path]:
     return dirs
 
 
-def _read_idx(path: Path, header: int) -> np.ndarray:
+def _read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """An IDX file of unsigned bytes whose items have ``shape`` (() for labels, (28, 28) for images)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+        raw = f.read()
+    ndim = 1 + len(shape)
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:4] != bytes([0, 0, 8, ndim]):
+        raise DataError(f"{path} is not an IDX file of {ndim}-d unsigned bytes", "replace it with the original MNIST file")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    if dims[1:] != shape or len(raw) != header + int(np.prod(dims)):
+        raise DataError(f"{path} holds {dims} (and {len(raw) - header} data bytes), expected (N, *{shape})",
+                        "the file is truncated or not MNIST; replace it with the original")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -45,8 +55,8 @@ def load_mnist(split: str, root: Path | None) -> Dataset:
     for directory in _candidate_dirs(root):
         images, labels = _find(directory, images_name), _find(directory, labels_name)
         if images and labels:
-            x = _read_idx(images, 16).reshape(-1, 1, 28, 28)
-            y = _read_idx(labels, 8)
+            x = _read_idx(images, (28, 28))[:, None]
+            y = _read_idx(labels, ())
             if len(x) != len(y):
                 raise DataError(f"MNIST files in {directory} disagree: {len(x)} images, {len(y)} labels",
                                 "replace them with the original IDX files")

@@ -35,7 +35,7 @@ def _wrap(card: ModelCard, net: nn.Module) -> nn.Module:
 
 def trained_path(card: ModelCard) -> Path:
     """Where `bench train` puts this card's weights: keyed by the training hash."""
-    return W.cache_dir("models") / f"{card.id}-{card.training_hash[:16]}.safetensors"
+    return W.cache_dir("models") / f"{W.safe_filename(card.id)}-{card.training_hash[:16]}.safetensors"
 
 
 def _weights_file(card: ModelCard) -> tuple[Path, str]:

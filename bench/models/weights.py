@@ -9,8 +9,10 @@ import hashlib
 import importlib
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +20,11 @@ import torch
 from torch import nn
 
 from bench.errors import WeightsError
+
+
+def safe_filename(card_id: str) -> str:
+    """A card id as a file name: ids may contain '/', file names may not."""
+    return re.sub(r"[^\w.-]", "_", card_id)
 
 
 def cache_dir(kind: str) -> Path:
@@ -56,7 +63,11 @@ def download(url: str, sha256: str) -> Path:
             shutil.copyfileobj(response, out)
         verify_sha256(Path(tmp), sha256, url)
         os.replace(tmp, target)
-    except OSError as err:
+    except urllib.error.HTTPError as err:
+        err.close()  # an HTTPError holds the open response
+        raise WeightsError(f"could not download {url}: HTTP {err.code} {err.reason}",
+                           "check the URL in the card, or download the file and use weights.file") from None
+    except (OSError, ValueError) as err:  # ValueError: a malformed URL
         raise WeightsError(f"could not download {url}: {err}",
                            "check the network, or download the file by hand and point the card's weights.file at it") from err
     finally:
@@ -81,9 +92,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise WeightsError(f"refused to load {path}: it holds Python objects beyond tensors, which could run code "
-                           "when unpickled", "save only the state_dict (torch.save(model.state_dict(), f)) or "
-                           "convert it to safetensors") from err
+        blocked = re.search(r"GLOBAL (\S+)", str(err))  # torch names the object it refused to build
+        if blocked:
+            raise WeightsError(f"refused to load {path}: it holds Python objects beyond tensors ({blocked[1]}), "
+                               "which could run code when unpickled", "save only the state_dict "
+                               "(torch.save(model.state_dict(), f)) or convert it to safetensors") from err
+        raise WeightsError(f"{path} is not a readable torch weight file", "re-download or re-create it") from err
     except (RuntimeError, EOFError, ValueError) as err:
         raise WeightsError(f"{path} is not a readable torch weight file: {err}", "re-download or re-create it") from err
     for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
