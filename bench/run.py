@@ -66,7 +66,7 @@ class Summary:
             f"time             {self.seconds:7.1f} s   ({self.examples_per_s:.1f} examples/s)",
         ]
         if self.stats:
-            lines.append("per attack       " + ", ".join(f"{k} {v}" for k, v in sorted(self.stats.items())))
+            lines.append("per attack       " + ", ".join(f"{k} {v}" for k, v in self.stats.items()))
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"results          {self.results} (run {self.run_id})")
         return "\n".join(lines)

