@@ -523,3 +523,19 @@ def test_training_a_card_without_a_recipe_is_a_card_error(tmp_path):
     card = write_card(tmp_path, {"file": "w.safetensors", "sha256": sha256_file(weights)})
     with pytest.raises(CardError, match="no training recipe"):
         train(card)
+
+
+def test_robustbench_card_without_the_package_says_how_to_get_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_robustbench(name, *args, **kwargs):
+        if name.startswith("robustbench"):
+            raise ImportError("No module named 'robustbench'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_robustbench)
+    with pytest.raises(WeightsError) as err:
+        create("cifar10-wrn-28-10-carmon2019")
+    assert "Carmon2019Unlabeled" in err.value.problem and "pip install robustbench" in err.value.fix
