@@ -52,6 +52,14 @@ def test_non_robust_model_falls_to_about_zero(digits_model, tmp_path, family, pa
     assert s.robust_acc <= 0.03
 
 
+@pytest.mark.parametrize("norm, eps", [("L2", 2.0), ("L1", 12.0)])
+def test_autoattack_l2_and_l1_break_a_non_robust_model_within_budget(digits_model, tmp_path, norm, eps):
+    # the adapter re-checks every returned point against the norm ball, so passing means in-budget
+    s = evaluate(digits_model, threat("autoattack", norm=norm, eps=eps, version="custom", attacks=["apgd-ce"]),
+                 dataset="digits", n=50, batch_size=50, results=tmp_path, progress=False)
+    assert s.clean_acc > 0.85 and s.robust_acc <= 0.05
+
+
 def test_autoattack_is_never_weaker_than_pgd_on_the_same_points(digits_model, tmp_path):
     kw = dict(dataset="digits", n=100, batch_size=100, results=tmp_path, progress=False)
     for eps in (0.05, 0.1):
