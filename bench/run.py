@@ -84,6 +84,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _module_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """A bare module is evaluated where it lives: bench does not move a caller's module."""
+    own = next((p.device for p in model.parameters()), None)
+    if own is None:
+        return resolve_device(device)
+    if device is None or str(device) == "auto":
+        return own
+    wanted = resolve_device(device)
+    if wanted.type != own.type or (wanted.index is not None and wanted != own):
+        raise BenchError(f"the model is on {own} but device {wanted} was requested",
+                         f"move it first (model.to('{wanted}')) or pass device='{own}'")
+    return own
+
+
 def module_hash(model: nn.Module) -> str:
     """Content identity of a bare module: its class and every tensor in its state dict."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
@@ -110,7 +124,7 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
              batch_size: int = 500, results: str | Path | None = None, data_root: str | Path | None = None,
              model_name: str | None = None, progress: bool = True) -> Summary:
     """Evaluate a model card (or a bare ``nn.Module``) against a threat card; see the module docstring."""
-    dev = resolve_device(device)
+    dev = _module_device(model, device) if isinstance(model, nn.Module) else resolve_device(device)
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be positive, got {batch_size}", "pass e.g. --batch-size 256")
     threat_card, threat_obj = make_threat(threat)

@@ -146,6 +146,18 @@ def test_cuda_without_gpu_is_a_clear_error(digits_model, tmp_path):
         evaluate(digits_model, threat("clean"), dataset="digits", n=10, device="cuda", results=tmp_path)
 
 
+def test_a_bare_module_is_evaluated_where_it_lives(digits_model, tmp_path):
+    s = evaluate(digits_model, threat("clean"), dataset="digits", n=10, device="auto", results=tmp_path,
+                 progress=False)
+    assert Store(tmp_path).run_meta(s.run_id)["device"] == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(BenchError, match="CUDA is not available"):
+            evaluate(digits_model, threat("clean"), dataset="digits", n=10, device="cuda", results=tmp_path)
+    else:
+        with pytest.raises(BenchError, match="model is on cpu"):
+            evaluate(digits_model, threat("clean"), dataset="digits", n=10, device="cuda", results=tmp_path)
+
+
 def test_threat_for_another_dataset_is_refused(digits_model, tmp_path):
     with pytest.raises(BenchError, match="defined for mnist"):
         evaluate(digits_model, "autoattack-linf-0.3", dataset="digits", n=10, results=tmp_path)
