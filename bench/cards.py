@@ -71,6 +71,9 @@ def card_dirs(kind: str) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
+_warned_overrides: set[Path] = set()
+
+
 def catalogue(kind: str) -> dict[str, Path]:
     """Card id -> file, in sorted discovery order; later folders override earlier ones."""
     found: dict[str, Path] = {}
@@ -85,7 +88,8 @@ def catalogue(kind: str) -> dict[str, Path]:
                                 "give one of them another id")
             local[card_id] = path
         for card_id, path in local.items():
-            if card_id in found and i > 0:
+            if card_id in found and i > 0 and path not in _warned_overrides:
+                _warned_overrides.add(path)  # once per process, not on every look-up
                 warnings.warn(f"{path} overrides the {kind} card {card_id!r} from {found[card_id]}", stacklevel=2)
             found[card_id] = path
     return found
