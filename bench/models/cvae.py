@@ -1,0 +1,130 @@
+"""Conditional VAEs that learn perturbation sets (Wong & Kolter, "Learning perturbation sets for
+robust machine learning", ICLR 2021).
+
+prior p(z | x), posterior q(z | x, x~) and generator g(x, z). The set of a point x is the image of
+an L2 ball in prior-standardised coordinates u:  S(x) = { g(x, mu_p(x) + sigma_p(x) * u) : |u| <= eps }.
+u = 0 gives the prior-mean image, not the identity.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOGVAR_MIN, LOGVAR_MAX = math.log(1e-3), math.log(10.0)
+
+
+def bounded_logvar(raw: Tensor) -> Tensor:
+    """Scaled tanh into [log 1e-3, log 10], so no variance collapses or explodes."""
+    mid, half = (LOGVAR_MAX + LOGVAR_MIN) / 2, (LOGVAR_MAX - LOGVAR_MIN) / 2
+    return mid + half * torch.tanh(raw)
+
+
+def kl_normal(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per example, summed over latent dimensions."""
+    kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1)
+    return kl.flatten(1).sum(1)
+
+
+class ConvEncoder(nn.Module):
+    """Images (in_channels, side, side) -> (mu, bounded logvar) of a flat latent."""
+
+    def __init__(self, in_channels: int, side: int, latent: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+        )
+        features = 2 * width * (side // 2) ** 2
+        self.mu, self.logvar = nn.Linear(features, latent), nn.Linear(features, latent)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x)
+        return self.mu(h), bounded_logvar(self.logvar(h))
+
+
+class STNGenerator(nn.Module):
+    """g(x, z) for spatial perturbations: z picks affine warps of x, which a small conv net blends."""
+
+    def __init__(self, channels: int, side: int, latent: int, transforms: int = 3, hidden: int = 64):
+        super().__init__()
+        self.side = side
+        self.zmap = nn.Linear(latent, side * side)
+        self.localizers = nn.ModuleList()
+        for _ in range(transforms):
+            head = nn.Linear(hidden, 6)
+            nn.init.zeros_(head.weight)
+            with torch.no_grad():
+                head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))  # start at the identity warp
+            self.localizers.append(nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), head))
+        self.blend = nn.Sequential(nn.Conv2d(transforms * channels + 1, 32, 5, padding=2), nn.ReLU(),
+                                   nn.Conv2d(32, channels, 5, padding=2))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        from bench.data.pairs import affine_warp
+
+        warped = [affine_warp(x, loc(z).view(-1, 2, 3)) for loc in self.localizers]
+        zmap = self.zmap(z).view(-1, 1, self.side, self.side)
+        return torch.sigmoid(self.blend(torch.cat(warped + [zmap], 1)))
+
+
+class ConvGenerator(nn.Module):
+    """g(x, z) for pixel-wise perturbations: x and a latent map through a small conv net."""
+
+    def __init__(self, channels: int, side: int, latent: int, width: int = 32):
+        super().__init__()
+        self.side = side
+        self.zmap = nn.Linear(latent, side * side)
+        self.net = nn.Sequential(nn.Conv2d(channels + 1, width, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(width, channels, 3, padding=1))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        zmap = self.zmap(z).view(-1, 1, self.side, self.side)
+        return torch.sigmoid(self.net(torch.cat([x, zmap], 1)))
+
+
+class CVAE(nn.Module):
+    def __init__(self, prior: nn.Module, posterior: nn.Module, generator: nn.Module,
+                 likelihood: Literal["bernoulli", "gaussian"]):
+        super().__init__()
+        self.prior, self.posterior, self.generator = prior, posterior, generator
+        self.likelihood = likelihood
+
+    def latent(self, x: Tensor, u: Tensor) -> Tensor:
+        """z = mu_p(x) + sigma_p(x) * u: the point u of the standardised latent ball."""
+        mu_p, logvar_p = self.prior(x)
+        return mu_p + (0.5 * logvar_p).exp() * u
+
+    def perturb(self, x: Tensor, u: Tensor) -> Tensor:
+        """The member g(x, mu_p + sigma_p * u) of x's perturbation set."""
+        return self.generator(x, self.latent(x, u))
+
+    def standardized_distance(self, x: Tensor, x_tilde: Tensor) -> Tensor:
+        """r(x, x~) = |(mu_q - mu_p) / sigma_p|_2: how far in the ball the encoder puts the pair."""
+        mu_p, logvar_p = self.prior(x)
+        mu_q, _ = self.posterior(torch.cat([x, x_tilde], 1))
+        return ((mu_q - mu_p) / (0.5 * logvar_p).exp()).flatten(1).norm(dim=1)
+
+    def loss(self, x: Tensor, x_tilde: Tensor, beta: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(recon + beta * KL, recon, KL), each summed over the batch, with a reparameterised sample."""
+        mu_p, logvar_p = self.prior(x)
+        mu_q, logvar_q = self.posterior(torch.cat([x, x_tilde], 1))
+        eps = torch.randn(mu_q.shape, generator=gen).to(mu_q)
+        out = self.generator(x, mu_q + (0.5 * logvar_q).exp() * eps)
+        if self.likelihood == "bernoulli":
+            recon = F.binary_cross_entropy(out, x_tilde, reduction="sum")
+        else:
+            recon = ((out - x_tilde) ** 2).sum()
+        kl = kl_normal(mu_q, logvar_q, mu_p, logvar_p).sum()
+        return recon + beta * kl, recon, kl
+
+
+def small_cvae(kind: Literal["stn", "conv"], channels: int, side: int, latent: int = 16,
+               likelihood: Literal["bernoulli", "gaussian"] = "bernoulli") -> CVAE:
+    """A CPU-sized CVAE: conv prior and posterior encoders, an STN (spatial) or conv (pixel) generator."""
+    generator = (STNGenerator if kind == "stn" else ConvGenerator)(channels, side, latent)
+    return CVAE(ConvEncoder(channels, side, latent), ConvEncoder(2 * channels, side, latent), generator, likelihood)
