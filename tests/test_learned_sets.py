@@ -126,3 +126,17 @@ def test_latent_attack_beats_its_own_start(cvae, digits_model, digits):
 def test_projection_is_onto_the_ball():
     u = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
     assert torch.allclose(project_ball(u, 1.0), torch.tensor([[0.6, 0.8], [0.3, 0.4]]))
+
+
+def test_quality_metrics_are_ordered_and_seeded(cvae, digits):
+    from bench.models.cvae_quality import encoder_ae, expected_ae, identity_error, pgd_ae
+
+    x, _ = digits
+    x_tilde = rts_pairs(x, torch.Generator().manual_seed(1))
+    enc = encoder_ae(cvae, x, x_tilde, eps=2.0)
+    pgd = pgd_ae(cvae, x, x_tilde, eps=2.0, steps=20)
+    assert (pgd <= enc + 1e-7).all() and (pgd >= 0).all()
+    assert pgd.mean() < enc.mean()  # the descent finds better points than the encoder on average
+    eae = expected_ae(cvae, x, x_tilde, eps=2.0, gen=torch.Generator().manual_seed(0))
+    assert torch.equal(eae, expected_ae(cvae, x, x_tilde, eps=2.0, gen=torch.Generator().manual_seed(0)))
+    assert torch.allclose(identity_error(x, x_tilde), ((x - x_tilde) ** 2).mean((1, 2, 3)))
