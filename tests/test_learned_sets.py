@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from bench.attacks.latent_pgd import latent_pgd, project_ball
+from bench.attacks.latent_pgd import latent_pgd
+from bench.attacks.pgd_core import project_l2
 from bench.data import load_dataset
 from bench.data.pairs import linf_noise_pairs, rts_pairs
 from bench.models.cvae import LOGVAR_MAX, LOGVAR_MIN, bounded_logvar, kl_normal, small_cvae
@@ -125,7 +126,7 @@ def test_latent_attack_beats_its_own_start(cvae, digits_model, digits):
 
 def test_projection_is_onto_the_ball():
     u = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
-    assert torch.allclose(project_ball(u, 1.0), torch.tensor([[0.6, 0.8], [0.3, 0.4]]))
+    assert torch.allclose(project_l2(u, 1.0), torch.tensor([[0.6, 0.8], [0.3, 0.4]]))
 
 
 def test_quality_metrics_are_ordered_and_seeded(cvae, digits):

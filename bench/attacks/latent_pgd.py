@@ -11,22 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.attacks.pgd_core import normalized, project_l2
 from bench.models.cvae import CVAE
-
-
-def _row_norm(u: Tensor) -> Tensor:
-    return u.flatten(1).norm(dim=1).view(-1, *([1] * (u.ndim - 1)))
-
-
-def project_ball(u: Tensor, eps: float) -> Tensor:
-    return u * (eps / _row_norm(u).clamp_min(1e-12)).clamp(max=1.0)
 
 
 def random_start(shape: torch.Size, eps: float, gen: torch.Generator) -> Tensor:
     """A random direction at a radius drawn uniformly from [0, eps] (the paper's start, not uniform in the ball)."""
-    direction = torch.randn(shape, generator=gen)
+    direction = normalized(torch.randn(shape, generator=gen))
     radius = torch.rand(shape[0], generator=gen).view(-1, *([1] * (len(shape) - 1))) * eps
-    return direction / _row_norm(direction).clamp_min(1e-12) * radius
+    return direction * radius
 
 
 def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int,
@@ -56,8 +49,7 @@ def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: 
             grad, = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), u)
             with torch.no_grad():
                 active = (~fooled).view(-1, *([1] * (u.ndim - 1))).to(u)  # early stop per example
-                step = grad / _row_norm(grad).clamp_min(1e-12)
-                u = project_ball(u.detach() + step_size * step * active, eps)
+                u = project_l2(u.detach() + step_size * normalized(grad) * active, eps)
         best[~fooled] = u.detach()[~fooled]
     with torch.no_grad():
         return decode(best), best

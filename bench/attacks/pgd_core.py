@@ -11,8 +11,19 @@ from torch import Tensor, nn
 NORMS = ("Linf", "L2")
 
 
-def _flat_norm(t: Tensor) -> Tensor:
+def row_norm(t: Tensor) -> Tensor:
+    """Per-example L2 norm, shaped to broadcast against t."""
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def normalized(t: Tensor) -> Tensor:
+    """Per-example unit L2 direction (zero rows stay zero): the step of L2 ascent or descent."""
+    return t / row_norm(t).clamp_min(1e-12)
+
+
+def project_l2(t: Tensor, eps: float) -> Tensor:
+    """Per-example projection onto the L2 ball of radius eps around 0."""
+    return t * (eps / row_norm(t).clamp_min(1e-12)).clamp(max=1.0)
 
 
 def _random_start(x: Tensor, norm: str, eps: float, gen: torch.Generator) -> Tensor:
@@ -20,8 +31,7 @@ def _random_start(x: Tensor, norm: str, eps: float, gen: torch.Generator) -> Ten
     if norm == "Linf":
         delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
     else:
-        direction = torch.randn(x.shape, generator=gen)
-        direction = direction / _flat_norm(direction).clamp_min(1e-12)
+        direction = normalized(torch.randn(x.shape, generator=gen))
         radius = torch.rand(len(x), generator=gen) ** (1.0 / x[0].numel())
         delta = direction * eps * radius.view(-1, *([1] * (x.ndim - 1)))
     return delta.to(x.device, x.dtype)
@@ -33,7 +43,7 @@ def project(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> Tensor:
     if norm == "Linf":
         delta = delta.clamp(-eps, eps)
     else:
-        delta = delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        delta = project_l2(delta, eps)
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -80,6 +90,6 @@ def _ascend(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, norm: str, ep
                 newly = (logits.argmax(1) != y) & ~fooled
                 best[newly] = x_adv[newly].detach()
                 fooled |= newly
-            step = grad.sign() if norm == "Linf" else grad / _flat_norm(grad).clamp_min(1e-12)
+            step = grad.sign() if norm == "Linf" else normalized(grad)
             x_adv = project(x_adv.detach() + step_size * step, x, norm, eps)
     return x_adv.detach()

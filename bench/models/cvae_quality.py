@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.attacks.latent_pgd import project_ball
+from bench.attacks.pgd_core import normalized, project_l2
 from bench.models.cvae import CVAE
 
 
@@ -29,7 +29,7 @@ def identity_error(x: Tensor, x_tilde: Tensor) -> Tensor:
 def encoder_point(cvae: CVAE, x: Tensor, x_tilde: Tensor, eps: float) -> Tensor:
     mu_p, logvar_p = cvae.prior(x)
     mu_q, _ = cvae.posterior(torch.cat([x, x_tilde], 1))
-    return project_ball((mu_q - mu_p) / (0.5 * logvar_p).exp(), eps)
+    return project_l2((mu_q - mu_p) / (0.5 * logvar_p).exp(), eps)
 
 
 @torch.no_grad()
@@ -50,14 +50,13 @@ def pgd_ae(cvae: CVAE, x: Tensor, x_tilde: Tensor, eps: float, steps: int = 50,
             break
         grad, = torch.autograd.grad(err.sum(), u)
         with torch.no_grad():
-            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.ndim - 1)))
-            u = project_ball(u - alpha * step, eps)
+            u = project_l2(u - alpha * normalized(grad), eps)
     return best
 
 
 @torch.no_grad()
 def expected_ae(cvae: CVAE, x: Tensor, x_tilde: Tensor, eps: float, gen: torch.Generator, draws: int = 5) -> Tensor:
     mu_p, _ = cvae.prior(x)
-    errors = [_mse(cvae.perturb(x, project_ball(torch.randn(mu_p.shape, generator=gen).to(mu_p), eps)), x_tilde)
+    errors = [_mse(cvae.perturb(x, project_l2(torch.randn(mu_p.shape, generator=gen).to(mu_p), eps)), x_tilde)
               for _ in range(draws)]
     return torch.stack(errors).mean(0)
