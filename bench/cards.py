@@ -8,7 +8,6 @@ built-in card of the same id with a warning. Files whose name starts with ``_`` 
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import CardError
+from bench.errors import CardError, did_you_mean
 
 KINDS = {"model": "models", "threat": "attacks"}
 
@@ -105,10 +104,8 @@ def locate(kind: str, name: str | os.PathLike) -> Path:
         return path
     known = catalogue(kind)
     if text not in known:
-        close = difflib.get_close_matches(text, list(known), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise CardError(f"unknown {kind} {text!r}",
-                        f"{hint}run `bench {'models' if kind == 'model' else 'threats'}` to list them")
+                        f"{did_you_mean(text, known)}run `bench {'models' if kind == 'model' else 'threats'}` to list them")
     return known[text]
 
 

@@ -1,6 +1,15 @@
 """User-facing errors: one line saying what is wrong, one saying how to fix it."""
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The hint "did you mean 'x'? " for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
 
 class BenchError(Exception):
     """An error caused by the user's input or environment, shown without a traceback by the CLI."""

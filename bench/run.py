@@ -143,7 +143,8 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
                          "pick a threat card for this dataset (`bench threats` lists them)")
     data = load_dataset(dataset, "test", data_root)
     positions = subset_indices(len(data), n)
-    run_key = {"model": model_meta["hash"], "threat": threat_card.hash, "dataset": data.name,
+    threat_hash = threat_card.hash  # validates and serialises the card: compute once
+    run_key = {"model": model_meta["hash"], "threat": threat_hash, "dataset": data.name,
                "n": len(positions), "seed": seed}
     run_id = hashlib.sha256(json.dumps(run_key, sort_keys=True).encode()).hexdigest()[:16]
     store = Store(results)
@@ -157,7 +158,7 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     try:
         _attack_remaining(net, threat_obj, data, positions, store, run_id, dict(
             run_id=run_id, model=model_id, model_hash=model_meta["hash"], threat=threat_card.id,
-            threat_hash=threat_card.hash, family=threat_card.family, dataset=data.name, seed=seed,
+            threat_hash=threat_hash, family=threat_card.family, dataset=data.name, seed=seed,
             run_n=len(positions)), seed=seed, device=dev, batch_size=batch_size, progress=progress)
     finally:
         net.train(was_training)

