@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "board",
-           "BenchError"]
+           "perturbation_stats", "evaluate_quality", "BenchError"]
 
 from bench.errors import BenchError
 
@@ -65,3 +65,17 @@ def board(*, dataset: str | None = None, threat: str | None = None, results=None
     from bench.store import Store
 
     return leaderboard(Store(results), dataset, threat)
+
+
+def perturbation_stats(card, *, device="cpu") -> dict[str, float]:
+    """Latent distance statistics of a CVAE card's held-out pairs (mean, std, p25/p50/p75/p99.9, max)."""
+    from bench.models.perturbation_set import cvae_card, latent_stats
+
+    return latent_stats(cvae_card(card, "bench.perturbation_stats"), device=device).summary()
+
+
+def evaluate_quality(cvae, pairs=None, **kwargs):
+    """Set-quality metrics of a CVAE card into the store; see bench.quality.evaluate_quality."""
+    from bench.quality import evaluate_quality as run_quality
+
+    return run_quality(cvae, pairs, **kwargs)

@@ -16,6 +16,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="bench: robustness evaluation of image classifiers and generative models.")
 data_app = typer.Typer(no_args_is_help=True, help="List and fetch datasets.")
 app.add_typer(data_app, name="data")
+perturbation_app = typer.Typer(no_args_is_help=True, help="Learned perturbation sets (CVAE cards): "
+                                                           "statistics, quality, reproduction report.")
+app.add_typer(perturbation_app, name="perturbation")
 console = Console(stderr=True)
 _debug = {"on": False}
 
@@ -86,6 +89,9 @@ def train(card: str = typer.Argument(..., help="Model card id or path."), device
     dev = resolve_device(device)
     path = train_card(model_card, device=dev, data_root=data_root, fresh=fresh)
     typer.echo(f"trained weights  {path}\nsha256           {sha256_file(path)}")
+    if model_card.task == "cvae":
+        _print_stats(model_card, dev)
+        return
     rows = [("trained", quick_metrics(model_card, path, device=dev))]
     if model_card.weights_path is not None and model_card.weights_path.is_file():
         rows.append(("shipped", quick_metrics(model_card, model_card.weights_path, device=dev)))
@@ -98,14 +104,25 @@ def train(card: str = typer.Argument(..., help="Model card id or path."), device
 def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
           threat: Optional[str] = typer.Option(None, "--threat", help="Only this threat card id."),
           fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json."),
+          quality: bool = typer.Option(False, "--quality", help="Only the perturbation-set quality table."),
           results: Optional[Path] = ResultsOpt) -> None:
-    """Print the leaderboard from the results store."""
-    from bench.leaderboard import FORMATS, leaderboard, render
+    """Print the leaderboard from the results store (markdown also shows perturbation-set quality)."""
+    from bench.leaderboard import FORMATS, leaderboard, quality_board, render, render_quality
     from bench.store import Store
 
     if fmt not in FORMATS:
         raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
-    typer.echo(render(leaderboard(Store(results), dataset, threat), fmt))
+    runs, sets = Store(results), Store(results, table="quality")
+    if quality:
+        if not sets.has_rows():
+            raise BenchError(f"no perturbation-set quality results under {sets.root}",
+                             "run `bench perturbation quality CVAE_CARD` first")
+        typer.echo(render_quality(quality_board(sets, dataset), fmt))
+        return
+    if runs.has_rows() or not sets.has_rows():  # with no results at all, this raises the helpful error
+        typer.echo(render(leaderboard(runs, dataset, threat), fmt))
+    if fmt == "markdown" and threat is None and sets.has_rows():
+        typer.echo("\n" + render_quality(quality_board(sets, dataset), fmt))
 
 
 def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -155,6 +172,76 @@ def threats() -> None:
         params = ", ".join(f"{k}={v}" for k, v in c.params.items())
         rows.append([c.id, c.family, ", ".join(c.datasets) or "any", params, c.hash[:12]])
     _print_table("threat cards", ["id", "family", "datasets", "params", "protocol"], rows)
+
+
+def _print_stats(card, device) -> None:
+    from bench.models.perturbation_set import latent_stats
+
+    stats = latent_stats(card, device=device).summary()
+    _print_table(f"latent distance r on held-out pairs: {card.id}", list(stats),
+                 [[f"{v:.0f}" if k == "n" else f"{v:.3f}" for k, v in stats.items()]])
+
+
+@perturbation_app.command("stats")
+@friendly
+def perturbation_stats(card: str = typer.Argument(..., help="CVAE model card id or path."), device: str = DeviceOpt,
+                       json_out: bool = typer.Option(False, "--json", help="Print the statistics as JSON.")) -> None:
+    """Distribution of the standardised posterior-prior distance r on held-out pairs (eps percentiles)."""
+    import json
+
+    from bench.models.perturbation_set import cvae_card, latent_stats
+    from bench.run import resolve_device
+
+    model_card = cvae_card(card, "bench perturbation stats")
+    if json_out:
+        typer.echo(json.dumps(latent_stats(model_card, device=resolve_device(device)).summary(), indent=2))
+    else:
+        _print_stats(model_card, resolve_device(device))
+
+
+@perturbation_app.command("quality")
+@friendly
+def perturbation_quality(
+        card: str = typer.Argument(..., help="CVAE model card id or path."),
+        pairs: str = typer.Option("in-family", "--pairs", help="in-family, or a perturbed-* threat card "
+                                                                "(e.g. perturbed-shear for a held-out family)."),
+        eps: str = typer.Option("max", "--eps", help="Radius: a number, or p50, p75, max, ..."),
+        n: int = typer.Option(500, "--n", help="Test pairs (first n of the fixed evaluation subset)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the pair draws and the EAE samples."),
+        device: str = DeviceOpt, results: Optional[Path] = ResultsOpt) -> None:
+    """Set-quality metrics (encoder/PGD/expected approximation error, reconstruction, KL, identity)."""
+    from bench.quality import evaluate_quality
+
+    try:
+        radius: float | str = float(eps)
+    except ValueError:
+        radius = eps
+    typer.echo(str(evaluate_quality(card, pairs, eps=radius, n=n, seed=seed, device=device, results=results,
+                                    progress=sys.stderr.isatty())))
+
+
+@perturbation_app.command("report")
+@friendly
+def perturbation_report(
+        seeds: list[int] = typer.Option([0, 1], "--seed", help="Seeds (repeat the option); at least 2."),
+        out: Path = typer.Option(Path("docs/learned-perturbation-sets-mnist-rts.md"), "--out", help="Report file."),
+        work: Path = typer.Option(Path("bench-results/report-mnist-rts"), "--work",
+                                  help="Folder for the per-seed cards and the results store (resumable)."),
+        n_eval: int = typer.Option(1000, "--n-eval", help="Points for clean/perturbed accuracy and set quality."),
+        n_attack: int = typer.Option(300, "--n-attack", help="Points for the latent attacks."),
+        n_certify: int = typer.Option(100, "--n-certify", help="Points for latent-smoothing certification."),
+        device: str = DeviceOpt) -> None:
+    """Reproduce the MNIST-RTS learned-perturbation-set results and write the markdown report."""
+    from bench.reports.learned_sets import build_report
+    from bench.run import resolve_device
+
+    if len(seeds) < 2:
+        raise BenchError("a reproduction report needs at least 2 seeds", "pass e.g. --seed 0 --seed 1")
+    command = "bench perturbation report " + " ".join(f"--seed {s}" for s in seeds) + (
+        f" --n-eval {n_eval} --n-attack {n_attack} --n-certify {n_certify}")
+    path = build_report(seeds, out, work, n_eval=n_eval, n_attack=n_attack, n_certify=n_certify,
+                        device=str(resolve_device(device)), command=command)
+    typer.echo(f"report written to {path}")
 
 
 @data_app.command("list")

@@ -1,7 +1,8 @@
 """Results store: append-only Parquet shards (one per finished batch) queried with DuckDB.
 
-Layout: ``<root>/runs/<run_id>/run.json`` (run metadata) and ``batch-<k>-<uuid>.parquet``
-shards. Shards are written to a temporary name and renamed, so a killed run never leaves a
+Layout: ``<root>/<table>/<run_id>/run.json`` (run metadata) and ``batch-<k>-<uuid>.parquet``
+shards. Table ``runs`` holds classifier-under-threat rows; ``quality`` holds set-quality rows of
+learned perturbation sets (one row per pair). Shards are written to a temporary name and renamed, so a killed run never leaves a
 half-written shard; per-batch stats and notes travel in the shard's Parquet metadata.
 """
 from __future__ import annotations
@@ -35,16 +36,25 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+TABLES = ("runs", "quality")
+
+
 class Store:
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, table: str = "runs"):
+        if table not in TABLES:
+            raise ValueError(f"unknown store table {table!r}")
         self.root = results_root(root)
+        self.table = table
 
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+        return self.root / self.table / run_id
 
     def _shards(self, run_id: str | None = None) -> list[Path]:
         pattern = f"{run_id}/batch-*.parquet" if run_id else "*/batch-*.parquet"
-        return sorted((self.root / "runs").glob(pattern))
+        return sorted((self.root / self.table).glob(pattern))
+
+    def has_rows(self) -> bool:
+        return bool(self._shards())
 
     # --- writing -----------------------------------------------------------------------------
     def open_run(self, run_id: str, meta: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from bench.models.archs import build
 from bench.models.recipes import make_recipe
 from bench.models.wrapper import Normalized
 
-INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
+INPUT_SHAPES = {"mnist": (1, 28, 28), "mnist42": (1, 42, 42), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
 
 
 def _builtin_ids(kind: str) -> list[str]:
@@ -88,9 +88,15 @@ def test_every_shipped_architecture_builds_and_runs(card_id):
     if card.normalization is not None:
         net = Normalized(net, card.normalization.mean, card.normalization.std)
     batch = 1 if card.architecture.name == "wrn" else 2  # WRN-28-10 is big: keep its forward pass small
+    x = torch.rand(batch, *INPUT_SHAPES[card.dataset])
     with torch.no_grad():
-        out = net.eval()(torch.zeros(batch, *INPUT_SHAPES[card.dataset]))
-    assert out.shape == (batch, 10)
+        if card.task == "cvae":  # a perturbation set maps an image to images of the same shape
+            mu_p, _ = net.eval().prior(x)
+            out = net.perturb(x, torch.randn_like(mu_p))
+            assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+        else:
+            out = net.eval()(x)
+            assert out.shape == (batch, 10)
     assert torch.isfinite(out).all()
 
 

@@ -478,11 +478,11 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     real_inputs = Standard.inputs
     seen: list[float] = []
 
-    def interrupt_in_epoch_two(self, model, x, y, progress, gen):
-        seen.append(progress)
-        if progress >= 0.5:
+    def interrupt_in_epoch_two(self, model, batch):
+        seen.append(batch.progress)
+        if batch.progress >= 0.5:
             raise KeyboardInterrupt
-        return real_inputs(self, model, x, y, progress, gen)
+        return real_inputs(self, model, batch)
 
     with monkeypatch.context() as patch:
         patch.setattr(Standard, "inputs", interrupt_in_epoch_two)
@@ -494,9 +494,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
 
     resumed_progress: list[float] = []
 
-    def record(self, model, x, y, progress, gen):
-        resumed_progress.append(progress)
-        return real_inputs(self, model, x, y, progress, gen)
+    def record(self, model, batch):
+        resumed_progress.append(batch.progress)
+        return real_inputs(self, model, batch)
 
     monkeypatch.setattr(Standard, "inputs", record)
     model = create(card)

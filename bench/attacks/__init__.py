@@ -13,9 +13,12 @@ __all__ = ["Outcome", "Threat", "ThreatCard", "load_threat_card", "make_threat",
 def _families() -> dict[str, type[Threat]]:
     from bench.attacks.autoattack import AutoAttack
     from bench.attacks.clean import Clean
+    from bench.attacks.latent_smoothing import LatentSmoothing
+    from bench.attacks.learned_cvae import LearnedCVAE
+    from bench.attacks.perturbed import Perturbed
     from bench.attacks.pgd import PGD
 
-    return {cls.family: cls for cls in (Clean, PGD, AutoAttack)}
+    return {cls.family: cls for cls in (Clean, PGD, AutoAttack, LearnedCVAE, LatentSmoothing, Perturbed)}
 
 
 FAMILIES = _families()

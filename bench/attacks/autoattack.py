@@ -55,7 +55,8 @@ class AutoAttack(Threat):
     family = "autoattack"
     Params = AutoAttackParams
 
-    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int) -> Outcome:
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int,
+               index: Tensor) -> Outcome:
         from pyautoattack import AutoAttack as OfficialAutoAttack
         from pyautoattack import checks
 

@@ -34,13 +34,22 @@ class Outcome:
 class Threat(ABC):
     family: ClassVar[str]
     Params: ClassVar[type[ThreatParams]] = ThreatParams
+    robust_implies_clean: ClassVar[bool] = True  # False for certificates of a smoothed classifier
 
     def __init__(self, params: ThreatParams):
         self.params = params
 
     @abstractmethod
-    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int) -> Outcome:
-        """Attack one batch. ``model`` is in eval mode on x's device; ``seed`` is this batch's seed."""
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int,
+               index: Tensor) -> Outcome:
+        """Attack one batch. ``model`` is in eval mode on x's device; ``seed`` is this batch's seed;
+        ``index`` are the points' positions in the evaluation split (for file-backed perturbations)."""
+
+    @classmethod
+    def protocol(cls, params: ThreatParams) -> dict:
+        """What identifies the protocol besides family and version: the validated params, plus (for
+        families that use other cards) the identity of those cards."""
+        return params.model_dump(mode="json")
 
 
 @torch.no_grad()

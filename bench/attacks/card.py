@@ -47,8 +47,8 @@ class ThreatCard(BaseModel):
         """Protocol identity: the family, its validated parameters and the version, not the prose."""
         from bench.attacks import family_class
 
-        schema = family_class(self.family, self.id).Params
-        params = validate(schema, self.params, f"threat card {self.id} params").model_dump(mode="json")
+        cls = family_class(self.family, self.id)
+        params = cls.protocol(validate(cls.Params, self.params, f"threat card {self.id} params"))
         return canonical_hash({"family": self.family, "version": self.version, "params": params})
 
 

@@ -9,5 +9,6 @@ from bench.attacks.base import Outcome, Threat
 class Clean(Threat):
     family = "clean"
 
-    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int) -> Outcome:
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int,
+               index: Tensor) -> Outcome:
         return Outcome(robust=clean_pred == y, adv_pred=clean_pred)

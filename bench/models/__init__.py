@@ -97,11 +97,15 @@ def train(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", d
     card = _as_card(card)
     if card.recipe is None:
         raise CardError(f"model card {card.id} has no training recipe", "add a recipe: block, or use its weights")
-    recipe = make_recipe(card.recipe.name, card.recipe.params, f"model card {card.id}")
+    params = dict(card.recipe.params)
+    if isinstance(params.get("cvae"), str):
+        params["cvae"] = card.resolve_ref(params["cvae"])
+    recipe = make_recipe(card.recipe.name, params, f"model card {card.id}")
     target = trained_path(card)
     checkpoint = target.with_suffix(".ckpt.pt")
     if fresh:
         checkpoint.unlink(missing_ok=True)
+    recipe.prepare(device=torch.device(device), data_root=data_root)
     torch.manual_seed(card.recipe.seed)
     model = _wrap(card, _skeleton(card))
     fit(model, recipe, load_dataset(card.dataset, "train", data_root), seed=card.recipe.seed,

@@ -56,5 +56,6 @@ def lenet(in_channels: int = 1, input_size: int = 28, num_classes: int = 10) -> 
     )
 
 
-# CIFAR-sized residual families live in their own module; importing it registers them.
-from bench.models import resnets  # noqa: E402,F401
+# CIFAR-sized residual families and the perturbation-set CVAEs live in their own modules;
+# importing them registers them.
+from bench.models import cvae, resnets  # noqa: E402,F401

@@ -89,7 +89,7 @@ class Recipe(Strict):
 class ModelCard(Strict):
     id: str
     dataset: str
-    task: Literal["classifier", "vae"] = "classifier"
+    task: Literal["classifier", "vae", "cvae"] = "classifier"  # cvae: a learned perturbation set
     architecture: Architecture | None = None
     weights: Weights | None = None
     normalization: Normalization | None = None
@@ -115,8 +115,19 @@ class ModelCard(Strict):
 
     @property
     def training_hash(self) -> str:
-        """Identity of a trained result: only what changes the trained weights."""
-        return canonical_hash(self.model_dump(mode="json", include={"dataset", "architecture", "normalization", "recipe"}))
+        """Identity of a trained result: only what changes the trained weights. A recipe that uses a
+        perturbation model (``params.cvae``) includes that card's hash, so retraining it retrains this."""
+        data = self.model_dump(mode="json", include={"dataset", "architecture", "normalization", "recipe"})
+        ref = (data.get("recipe") or {}).get("params", {}).get("cvae")
+        if isinstance(ref, str):
+            data["recipe"]["params"]["cvae"] = load_model_card(self.resolve_ref(ref)).hash  # content, not name
+        return canonical_hash(data)
+
+    def resolve_ref(self, ref: str) -> str:
+        """A card reference from this card: an id, or a YAML path relative to this card's folder."""
+        if ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute() and self.source_dir is not None:
+            return str(Path(self.source_dir) / ref)
+        return ref
 
     @property
     def weights_path(self) -> Path | None:

@@ -30,15 +30,18 @@ def kl_normal(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) ->
 
 
 class ConvEncoder(nn.Module):
-    """Images (in_channels, side, side) -> (mu, bounded logvar) of a flat latent."""
+    """Images (in_channels, side, side) -> (mu, bounded logvar) of a flat latent: ``depth`` strided convs
+    doubling the width, so the receptive field covers large moves (rotations, translations)."""
 
-    def __init__(self, in_channels: int, side: int, latent: int, width: int = 32):
+    def __init__(self, in_channels: int, side: int, latent: int, width: int = 16, depth: int = 2):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-        )
-        features = 2 * width * (side // 2) ** 2
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(depth):
+            layers += [nn.Conv2d(channels, width * 2 ** i, 4, stride=2, padding=1), nn.ReLU()]
+            channels, side = width * 2 ** i, side // 2
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        features = channels * side ** 2
         self.mu, self.logvar = nn.Linear(features, latent), nn.Linear(features, latent)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -49,7 +52,8 @@ class ConvEncoder(nn.Module):
 class STNGenerator(nn.Module):
     """g(x, z) for spatial perturbations: z picks affine warps of x, which a small conv net blends."""
 
-    def __init__(self, channels: int, side: int, latent: int, transforms: int = 3, hidden: int = 64):
+    def __init__(self, channels: int, side: int, latent: int, transforms: int = 3, hidden: int = 64,
+                 width: int = 16):
         super().__init__()
         self.side = side
         self.zmap = nn.Linear(latent, side * side)
@@ -60,8 +64,8 @@ class STNGenerator(nn.Module):
             with torch.no_grad():
                 head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))  # start at the identity warp
             self.localizers.append(nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), head))
-        self.blend = nn.Sequential(nn.Conv2d(transforms * channels + 1, 32, 5, padding=2), nn.ReLU(),
-                                   nn.Conv2d(32, channels, 5, padding=2))
+        self.blend = nn.Sequential(nn.Conv2d(transforms * channels + 1, width, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(width, channels, 3, padding=1))
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         from bench.data.pairs import affine_warp
@@ -85,6 +89,51 @@ class ConvGenerator(nn.Module):
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         zmap = self.zmap(z).view(-1, 1, self.side, self.side)
         return torch.sigmoid(self.net(torch.cat([x, zmap], 1)))
+
+
+def _bn_relu_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 3, padding=1, bias=False))
+
+
+class _Bottleneck(nn.Module):
+    """Pre-activation residual block big -> small -> big at full resolution (no downsampling)."""
+
+    def __init__(self, big: int, small: int):
+        super().__init__()
+        self.body = nn.Sequential(_bn_relu_conv(big, small), _bn_relu_conv(small, big))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.body(h)
+
+
+class RectangleEncoder(nn.Module):
+    """The paper's CIFAR-10-C "rectangle" encoder: residual blocks that never downsample."""
+
+    def __init__(self, in_channels: int, side: int, latent: int, blocks: int, big: int, small: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, big, 3, padding=1, bias=False),
+                                  *[_Bottleneck(big, small) for _ in range(blocks)],
+                                  _bn_relu_conv(big, small), nn.BatchNorm2d(small), nn.ReLU(), nn.Flatten())
+        self.mu, self.logvar = nn.Linear(small * side * side, latent), nn.Linear(small * side * side, latent)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x)
+        return self.mu(h), bounded_logvar(self.logvar(h))
+
+
+class RectangleGenerator(nn.Module):
+    """g(x, z): a latent map concatenated with x, then residual blocks at full resolution."""
+
+    def __init__(self, channels: int, side: int, latent: int, blocks: int, big: int, small: int):
+        super().__init__()
+        self.side = side
+        self.zmap = nn.Linear(latent, side * side)
+        self.body = nn.Sequential(nn.Conv2d(channels + 1, big, 3, padding=1, bias=False),
+                                  *[_Bottleneck(big, small) for _ in range(blocks)], _bn_relu_conv(big, channels))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        zmap = self.zmap(z).view(-1, 1, self.side, self.side)
+        return torch.sigmoid(self.body(torch.cat([x, zmap], 1)))
 
 
 class CVAE(nn.Module):
@@ -123,8 +172,28 @@ class CVAE(nn.Module):
         return recon + beta * kl, recon, kl
 
 
+Likelihood = Literal["bernoulli", "gaussian"]
+
+
 def small_cvae(kind: Literal["stn", "conv"], channels: int, side: int, latent: int = 16,
-               likelihood: Literal["bernoulli", "gaussian"] = "bernoulli") -> CVAE:
+               likelihood: Likelihood = "bernoulli", width: int = 16, transforms: int = 3, depth: int = 2) -> CVAE:
     """A CPU-sized CVAE: conv prior and posterior encoders, an STN (spatial) or conv (pixel) generator."""
-    generator = (STNGenerator if kind == "stn" else ConvGenerator)(channels, side, latent)
-    return CVAE(ConvEncoder(channels, side, latent), ConvEncoder(2 * channels, side, latent), generator, likelihood)
+    generator = (STNGenerator(channels, side, latent, transforms=transforms, width=width) if kind == "stn"
+                 else ConvGenerator(channels, side, latent, width=2 * width))
+    return CVAE(ConvEncoder(channels, side, latent, width, depth), ConvEncoder(2 * channels, side, latent, width, depth),
+                generator, likelihood)
+
+
+def rectangle_cvae(channels: int = 3, side: int = 32, latent: int = 64, blocks: int = 2, big: int = 32,
+                   small: int = 8, likelihood: Likelihood = "gaussian") -> CVAE:
+    """The paper's CIFAR-10-C CVAE (latent 512, 4 blocks, 64/16 channels), scaled down by default for CPUs."""
+    return CVAE(RectangleEncoder(channels, side, latent, blocks, big, small),
+                RectangleEncoder(2 * channels, side, latent, blocks, big, small),
+                RectangleGenerator(channels, side, latent, blocks, big, small), likelihood)
+
+
+from bench.models.archs import register  # noqa: E402  (archs imports this module at its end)
+
+register("cvae-stn")(lambda **kw: small_cvae("stn", **kw))
+register("cvae-conv")(lambda **kw: small_cvae("conv", **kw))
+register("cvae-rectangle")(rectangle_cvae)

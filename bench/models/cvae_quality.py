@@ -60,3 +60,22 @@ def expected_ae(cvae: CVAE, x: Tensor, x_tilde: Tensor, eps: float, gen: torch.G
     errors = [_mse(cvae.perturb(x, project_l2(torch.randn(mu_p.shape, generator=gen).to(mu_p), eps)), x_tilde)
               for _ in range(draws)]
     return torch.stack(errors).mean(0)
+
+
+@torch.no_grad()
+def reconstruction(cvae: CVAE, x: Tensor, x_tilde: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(per-pixel MSE of a decoded posterior sample, KL(q || p) at beta 1), per example."""
+    from bench.models.cvae import kl_normal
+
+    mu_p, logvar_p = cvae.prior(x)
+    mu_q, logvar_q = cvae.posterior(torch.cat([x, x_tilde], 1))
+    z = mu_q + (0.5 * logvar_q).exp() * torch.randn(mu_q.shape, generator=gen).to(mu_q)
+    return _mse(cvae.generator(x, z), x_tilde), kl_normal(mu_q, logvar_q, mu_p, logvar_p)
+
+
+def quality_metrics(cvae: CVAE, x: Tensor, x_tilde: Tensor, eps: float, gen: torch.Generator) -> dict[str, Tensor]:
+    """Every set-quality metric of one batch of pairs at radius eps, per example."""
+    recon, kl = reconstruction(cvae, x, x_tilde, gen)
+    return {"encoder_ae": encoder_ae(cvae, x, x_tilde, eps), "pgd_ae": pgd_ae(cvae, x, x_tilde, eps),
+            "eae": expected_ae(cvae, x, x_tilde, eps, gen), "recon": recon, "kl": kl,
+            "identity": identity_error(x, x_tilde)}

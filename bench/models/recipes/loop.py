@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from bench.data import Dataset
-from bench.models.recipes import Recipe
+from bench.models.recipes import Batch, Recipe
 
 
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -21,14 +20,6 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
                            nesterov=True)
-
-
-def _lr(recipe: Recipe, progress: float) -> float:
-    """One-cycle: linear warm-up to lr over the first 40% of training, then linear decay to 0."""
-    p = recipe.params
-    if p.schedule == "constant":
-        return p.lr
-    return p.lr * (progress / 0.4 if progress < 0.4 else (1 - progress) / 0.6)
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -52,7 +43,8 @@ def fit(model: nn.Module, recipe: Recipe, train: Dataset, *, seed: int, device: 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
-    n = len(train)
+    positions = recipe.positions(len(train))
+    n = len(positions)
     steps_per_epoch = (n + p.batch_size - 1) // p.batch_size
     total = p.epochs * steps_per_epoch
     bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=desc, unit="batch", dynamic_ncols=True)
@@ -61,12 +53,11 @@ def fit(model: nn.Module, recipe: Recipe, train: Dataset, *, seed: int, device: 
         order = torch.randperm(n, generator=gen)
         for step in range(steps_per_epoch):
             progress = (epoch * steps_per_epoch + step) / total
-            idx = order[step * p.batch_size:(step + 1) * p.batch_size]
-            x, y = train.x[idx].to(device), train.y[idx].to(device)
-            inputs = recipe.inputs(model, x, y, progress, gen)
+            idx = positions[order[step * p.batch_size:(step + 1) * p.batch_size]]
+            batch = Batch(train.x[idx].to(device), train.y[idx].to(device), idx, progress, epoch, gen)
             for group in opt.param_groups:
-                group["lr"] = _lr(recipe, progress)
-            loss = F.cross_entropy(model(inputs), y)
+                group["lr"] = recipe.lr(progress)
+            loss = recipe.loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

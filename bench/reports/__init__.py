@@ -1,0 +1,1 @@
+"""Reproduction reports: commands that train, evaluate and write a markdown report under docs/."""

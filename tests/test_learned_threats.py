@@ -1,0 +1,324 @@
+"""Learned perturbation sets as cards, recipes and threats: training, statistics, the learned-cvae
+attack, latent smoothing, quality runs and the board, on tiny digits and a tiny CIFAR-10 sample."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import bench
+from bench.attacks import make_threat
+from bench.attacks.latent_smoothing import class_counts, clopper_pearson_lower
+from bench.errors import BenchError, CardError
+from bench.models import create, load_model_card
+from bench.models.perturbation_set import latent_stats, parse_eps
+
+DIGITS_CVAE = {
+    "id": "digits-rts-cvae", "dataset": "digits", "task": "cvae",
+    "architecture": {"name": "cvae-stn", "kwargs": {"channels": 1, "side": 8, "latent": 8, "width": 8}},
+    "recipe": {"name": "cvae", "seed": 0, "params": {
+        "epochs": 10, "batch_size": 64, "train_subset": 800, "val_size": 100, "stats_passes": 2,
+        "pairs": {"kind": "rts", "rotation": 30, "scale": [0.8, 1.2], "translate": 0.1},
+        "lr_schedule": {"knots": [0, 2, 10], "values": [0.001, 0.003, 0.0]},
+        "beta": {"knots": [0, 4], "values": [0.0, 1.0]}}},
+}
+
+
+def write_card(folder, data) -> str:
+    path = folder / f"{data['id']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("learned-cards")
+    cvae = write_card(folder, DIGITS_CVAE)
+    classifier = {"dataset": "digits", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}}}
+    common = {"epochs": 10, "batch_size": 64, "lr": 0.005, "train_subset": 600}
+    recipes = {
+        "standard": {"name": "standard", "params": common},
+        "rts-aug": {"name": "perturbation-aug", "params": {**common, "pairs": DIGITS_CVAE["recipe"]["params"]["pairs"]}},
+        "cvae-aug": {"name": "cvae-aug", "params": {**common, "cvae": f"{DIGITS_CVAE['id']}.yaml"}},
+        "cvae-smoothing": {"name": "cvae-smoothing", "params": {**common, "cvae": cvae, "sigma": 0.5}},
+        "cvae-adv": {"name": "cvae-adv", "params": {**common, "cvae": cvae, "eps": "p75", "steps": 3}},
+    }
+    paths = {"cvae": cvae, "folder": folder}
+    for name, recipe in recipes.items():
+        paths[name] = write_card(folder, {"id": f"digits-{name}", **classifier, "recipe": recipe})
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(monkeypatch, tmp_path_factory):
+    """Train the tiny CVAE and classifiers once for the whole module."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "learned-cache"))
+
+
+def learned_threat(cvae: str, **params):
+    return bench.testing.threat_card("learned-cvae", cvae=cvae, **params)
+
+
+def test_cvae_card_trains_resumably_and_gives_ordered_statistics(cards):
+    card = load_model_card(cards["cvae"])
+    model = create(card)
+    assert not model.training
+    stats = latent_stats(card)
+    assert len(stats.distances) == 100 * 2
+    s = stats.summary()
+    assert 0 < s["p25"] <= s["p50"] <= s["p75"] <= s["max"]
+    assert stats.resolve("p50") == pytest.approx(s["p50"]) and stats.resolve(2.5) == 2.5
+    assert np.array_equal(latent_stats(card).distances, stats.distances)  # cached
+
+
+def test_eps_specs_are_checked():
+    assert parse_eps("p75") == "p75" and parse_eps(3) == 3.0 and parse_eps("p99.9") == "p99.9"
+    for bad in ("p750", "median", -1, float("nan"), True):
+        with pytest.raises(ValueError):
+            parse_eps(bad)
+
+
+def test_cli_stats_json(cards):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["perturbation", "stats", cards["cvae"], "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert set(yaml.safe_load(result.output)) >= {"mean", "std", "p25", "p50", "p75", "max"}
+
+
+def test_downstream_recipes_train_and_the_cvae_hash_is_part_of_their_identity(cards, tmp_path):
+    for name in ("standard", "rts-aug", "cvae-aug", "cvae-smoothing", "cvae-adv"):
+        model = create(cards[name])
+        x, y = bench.load_data("digits", n=200)
+        with torch.no_grad():
+            assert (model(x).argmax(1) == y).float().mean() > 0.3, name
+    card = load_model_card(cards["cvae-aug"])
+    changed = {**DIGITS_CVAE, "recipe": {**DIGITS_CVAE["recipe"], "seed": 1}}
+    other = tmp_path / "digits-rts-cvae.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    moved = tmp_path / "digits-cvae-aug.yaml"  # same card; its relative cvae reference now finds the changed CVAE
+    moved.write_text(Path(cards["cvae-aug"]).read_text())
+    assert load_model_card(moved).training_hash != card.training_hash
+
+
+def test_adversarial_loss_is_at_least_the_clean_loss(cards):
+    from bench.models.recipes import Batch, make_recipe
+
+    recipe = make_recipe("cvae-adv", load_model_card(cards["cvae-adv"]).recipe.params, "test")
+    recipe.prepare(device=torch.device("cpu"), data_root=None)
+    model = create(cards["standard"])
+    x, y = bench.load_data("digits", split="train", n=64)
+    batch = Batch(x, y, torch.arange(64), 0.5, 1, torch.Generator().manual_seed(0))
+    clean = torch.nn.functional.cross_entropy(model(x), y)
+    assert recipe.loss(model, batch) >= clean - 1e-6
+    assert recipe.eps == pytest.approx(latent_stats(recipe.cvae_card).resolve("p75"))
+
+
+def test_learned_attack_run_is_seeded_within_the_ball_and_breaks_a_standard_model(cards, tmp_path):
+    threat = learned_threat(cards["cvae"], eps="max", steps=20)
+    runs = [bench.evaluate(cards["standard"], threat, n=100, seed=seed, device="cpu", results=tmp_path / str(i),
+                           progress=False) for i, seed in enumerate((0, 0, 1))]
+    assert runs[0].robust_acc == runs[1].robust_acc
+    assert runs[0].robust_acc < runs[0].clean_acc - 0.2  # a standard model falls in the learned set
+    rows = bench.store.Store(tmp_path / "0").query("SELECT latent_norm, eps, robust, clean_correct FROM rows")
+    assert (rows.latent_norm <= rows.eps * (1 + 1e-5)).all()
+    assert rows.eps.iloc[0] == pytest.approx(latent_stats(load_model_card(cards["cvae"])).resolve("max"))
+    assert not (rows.robust & ~rows.clean_correct).any()
+
+
+def test_stronger_latent_attacks_never_leave_more_points_robust(cards, tmp_path):
+    def acc(eps, steps):
+        return bench.evaluate(cards["cvae-adv"], learned_threat(cards["cvae"], eps=eps, steps=steps), n=100,
+                              device="cpu", results=tmp_path, progress=False).robust_acc
+
+    assert acc("max", 20) <= acc("p50", 20) + 0.03  # a larger ball (independent starts: small slack)
+    assert acc(1e-6, 5) == pytest.approx(acc(1e-6, 1), abs=0.02)
+
+
+def test_protocol_hash_includes_the_cvae_card(cards, tmp_path):
+    changed = {**DIGITS_CVAE, "id": "digits-rts-cvae-b", "recipe": {**DIGITS_CVAE["recipe"], "seed": 5}}
+    other = write_card(tmp_path, changed)
+    a, b = learned_threat(cards["cvae"], eps="p50"), learned_threat(other, eps="p50")
+    assert a.hash != b.hash
+    assert a.hash == learned_threat(cards["cvae"], eps="p50").hash
+
+
+def test_learned_threat_errors_name_the_problem(cards, digits_card):
+    with pytest.raises(CardError, match="not a perturbation set"):
+        make_threat(learned_threat(str(digits_card), eps=1.0))
+    with pytest.raises(CardError, match="eps"):
+        make_threat(learned_threat(cards["cvae"], eps="p500"))
+    with pytest.raises(BenchError, match="learned on digits"):
+        bench.evaluate("mnist-cnn-standard", learned_threat(cards["cvae"], eps=1.0), n=5, device="cpu",
+                       progress=False)
+
+
+def test_clopper_pearson_matches_the_exact_binomial_bound():
+    from scipy.stats import binom
+
+    lower = clopper_pearson_lower(torch.tensor([0, 50, 990, 1000]), 1000, 0.001)
+    assert lower[0] == 0 and lower[3] == pytest.approx(0.001 ** (1 / 1000))
+    for k, p in zip((50, 990), lower[1:3].tolist()):
+        assert binom.sf(k - 1, 1000, p) == pytest.approx(0.001, rel=1e-3)  # P(X >= k | p) = alpha
+
+
+class Constant(torch.nn.Module):
+    """Votes for one class whatever the input, or for a random class (seeded by the input values)."""
+
+    def __init__(self, label: int | None):
+        super().__init__()
+        self.label = label
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        if self.label is None:
+            logits[torch.arange(len(x)), (x.flatten(1).sum(1) * 1e4).long() % 10] = 1
+        else:
+            logits[:, self.label] = 1
+        return logits
+
+
+def test_certification_abstains_below_one_half_and_certifies_the_largest_radius(cards):
+    from bench.attacks.latent_smoothing import LatentSmoothing
+
+    card, threat = make_threat(bench.testing.threat_card("latent-smoothing", cvae=cards["cvae"], sigma=0.5, n0=20,
+                                                         n=200, alpha=0.001))
+    x, y = bench.load_data("digits", n=16)
+    idx = torch.arange(16)
+    sure = threat.attack(Constant(3), x, y, torch.full((16,), 3), 0, idx)
+    expected = 0.5 * torch.distributions.Normal(0, 1).icdf(torch.tensor(0.001 ** (1 / 200)))
+    assert torch.allclose(sure.columns["cert_radius"], expected.expand(16), atol=1e-4)
+    assert (sure.robust == (y == 3)).all() and not sure.columns["abstain"].any()
+    noisy = threat.attack(Constant(None), x, y, torch.zeros(16, dtype=torch.long), 0, idx)
+    assert noisy.columns["abstain"].all() and not noisy.robust.any() and (noisy.adv_pred == -1).all()
+    assert isinstance(threat, LatentSmoothing)
+
+
+def test_smoothing_votes_are_seeded(cards):
+    from bench.models.perturbation_set import load_cvae
+
+    cvae = load_cvae(load_model_card(cards["cvae"]))
+    model = create(cards["cvae-smoothing"])
+    x, _ = bench.load_data("digits", n=8)
+    counts = [class_counts(cvae, model, x, sigma=0.5, samples=50, num_classes=10, chunk=64,
+                           gen=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert torch.equal(counts[0], counts[1]) and (counts[0].sum(1) == 50).all()
+    assert not torch.equal(counts[0], counts[2])
+
+
+def test_certified_run_writes_radii_and_the_smoothed_model_is_mostly_certified(cards, tmp_path):
+    threat = bench.testing.threat_card("latent-smoothing", cvae=cards["cvae"], sigma=0.5, n0=20, n=200, radius=0.2)
+    summary = bench.evaluate(cards["cvae-smoothing"], threat, n=40, device="cpu", results=tmp_path, progress=False)
+    rows = bench.store.Store(tmp_path).query("SELECT cert_radius, abstain, robust, adv_pred, label FROM rows")
+    assert ((rows.cert_radius >= 0.2) & (rows.adv_pred == rows.label) & ~rows.abstain).mean() == summary.robust_acc
+    assert (rows.cert_radius[rows.abstain] == -1).all()
+    assert summary.robust_acc > 0.3
+
+
+def test_perturbed_threat_is_seeded_and_held_out_families_differ_from_rts(cards, tmp_path):
+    from bench.data.pairs import shear_pairs, thicken_pairs
+
+    x, _ = bench.load_data("digits", n=20)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(shear_pairs(x, g()), shear_pairs(x, g()))
+    assert torch.allclose(shear_pairs(x, g(), shear=0.0), x, atol=1e-5)
+    thick = thicken_pairs(x, g(), shift=0)
+    assert (thick >= x - 1e-6).all() and thick.sum() > x.sum()
+    threat = bench.testing.threat_card("perturbed", pairs={"kind": "shear", "shear": 0.5})
+    runs = [bench.evaluate(cards["standard"], threat, n=60, seed=3, device="cpu", results=tmp_path, progress=False)
+            for _ in range(2)]
+    assert runs[0].run_id == runs[1].run_id and runs[0].robust_acc <= runs[0].clean_acc
+    with pytest.raises(CardError, match="unknown pair source"):
+        make_threat(bench.testing.threat_card("perturbed", pairs={"kind": "twirl"}))
+
+
+def test_quality_run_is_stored_ordered_and_on_the_board(cards, tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.quality import evaluate_quality
+
+    summary = evaluate_quality(cards["cvae"], eps="max", n=60, device="cpu", results=tmp_path, progress=False)
+    m = summary.means
+    assert m["pgd_ae"] <= m["encoder_ae"] and min(m.values()) >= 0
+    again = evaluate_quality(cards["cvae"], eps="max", n=60, device="cpu", results=tmp_path, progress=False)
+    assert again.means == m and again.run_id == summary.run_id
+    result = CliRunner().invoke(app, ["board", "--results", str(tmp_path)])
+    assert result.exit_code == 0 and "perturbation-set quality" in result.output and "digits-rts-cvae" in result.output
+    quality = CliRunner().invoke(app, ["board", "--quality", "--format", "csv", "--results", str(tmp_path)])
+    assert quality.exit_code == 0 and quality.output.startswith("dataset,cvae,pairs,eps")
+    with pytest.raises(BenchError, match="not a perturbed-pairs card"):
+        evaluate_quality(cards["cvae"], "clean", n=10, device="cpu", results=tmp_path, progress=False)
+
+
+# --- CIFAR-10: corruption-file pairs, the rectangle CVAE and the threat on a small local sample -----------
+
+@pytest.fixture
+def cifar_sample(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    from bench.data.pairs import CIFAR_TRAIN_CORRUPTIONS
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    splits = {}
+    for name, count in [(f"data_batch_{i}", 16) for i in range(1, 6)] + [("test_batch", 24)]:
+        images = rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": images.reshape(count, -1),
+                                                  "labels": rng.integers(0, 10, count).tolist()}))
+        splits.setdefault("test" if name == "test_batch" else "train", []).append(images)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "data"))
+    corrupted = tmp_path / "cifar-10-c"
+    for split, parts in splits.items():
+        images = np.concatenate(parts).transpose(0, 2, 3, 1).astype(np.float32)  # NHWC like CIFAR-10-C
+        (corrupted / split).mkdir(parents=True)
+        for i, name in enumerate(CIFAR_TRAIN_CORRUPTIONS):  # simple stand-ins: brightness / contrast shifts
+            out = np.clip(images * (0.5 + i / 12) + 8 * i, 0, 255).astype(np.uint8)
+            np.save(corrupted / split / f"{name}_5.npy", out)
+    return tmp_path, corrupted
+
+
+def test_cifar_corruption_pairs_rectangle_cvae_and_threat_end_to_end(cifar_sample):
+    from bench.data import load_dataset
+    from bench.data.pairs import pair_source
+
+    root, corrupted = cifar_sample
+    source = pair_source({"kind": "corruption-files", "root": str(corrupted)}, "test", "test")
+    test = load_dataset("cifar10", "test")
+    pairs = source(test.x[:4], torch.arange(4), torch.Generator().manual_seed(0))
+    assert pairs.shape == (4, 3, 32, 32) and pairs.dtype == torch.float32 and not torch.equal(pairs, test.x[:4])
+    cvae = write_card(root, {
+        "id": "cifar-c-cvae", "dataset": "cifar10", "task": "cvae",
+        "architecture": {"name": "cvae-rectangle", "kwargs": {"latent": 8, "blocks": 1, "big": 8, "small": 4}},
+        "recipe": {"name": "cvae", "seed": 0, "params": {
+            "epochs": 1, "batch_size": 16, "val_size": 16, "stats_passes": 1,
+            "pairs": {"kind": "corruption-files", "root": str(corrupted)},
+            "beta": {"knots": [0], "values": [0.01]}}}})
+    classifier = write_card(root, {
+        "id": "cifar-tiny", "dataset": "cifar10",
+        "architecture": {"name": "small-cnn", "kwargs": {"in_channels": 3, "input_size": 32}},
+        "recipe": {"name": "cvae-adv", "params": {"epochs": 1, "batch_size": 16, "cvae": cvae, "eps": "max",
+                                                  "steps": 2}}})
+    summary = bench.evaluate(classifier, learned_threat(cvae, eps="p50", steps=5), n=24, batch_size=12,
+                             device="cpu", progress=False)
+    assert summary.n == 24 and 0 <= summary.robust_acc <= summary.clean_acc
+    held_out = bench.testing.threat_card("perturbed", pairs={"kind": "corruption-files", "root": str(corrupted),
+                                                             "corruptions": ["fog", "snow"]})
+    assert bench.evaluate(classifier, held_out, n=24, device="cpu", progress=False).n == 24
+
+
+def test_missing_corruption_files_say_how_to_make_them(tmp_path):
+    from bench.data.pairs import pair_source
+    from bench.errors import DataError
+
+    with pytest.raises(DataError, match="does not exist"):
+        pair_source({"kind": "corruption-files", "root": str(tmp_path)}, "train", "test")
