@@ -227,7 +227,8 @@ def perturbation_report(
         out: Path = typer.Option(Path("docs/learned-perturbation-sets-mnist-rts.md"), "--out", help="Report file."),
         work: Path = typer.Option(Path("bench-results/report-mnist-rts"), "--work",
                                   help="Folder for the per-seed cards and the results store (resumable)."),
-        n_eval: int = typer.Option(1000, "--n-eval", help="Points for clean/perturbed accuracy and set quality."),
+        n_eval: int = typer.Option(1000, "--n-eval", help="Points for clean and perturbed accuracy."),
+        n_quality: int = typer.Option(500, "--n-quality", help="Pairs for the set-quality metrics."),
         n_attack: int = typer.Option(300, "--n-attack", help="Points for the latent attacks."),
         n_certify: int = typer.Option(100, "--n-certify", help="Points for latent-smoothing certification."),
         device: str = DeviceOpt) -> None:
@@ -238,9 +239,9 @@ def perturbation_report(
     if len(seeds) < 2:
         raise BenchError("a reproduction report needs at least 2 seeds", "pass e.g. --seed 0 --seed 1")
     command = "bench perturbation report " + " ".join(f"--seed {s}" for s in seeds) + (
-        f" --n-eval {n_eval} --n-attack {n_attack} --n-certify {n_certify}")
-    path = build_report(seeds, out, work, n_eval=n_eval, n_attack=n_attack, n_certify=n_certify,
-                        device=str(resolve_device(device)), command=command)
+        f" --n-eval {n_eval} --n-quality {n_quality} --n-attack {n_attack} --n-certify {n_certify}")
+    path = build_report(seeds, out, work, n_eval=n_eval, n_quality=n_quality, n_attack=n_attack,
+                        n_certify=n_certify, device=str(resolve_device(device)), command=command)
     typer.echo(f"report written to {path}")
 
 

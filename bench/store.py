@@ -2,8 +2,9 @@
 
 Layout: ``<root>/<table>/<run_id>/run.json`` (run metadata) and ``batch-<k>-<uuid>.parquet``
 shards. Table ``runs`` holds classifier-under-threat rows; ``quality`` holds set-quality rows of
-learned perturbation sets (one row per pair). Shards are written to a temporary name and renamed, so a killed run never leaves a
-half-written shard; per-batch stats and notes travel in the shard's Parquet metadata.
+learned perturbation sets (one row per pair). Shards are written to a temporary name and renamed,
+so a killed run never leaves a half-written shard; per-batch stats and notes travel in the shard's
+Parquet metadata.
 """
 from __future__ import annotations
 

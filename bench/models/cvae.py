@@ -49,28 +49,45 @@ class ConvEncoder(nn.Module):
         return self.mu(h), bounded_logvar(self.logvar(h))
 
 
+def similarity_theta(params: Tensor) -> Tensor:
+    """(angle, log-scale, tx, ty) -> 2x3 affine matrices of rotation, isotropic scale and translation."""
+    angle, log_scale, tx, ty = params.unbind(1)
+    scale = log_scale.exp()
+    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+
 class STNGenerator(nn.Module):
-    """g(x, z) for spatial perturbations: z picks affine warps of x, which a small conv net blends."""
+    """g(x, z) for spatial perturbations: z picks warps of x, which a small conv net blends.
+
+    ``warp="affine"`` lets each warp be any affine map (the paper's STN); ``"similarity"`` restricts
+    it to rotation, isotropic scale and translation, so shears are outside what a single warp can do.
+    Every warp starts at the identity.
+    """
 
     def __init__(self, channels: int, side: int, latent: int, transforms: int = 3, hidden: int = 64,
-                 width: int = 16):
+                 width: int = 16, warp: Literal["affine", "similarity"] = "affine"):
         super().__init__()
-        self.side = side
+        self.side, self.warp = side, warp
         self.zmap = nn.Linear(latent, side * side)
         self.localizers = nn.ModuleList()
         for _ in range(transforms):
-            head = nn.Linear(hidden, 6)
+            head = nn.Linear(hidden, 6 if warp == "affine" else 4)
             nn.init.zeros_(head.weight)
             with torch.no_grad():
-                head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))  # start at the identity warp
+                head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]) if warp == "affine" else torch.zeros(4))
             self.localizers.append(nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), head))
         self.blend = nn.Sequential(nn.Conv2d(transforms * channels + 1, width, 3, padding=1), nn.ReLU(),
                                    nn.Conv2d(width, channels, 3, padding=1))
 
+    def theta(self, localizer: nn.Module, z: Tensor) -> Tensor:
+        out = localizer(z)
+        return out.view(-1, 2, 3) if self.warp == "affine" else similarity_theta(out)
+
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         from bench.data.pairs import affine_warp
 
-        warped = [affine_warp(x, loc(z).view(-1, 2, 3)) for loc in self.localizers]
+        warped = [affine_warp(x, self.theta(loc, z)) for loc in self.localizers]
         zmap = self.zmap(z).view(-1, 1, self.side, self.side)
         return torch.sigmoid(self.blend(torch.cat(warped + [zmap], 1)))
 
@@ -176,10 +193,11 @@ Likelihood = Literal["bernoulli", "gaussian"]
 
 
 def small_cvae(kind: Literal["stn", "conv"], channels: int, side: int, latent: int = 16,
-               likelihood: Likelihood = "bernoulli", width: int = 16, transforms: int = 3, depth: int = 2) -> CVAE:
+               likelihood: Likelihood = "bernoulli", width: int = 16, transforms: int = 3, depth: int = 2,
+               warp: Literal["affine", "similarity"] = "affine") -> CVAE:
     """A CPU-sized CVAE: conv prior and posterior encoders, an STN (spatial) or conv (pixel) generator."""
-    generator = (STNGenerator(channels, side, latent, transforms=transforms, width=width) if kind == "stn"
-                 else ConvGenerator(channels, side, latent, width=2 * width))
+    generator = (STNGenerator(channels, side, latent, transforms=transforms, width=width, warp=warp)
+                 if kind == "stn" else ConvGenerator(channels, side, latent, width=2 * width))
     return CVAE(ConvEncoder(channels, side, latent, width, depth), ConvEncoder(2 * channels, side, latent, width, depth),
                 generator, likelihood)
 
