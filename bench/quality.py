@@ -62,8 +62,8 @@ def evaluate_quality(cvae: str | Path, pairs: str | None = None, *, eps: float |
     from bench.data import load_dataset, subset_indices
     from bench.data.pairs import pair_source
     from bench.models.cvae_quality import quality_metrics
-    from bench.models.perturbation_set import cvae_card, latent_stats, load_cvae, parse_eps
-    from bench.run import resolve_device
+    from bench.models.perturbation_set import cvae_card, load_cvae, parse_eps, resolve_radius
+    from bench.run import batch_seed, resolve_device
 
     dev = resolve_device(device)
     card = cvae_card(cvae, "bench perturbation quality")
@@ -74,7 +74,7 @@ def evaluate_quality(cvae: str | Path, pairs: str | None = None, *, eps: float |
     label, spec = _pairs_spec(card, pairs)
     source = pair_source(spec, "test", f"pairs {label}")
     model = load_cvae(card, dev)
-    eps_value = latent_stats(card, device=dev).resolve(eps)
+    eps_value = resolve_radius(card, eps, device=dev)
     data = load_dataset(card.dataset, "test")
     positions = subset_indices(len(data), n)
     key = {"cvae": card.hash, "pairs": spec, "eps": eps, "dataset": data.name, "n": len(positions), "seed": seed}
@@ -91,7 +91,7 @@ def evaluate_quality(cvae: str | Path, pairs: str | None = None, *, eps: float |
         if set(idx.tolist()) <= done:
             bar.update(len(idx))
             continue
-        gen = torch.Generator().manual_seed((seed * 1_000_003 + batch) % (2**31 - 1))
+        gen = torch.Generator().manual_seed(batch_seed(seed, batch))
         x = data.x[idx].to(dev)
         metrics = quality_metrics(model, x, source(x, idx, gen), eps_value, gen)
         table = pa.table({

@@ -115,7 +115,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _batch_seed(seed: int, batch: int) -> int:
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch k of a run: the same whether the run was interrupted or not."""
     return (seed * 1_000_003 + batch) % (2**31 - 1)
 
 
@@ -181,7 +182,7 @@ def _attack_remaining(net: nn.Module, threat: Threat, data: Dataset, positions: 
         x, y = data.x[idx].to(device), data.y[idx].to(device)
         clean_pred = predict(net, x)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            out = threat.attack(net, x, y, clean_pred, _batch_seed(seed, batch), idx)
+            out = threat.attack(net, x, y, clean_pred, batch_seed(seed, batch), idx)
         wrong_but_robust = threat.robust_implies_clean and bool((out.robust & (clean_pred != y)).any())
         if out.robust.shape != y.shape or wrong_but_robust:
             raise BenchError(f"threat {constants['threat']} returned an invalid outcome (wrong shape, or a point "

@@ -33,6 +33,7 @@ class CVAEThreat(Threat):
 
         self.card = cvae_card(params.cvae, f"threat params.cvae {params.cvae!r}")
         self._loaded: dict[str, Any] = {}
+        self._radii: dict[float | str, float] = {}
 
     @classmethod
     def protocol(cls, params: CVAEThreatParams) -> dict:
@@ -49,11 +50,12 @@ class CVAEThreat(Threat):
         return self._loaded[str(device)]
 
     def radius(self, value: float | str, device: torch.device) -> float:
-        if not isinstance(value, str):
-            return float(value)
-        from bench.models.perturbation_set import latent_stats
+        """The radius as a number, resolved once per threat (not re-read from the cache every batch)."""
+        if value not in self._radii:
+            from bench.models.perturbation_set import resolve_radius
 
-        return latent_stats(self.card, device=device).resolve(value)
+            self._radii[value] = resolve_radius(self.card, value, device=device)
+        return self._radii[value]
 
     def check_input(self, x: Tensor) -> None:
         cvae = self.cvae(x.device)

@@ -97,10 +97,7 @@ def train(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", d
     card = _as_card(card)
     if card.recipe is None:
         raise CardError(f"model card {card.id} has no training recipe", "add a recipe: block, or use its weights")
-    params = dict(card.recipe.params)
-    if isinstance(params.get("cvae"), str):
-        params["cvae"] = card.resolve_ref(params["cvae"])
-    recipe = make_recipe(card.recipe.name, params, f"model card {card.id}")
+    recipe = make_recipe(card.recipe.name, card.recipe_params, f"model card {card.id}")
     target = trained_path(card)
     checkpoint = target.with_suffix(".ckpt.pt")
     if fresh:

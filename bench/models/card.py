@@ -118,16 +118,20 @@ class ModelCard(Strict):
         """Identity of a trained result: only what changes the trained weights. A recipe that uses a
         perturbation model (``params.cvae``) includes that card's hash, so retraining it retrains this."""
         data = self.model_dump(mode="json", include={"dataset", "architecture", "normalization", "recipe"})
-        ref = (data.get("recipe") or {}).get("params", {}).get("cvae")
+        ref = self.recipe_params.get("cvae")
         if isinstance(ref, str):
-            data["recipe"]["params"]["cvae"] = load_model_card(self.resolve_ref(ref)).hash  # content, not name
+            data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name
         return canonical_hash(data)
 
-    def resolve_ref(self, ref: str) -> str:
-        """A card reference from this card: an id, or a YAML path relative to this card's folder."""
-        if ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute() and self.source_dir is not None:
-            return str(Path(self.source_dir) / ref)
-        return ref
+    @property
+    def recipe_params(self) -> dict[str, Any]:
+        """The recipe's params with a ``cvae`` card path made relative to this card's folder, not the cwd."""
+        params = dict(self.recipe.params) if self.recipe else {}
+        ref = params.get("cvae")
+        if isinstance(ref, str) and ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute() \
+                and self.source_dir is not None:
+            params["cvae"] = str(Path(self.source_dir) / ref)
+        return params
 
     @property
     def weights_path(self) -> Path | None:

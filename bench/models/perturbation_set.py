@@ -75,6 +75,11 @@ class LatentStats:
         return out | {"max": float(d.max())}
 
 
+def resolve_radius(card: ModelCard, eps: float | str, *, device: str | torch.device = "cpu") -> float:
+    """A radius as a number: itself, or the named statistic of the set (computed once and cached)."""
+    return float(eps) if not isinstance(eps, str) else latent_stats(card, device=device).resolve(eps)
+
+
 def _stats_path(card: ModelCard) -> Path:
     from bench.models.weights import cache_dir, safe_filename
 

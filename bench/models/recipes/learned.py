@@ -120,11 +120,10 @@ class CVAEAdversarialTraining(_WithCVAE):
     Params = CVAEAdvParams
 
     def prepare(self, *, device: torch.device, data_root: str | None) -> None:
-        from bench.models.perturbation_set import latent_stats
+        from bench.models.perturbation_set import resolve_radius
 
         super().prepare(device=device, data_root=data_root)
-        eps = self.params.eps
-        self.eps = latent_stats(self.cvae_card, device=device).resolve(eps) if isinstance(eps, str) else eps
+        self.eps = resolve_radius(self.cvae_card, self.params.eps, device=device)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         from bench.attacks.latent_pgd import latent_pgd
