@@ -212,21 +212,36 @@ def perturbation_quality(
     """Set-quality metrics (encoder/PGD/expected approximation error, reconstruction, KL, identity)."""
     from bench.quality import evaluate_quality
 
-    try:
-        radius: float | str = float(eps)
-    except ValueError:
-        radius = eps
-    typer.echo(str(evaluate_quality(card, pairs, eps=radius, n=n, seed=seed, device=device, results=results,
+    typer.echo(str(evaluate_quality(card, pairs, eps=eps, n=n, seed=seed, device=device, results=results,
                                     progress=sys.stderr.isatty())))
+
+
+@perturbation_app.command("samples")
+@friendly
+def perturbation_samples(
+        card: str = typer.Argument(..., help="CVAE model card id or path."),
+        out: Path = typer.Option(..., "--out", help="Image file (.png or .jpg)."),
+        n: int = typer.Option(8, "--n", help="Test images (columns)."),
+        draws: int = typer.Option(4, "--draws", help="Prior samples per image (rows after x, x~ and u = 0)."),
+        eps: str = typer.Option("max", "--eps", help="Radius the samples are projected into: a number, p50, max, ..."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the real perturbation and the samples."),
+        device: str = DeviceOpt) -> None:
+    """Picture of the set: rows x, a real perturbation, the prior mean (u = 0), prior samples in the ball."""
+    from bench.set_samples import sample_grid
+
+    typer.echo(f"samples written to {sample_grid(card, out, n=n, draws=draws, eps=eps, seed=seed, device=device)}")
 
 
 @perturbation_app.command("report")
 @friendly
 def perturbation_report(
+        setting: str = typer.Option("mnist-rts", "--setting",
+                                    help="mnist-rts (the paper's RTS) or mnist-rts-mild (the pilot's milder RTS)."),
         seeds: list[int] = typer.Option([0, 1], "--seed", help="Seeds (repeat the option); at least 2."),
-        out: Path = typer.Option(Path("docs/learned-perturbation-sets-mnist-rts.md"), "--out", help="Report file."),
-        work: Path = typer.Option(Path("bench-results/report-mnist-rts"), "--work",
-                                  help="Folder for the per-seed cards and the results store (resumable)."),
+        out: Optional[Path] = typer.Option(None, "--out",
+                                           help="Report file [default: docs/learned-perturbation-sets-SETTING.md]."),
+        work: Optional[Path] = typer.Option(None, "--work", help="Folder for the per-seed cards and the results "
+                                            "store, resumable [default: bench-results/report-SETTING]."),
         n_eval: int = typer.Option(1000, "--n-eval", help="Points for clean and perturbed accuracy."),
         n_quality: int = typer.Option(500, "--n-quality", help="Pairs for the set-quality metrics."),
         n_attack: int = typer.Option(300, "--n-attack", help="Points for the latent attacks."),
@@ -234,14 +249,17 @@ def perturbation_report(
         device: str = DeviceOpt) -> None:
     """Reproduce the MNIST-RTS learned-perturbation-set results and write the markdown report."""
     from bench.reports.learned_sets import build_report
+    from bench.reports.learned_sets import setting as find_setting
     from bench.run import resolve_device
 
+    chosen = find_setting(setting)
     if len(seeds) < 2:
         raise BenchError("a reproduction report needs at least 2 seeds", "pass e.g. --seed 0 --seed 1")
-    command = "bench perturbation report " + " ".join(f"--seed {s}" for s in seeds) + (
+    command = f"bench perturbation report --setting {setting} " + " ".join(f"--seed {s}" for s in seeds) + (
         f" --n-eval {n_eval} --n-quality {n_quality} --n-attack {n_attack} --n-certify {n_certify}")
-    path = build_report(seeds, out, work, n_eval=n_eval, n_quality=n_quality, n_attack=n_attack,
-                        n_certify=n_certify, device=str(resolve_device(device)), command=command)
+    path = build_report(chosen, seeds, out or Path(f"docs/learned-perturbation-sets-{setting}.md"),
+                        work or Path(f"bench-results/report-{setting}"), n_eval=n_eval, n_quality=n_quality,
+                        n_attack=n_attack, n_certify=n_certify, device=str(resolve_device(device)), command=command)
     typer.echo(f"report written to {path}")
 
 

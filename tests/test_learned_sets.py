@@ -18,10 +18,19 @@ def digits():
     return test.x[:40], test.y[:40]
 
 
+def move_warps_with_z(generator) -> None:
+    """An untrained STN generator warps by the identity for every z; random localiser heads make the
+    output depend on z, as training would."""
+    for localizer in generator.localizers:
+        torch.nn.init.normal_(localizer[-1].weight, std=0.1)
+
+
 @pytest.fixture(scope="module")
 def cvae():
     torch.manual_seed(0)
-    return small_cvae("stn", channels=1, side=8, latent=8).eval()
+    model = small_cvae("stn", channels=1, side=8, latent=8).eval()
+    move_warps_with_z(model.generator)
+    return model
 
 
 def test_kl_matches_torch_distributions():
@@ -63,6 +72,30 @@ def test_cvae_loss_and_distance(cvae, digits):
     with torch.no_grad():
         mu_p, _ = cvae.prior(x)
         assert torch.equal(cvae.perturb(x, torch.zeros_like(mu_p)), cvae.generator(x, mu_p))
+
+
+def test_stn_sets_contain_only_warps_of_x():
+    """z reaches the STN generator's output only through warps of x: a blank image has a one-point set,
+    whatever the latent (a generator that could paint strokes from z would make any set trivially attackable)."""
+    torch.manual_seed(0)
+    generator = small_cvae("stn", 1, 24, latent=8, transforms=3, warp="similarity").generator
+    move_warps_with_z(generator)
+    blank = torch.zeros(1, 1, 24, 24).expand(16, -1, -1, -1)
+    out = generator(blank, 5 * torch.randn(16, 8))
+    assert torch.allclose(out, out[:1].expand_as(out))
+    digit = torch.zeros(1, 1, 24, 24)
+    digit[..., 6:18, 11:13] = 1
+    assert not torch.allclose(*generator(digit.expand(2, -1, -1, -1), 5 * torch.randn(2, 8)))
+
+
+def test_architecture_revision_is_part_of_the_training_hash(monkeypatch):
+    from bench.models.archs import REVISIONS
+    from bench.models.card import load_model_card
+
+    card = load_model_card("mnist-rts-cvae")
+    before = card.training_hash
+    monkeypatch.setitem(REVISIONS, "cvae-stn", REVISIONS["cvae-stn"] + 1)
+    assert card.training_hash != before
 
 
 def test_cvae_training_lowers_its_loss(digits):

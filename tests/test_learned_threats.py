@@ -77,7 +77,8 @@ def test_cvae_card_trains_resumably_and_gives_ordered_statistics(cards):
 
 def test_eps_specs_are_checked():
     assert parse_eps("p75") == "p75" and parse_eps(3) == 3.0 and parse_eps("p99.9") == "p99.9"
-    for bad in ("p750", "median", -1, float("nan"), True):
+    assert parse_eps("2.5") == 2.5  # as typed on the command line
+    for bad in ("p750", "median", -1, "-1", float("nan"), "nan", True):
         with pytest.raises(ValueError):
             parse_eps(bad)
 
@@ -90,6 +91,25 @@ def test_cli_stats_json(cards):
     result = CliRunner().invoke(app, ["perturbation", "stats", cards["cvae"], "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert set(yaml.safe_load(result.output)) >= {"mean", "std", "p25", "p50", "p75", "max"}
+
+
+def test_cli_samples_draws_the_set_as_an_image_grid(cards, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    out = tmp_path / "set.png"
+    args = ["perturbation", "samples", cards["cvae"], "--out", str(out), "--n", "5", "--draws", "2",
+            "--eps", "p50", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    side, pad = 8, 2  # digits are 8x8; torchvision pads 2 px around every tile
+    with Image.open(out) as image:
+        assert image.size == (5 * (side + pad) + pad, (3 + 2) * (side + pad) + pad)
+    assert not list(tmp_path.glob(".*part*"))
+    bad = CliRunner().invoke(app, ["perturbation", "samples", cards["cvae"], "--out", str(tmp_path / "set.txt")])
+    assert bad.exit_code != 0 and "name a .png" in bad.output
 
 
 def test_downstream_recipes_train_and_the_cvae_hash_is_part_of_their_identity(cards, tmp_path):
@@ -325,9 +345,11 @@ def test_missing_corruption_files_say_how_to_make_them(tmp_path):
 
 
 def _fake_seed(adv_p50: float, held_out_ae: float) -> dict:
-    from bench.reports.learned_sets import ACCURACY, ATTACKS, QUALITY, ROWS
+    from bench.reports.learned_sets import QUALITY, SETTINGS
 
-    rows = {row: {c: 0.9 for c in [*ACCURACY, *ATTACKS, "smoothed", "certified"]} for row in ROWS}
+    setting = SETTINGS["mnist-rts"]
+    rows = {row: {c: 0.9 for c in [*setting.accuracy, *setting.attacks, "smoothed", "certified"]}
+            for row in setting.rows}
     for row in rows:
         rows[row]["robust @p50"] = 0.1
     rows["CVAE adversarial training"]["robust @p50"] = adv_p50
@@ -340,15 +362,34 @@ def _fake_seed(adv_p50: float, held_out_ae: float) -> dict:
 
 
 def test_report_checks_the_claims_against_the_numbers():
-    from bench.reports.learned_sets import render
+    from bench.reports.learned_sets import SETTINGS, render
 
     settings = {"command": "bench perturbation report", "n_eval": 10, "n_quality": 10, "n_attack": 10,
                 "n_certify": 10, "device": "cpu"}
-    good = render([_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], settings, 60.0)
+    good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], settings, 60.0)
     assert good.count("**holds**") == 7 and "does NOT" not in good and "75.0 ± 7.1" in good
-    bad = render([_fake_seed(0.7, 0.012), _fake_seed(0.05, 0.012)], [0, 1], settings, 60.0)
+    bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012), _fake_seed(0.05, 0.012)], [0, 1], settings, 60.0)
     assert "**does NOT hold**: CVAE adversarial training has the highest" in bad
     assert "**does NOT hold**: perturbed-shear: PGD AE clearly above" in bad
+
+
+@pytest.mark.parametrize("name", ["mnist-rts", "mnist-rts-mild"])
+def test_report_settings_use_one_cvae_throughout(name):
+    """Every learned-set card of a report setting names the setting's CVAE, and its perturbed threat and
+    real-augmentation row draw the same pairs as that CVAE was trained on."""
+    from bench.attacks.card import load_threat_card
+    from bench.models.card import load_model_card
+    from bench.reports.learned_sets import SETTINGS
+
+    setting = SETTINGS[name]
+    pairs = load_model_card(setting.cvae).recipe.params["pairs"]
+    for model_id in setting.rows.values():
+        params = load_model_card(model_id).recipe.params
+        assert params.get("cvae", setting.cvae) == setting.cvae
+        assert params.get("pairs", pairs) == pairs
+    for threat_id in [*setting.attacks.values(), setting.certify]:
+        assert load_threat_card(threat_id).params["cvae"] == setting.cvae
+    assert load_threat_card(setting.accuracy["RTS (in-family)"]).params["pairs"] == pairs
 
 
 def test_schedules_interpolate_between_knots_and_validate():

@@ -9,13 +9,16 @@ from bench.errors import CardError, did_you_mean
 
 Builder = Callable[..., nn.Module]
 ARCHS: dict[str, Builder] = {}
+REVISIONS: dict[str, int] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
+def register(name: str, revision: int = 0) -> Callable[[Builder], Builder]:
+    """``revision`` counts changes to what the builder makes; it is part of every training hash that
+    uses the architecture, so weights trained by an older revision are never loaded into a newer one."""
     def wrap(fn: Builder) -> Builder:
         if name in ARCHS:
             raise ValueError(f"architecture {name!r} registered twice")
-        ARCHS[name] = fn
+        ARCHS[name], REVISIONS[name] = fn, revision
         return fn
 
     return wrap

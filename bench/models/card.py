@@ -117,7 +117,11 @@ class ModelCard(Strict):
     def training_hash(self) -> str:
         """Identity of a trained result: only what changes the trained weights. A recipe that uses a
         perturbation model (``params.cvae``) includes that card's hash, so retraining it retrains this."""
+        from bench.models.archs import REVISIONS
+
         data = self.model_dump(mode="json", include={"dataset", "architecture", "normalization", "recipe"})
+        if self.architecture is not None and REVISIONS.get(self.architecture.name):
+            data["architecture"]["revision"] = REVISIONS[self.architecture.name]
         ref = self.recipe_params.get("cvae")
         if isinstance(ref, str):
             data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name

@@ -60,16 +60,18 @@ def similarity_theta(params: Tensor) -> Tensor:
 class STNGenerator(nn.Module):
     """g(x, z) for spatial perturbations: z picks warps of x, which a small conv net blends.
 
+    As in the paper, z reaches the output only through the warps. Feeding z to the blend as well
+    (a "z-map" channel) lets the generator paint strokes that are no warp of x; the latent attack
+    finds them, and even a classifier trained on real warps falls to 0% inside such a set.
     ``warp="affine"`` lets each warp be any affine map (the paper's STN); ``"similarity"`` restricts
     it to rotation, isotropic scale and translation, so shears are outside what a single warp can do.
     Every warp starts at the identity.
     """
 
-    def __init__(self, channels: int, side: int, latent: int, transforms: int = 3, hidden: int = 64,
-                 width: int = 16, warp: Literal["affine", "similarity"] = "affine"):
+    def __init__(self, channels: int, latent: int, transforms: int = 3, hidden: int = 64, width: int = 16,
+                 warp: Literal["affine", "similarity"] = "affine"):
         super().__init__()
-        self.side, self.warp = side, warp
-        self.zmap = nn.Linear(latent, side * side)
+        self.warp = warp
         self.localizers = nn.ModuleList()
         for _ in range(transforms):
             head = nn.Linear(hidden, 6 if warp == "affine" else 4)
@@ -77,7 +79,7 @@ class STNGenerator(nn.Module):
             with torch.no_grad():
                 head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]) if warp == "affine" else torch.zeros(4))
             self.localizers.append(nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), head))
-        self.blend = nn.Sequential(nn.Conv2d(transforms * channels + 1, width, 3, padding=1), nn.ReLU(),
+        self.blend = nn.Sequential(nn.Conv2d(transforms * channels, width, 3, padding=1), nn.ReLU(),
                                    nn.Conv2d(width, channels, 3, padding=1))
 
     def theta(self, localizer: nn.Module, z: Tensor) -> Tensor:
@@ -88,8 +90,7 @@ class STNGenerator(nn.Module):
         from bench.data.pairs import affine_warp
 
         warped = [affine_warp(x, self.theta(loc, z)) for loc in self.localizers]
-        zmap = self.zmap(z).view(-1, 1, self.side, self.side)
-        return torch.sigmoid(self.blend(torch.cat(warped + [zmap], 1)))
+        return torch.sigmoid(self.blend(torch.cat(warped, 1)))
 
 
 class ConvGenerator(nn.Module):
@@ -196,7 +197,7 @@ def small_cvae(kind: Literal["stn", "conv"], channels: int, side: int, latent: i
                likelihood: Likelihood = "bernoulli", width: int = 16, transforms: int = 3, depth: int = 2,
                warp: Literal["affine", "similarity"] = "affine") -> CVAE:
     """A CPU-sized CVAE: conv prior and posterior encoders, an STN (spatial) or conv (pixel) generator."""
-    generator = (STNGenerator(channels, side, latent, transforms=transforms, width=width, warp=warp)
+    generator = (STNGenerator(channels, latent, transforms=transforms, width=width, warp=warp)
                  if kind == "stn" else ConvGenerator(channels, side, latent, width=2 * width))
     return CVAE(ConvEncoder(channels, side, latent, width, depth), ConvEncoder(2 * channels, side, latent, width, depth),
                 generator, likelihood)
@@ -212,6 +213,7 @@ def rectangle_cvae(channels: int = 3, side: int = 32, latent: int = 64, blocks: 
 
 from bench.models.archs import register  # noqa: E402  (archs imports this module at its end)
 
-register("cvae-stn")(lambda **kw: small_cvae("stn", **kw))
+# revision 1: the STN generator no longer feeds a z-map to its blend (weights of revision 0 do not load)
+register("cvae-stn", revision=1)(lambda **kw: small_cvae("stn", **kw))
 register("cvae-conv")(lambda **kw: small_cvae("conv", **kw))
 register("cvae-rectangle")(rectangle_cvae)

@@ -30,6 +30,11 @@ def parse_eps(value: float | str) -> float | str:
     """A radius: a positive number, or the name of a statistic resolved per perturbation set."""
     if isinstance(value, str) and EPS_SPEC.match(value.strip()):
         return value.strip()
+    if isinstance(value, str):  # a number typed on the command line
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and np.isfinite(value):
         return float(value)
     raise ValueError(f"eps {value!r} is not {EPS_HELP}")
