@@ -88,14 +88,15 @@ def test_stn_sets_contain_only_warps_of_x():
     assert not torch.allclose(*generator(digit.expand(2, -1, -1, -1), 5 * torch.randn(2, 8)))
 
 
-def test_architecture_revision_is_part_of_the_training_hash(monkeypatch):
+def test_architecture_revision_is_part_of_every_hash_downstream(monkeypatch):
     from bench.models.archs import REVISIONS
     from bench.models.card import load_model_card
 
-    card = load_model_card("mnist-rts-cvae")
-    before = card.training_hash
+    cvae, classifier = load_model_card("mnist-rts-cvae"), load_model_card("mnist42-cnn-cvae-aug")
+    before = cvae.hash, cvae.training_hash, classifier.training_hash
     monkeypatch.setitem(REVISIONS, "cvae-stn", REVISIONS["cvae-stn"] + 1)
-    assert card.training_hash != before
+    # the CVAE's weights, its cached statistics (keyed by the card hash) and every classifier trained on it
+    assert all(a != b for a, b in zip(before, (cvae.hash, cvae.training_hash, classifier.training_hash)))
 
 
 def test_cvae_training_lowers_its_loss(digits):

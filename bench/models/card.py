@@ -109,19 +109,25 @@ class ModelCard(Strict):
             raise ValueError("the card has neither weights nor a training recipe")
         return self
 
+    def _dump(self, **include) -> dict[str, Any]:
+        """The card as data, plus its architecture's revision: what an older revision built (weights,
+        cached statistics, results) never passes for what the current one builds."""
+        from bench.models.archs import REVISIONS
+
+        data = self.model_dump(mode="json", **include)
+        if self.architecture is not None and REVISIONS.get(self.architecture.name):
+            data["architecture"]["revision"] = REVISIONS[self.architecture.name]
+        return data
+
     @property
     def hash(self) -> str:
-        return canonical_hash(self.model_dump(mode="json"))
+        return canonical_hash(self._dump())
 
     @property
     def training_hash(self) -> str:
         """Identity of a trained result: only what changes the trained weights. A recipe that uses a
         perturbation model (``params.cvae``) includes that card's hash, so retraining it retrains this."""
-        from bench.models.archs import REVISIONS
-
-        data = self.model_dump(mode="json", include={"dataset", "architecture", "normalization", "recipe"})
-        if self.architecture is not None and REVISIONS.get(self.architecture.name):
-            data["architecture"]["revision"] = REVISIONS[self.architecture.name]
+        data = self._dump(include={"dataset", "architecture", "normalization", "recipe"})
         ref = self.recipe_params.get("cvae")
         if isinstance(ref, str):
             data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name
