@@ -62,15 +62,12 @@ def evaluate_quality(cvae: str | Path, pairs: str | None = None, *, eps: float |
     from bench.data import load_dataset, subset_indices
     from bench.data.pairs import pair_source
     from bench.models.cvae_quality import quality_metrics
-    from bench.models.perturbation_set import cvae_card, load_cvae, parse_eps, resolve_radius
+    from bench.models.perturbation_set import cvae_card, load_cvae, radius_option, resolve_radius
     from bench.run import batch_seed, resolve_device
 
     dev = resolve_device(device)
     card = cvae_card(cvae, "bench perturbation quality")
-    try:
-        eps = parse_eps(eps)
-    except ValueError as err:
-        raise BenchError(str(err), "pass e.g. --eps max or --eps 2.5") from None
+    eps = radius_option(eps)
     label, spec = _pairs_spec(card, pairs)
     source = pair_source(spec, "test", f"pairs {label}")
     model = load_cvae(card, dev)

@@ -23,7 +23,7 @@ def sample_grid(cvae: str | Path, out: str | Path, *, n: int = 8, draws: int = 4
     from bench.attacks.pgd_core import project_l2
     from bench.data import load_dataset, subset_indices
     from bench.data.pairs import pair_source
-    from bench.models.perturbation_set import cvae_card, load_cvae, parse_eps, resolve_radius
+    from bench.models.perturbation_set import cvae_card, load_cvae, radius_option, resolve_radius
     from bench.run import resolve_device
 
     out = Path(out)
@@ -31,10 +31,7 @@ def sample_grid(cvae: str | Path, out: str | Path, *, n: int = 8, draws: int = 4
         raise BenchError(f"cannot write an image to {out}", f"name a {', '.join(FORMATS)} file")
     if n < 1 or draws < 0:
         raise BenchError(f"need n >= 1 and draws >= 0, got n={n}, draws={draws}", "pass e.g. --n 8 --draws 4")
-    try:
-        eps = parse_eps(eps)
-    except ValueError as err:
-        raise BenchError(str(err), "pass e.g. --eps max or --eps 2.5") from None
+    eps = radius_option(eps)
     dev = resolve_device(device)
     card = cvae_card(cvae, "bench perturbation samples")
     model = load_cvae(card, dev)

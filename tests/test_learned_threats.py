@@ -15,7 +15,7 @@ from bench.attacks import make_threat
 from bench.attacks.latent_smoothing import class_counts, clopper_pearson_lower
 from bench.errors import BenchError, CardError
 from bench.models import create, load_model_card
-from bench.models.perturbation_set import latent_stats, parse_eps
+from bench.models.perturbation_set import latent_stats, parse_eps, radius_option
 
 DIGITS_CVAE = {
     "id": "digits-rts-cvae", "dataset": "digits", "task": "cvae",
@@ -81,6 +81,8 @@ def test_eps_specs_are_checked():
     for bad in ("p750", "median", -1, "-1", float("nan"), "nan", True):
         with pytest.raises(ValueError):
             parse_eps(bad)
+    with pytest.raises(BenchError, match="p50, p75"):  # typed by a user: a clear error, not a ValueError
+        radius_option("median")
 
 
 def test_cli_stats_json(cards):

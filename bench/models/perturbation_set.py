@@ -18,7 +18,7 @@ import torch
 from pydantic import AfterValidator
 from tqdm.auto import tqdm
 
-from bench.errors import CardError
+from bench.errors import BenchError, CardError
 from bench.models.card import ModelCard, load_model_card
 from bench.models.cvae import CVAE
 
@@ -41,6 +41,14 @@ def parse_eps(value: float | str) -> float | str:
 
 
 Radius = Annotated[float | str, AfterValidator(parse_eps)]  # for card schemas
+
+
+def radius_option(value: float | str) -> float | str:
+    """``parse_eps`` for a value typed by a user, failing with a BenchError that says how to write one."""
+    try:
+        return parse_eps(value)
+    except ValueError as err:
+        raise BenchError(str(err), "pass e.g. --eps max or --eps 2.5") from None
 
 
 def cvae_card(ref: str | Path, where: str) -> ModelCard:
