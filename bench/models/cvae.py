@@ -63,6 +63,7 @@ class STNGenerator(nn.Module):
     As in the paper, z reaches the output only through the warps. Feeding z to the blend as well
     (a "z-map" channel) lets the generator paint strokes that are no warp of x; the latent attack
     finds them, and even a classifier trained on real warps falls to 0% inside such a set.
+
     ``warp="affine"`` lets each warp be any affine map (the paper's STN); ``"similarity"`` restricts
     it to rotation, isotropic scale and translation, so shears are outside what a single warp can do.
     Every warp starts at the identity.
