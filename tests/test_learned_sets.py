@@ -93,10 +93,12 @@ def test_architecture_revision_is_part_of_every_hash_downstream(monkeypatch):
     from bench.models.card import load_model_card
 
     cvae, classifier = load_model_card("mnist-rts-cvae"), load_model_card("mnist42-cnn-cvae-aug")
-    before = cvae.hash, cvae.training_hash, classifier.training_hash
+    before = cvae.hash, cvae.training_hash, classifier.training_hash, classifier.hash
     monkeypatch.setitem(REVISIONS, "cvae-stn", REVISIONS["cvae-stn"] + 1)
-    # the CVAE's weights, its cached statistics (keyed by the card hash) and every classifier trained on it
-    assert all(a != b for a, b in zip(before, (cvae.hash, cvae.training_hash, classifier.training_hash)))
+    # the CVAE's weights, its cached statistics (keyed by the card hash), every classifier trained on it
+    # and that classifier's results (keyed by its card hash)
+    assert all(a != b for a, b in zip(before, (cvae.hash, cvae.training_hash, classifier.training_hash,
+                                               classifier.hash)))
 
 
 def test_cvae_training_lowers_its_loss(digits):

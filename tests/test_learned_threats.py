@@ -126,7 +126,9 @@ def test_downstream_recipes_train_and_the_cvae_hash_is_part_of_their_identity(ca
     other.write_text(yaml.safe_dump(changed))
     moved = tmp_path / "digits-cvae-aug.yaml"  # same card; its relative cvae reference now finds the changed CVAE
     moved.write_text(Path(cards["cvae-aug"]).read_text())
+    # new weights, and new results: runs are keyed by the card hash and must not resume the old weights' rows
     assert load_model_card(moved).training_hash != card.training_hash
+    assert load_model_card(moved).hash != card.hash
 
 
 def test_adversarial_loss_is_at_least_the_clean_loss(cards):

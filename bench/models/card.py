@@ -110,13 +110,17 @@ class ModelCard(Strict):
         return self
 
     def _dump(self, **include) -> dict[str, Any]:
-        """The card as data, plus its architecture's revision: what an older revision built (weights,
-        cached statistics, results) never passes for what the current one builds."""
+        """The card as data, plus its architecture's revision, and a recipe's perturbation model
+        (``params.cvae``) as that card's hash: what an older revision or another CVAE built (weights,
+        cached statistics, results) never passes for what this card builds now."""
         from bench.models.archs import REVISIONS
 
         data = self.model_dump(mode="json", **include)
         if self.architecture is not None and REVISIONS.get(self.architecture.name):
             data["architecture"]["revision"] = REVISIONS[self.architecture.name]
+        ref = self.recipe_params.get("cvae")
+        if isinstance(ref, str) and data.get("recipe"):
+            data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name
         return data
 
     @property
@@ -125,13 +129,8 @@ class ModelCard(Strict):
 
     @property
     def training_hash(self) -> str:
-        """Identity of a trained result: only what changes the trained weights. A recipe that uses a
-        perturbation model (``params.cvae``) includes that card's hash, so retraining it retrains this."""
-        data = self._dump(include={"dataset", "architecture", "normalization", "recipe"})
-        ref = self.recipe_params.get("cvae")
-        if isinstance(ref, str):
-            data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name
-        return canonical_hash(data)
+        """Identity of a trained result: only what changes the trained weights."""
+        return canonical_hash(self._dump(include={"dataset", "architecture", "normalization", "recipe"}))
 
     @property
     def recipe_params(self) -> dict[str, Any]:
