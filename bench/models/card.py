@@ -119,7 +119,7 @@ class ModelCard(Strict):
         if self.architecture is not None and REVISIONS.get(self.architecture.name):
             data["architecture"]["revision"] = REVISIONS[self.architecture.name]
         ref = self.recipe_params.get("cvae")
-        if isinstance(ref, str) and data.get("recipe"):
+        if isinstance(ref, str):  # a ref implies a recipe, and both dumps include it
             data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name
         return data
 
