@@ -5,12 +5,12 @@ The Python API mirrors the CLI::
     import bench
     model = bench.load_model("mnist-cnn-pgd-at")
     summary = bench.evaluate(model, "autoattack-linf-0.3", dataset="mnist", n=200)
+    summary = bench.evaluate(model, "pgd", x=images, y=labels, dataset="mnist")   # tensors you hold
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "board",
-           "perturbation_stats", "evaluate_quality", "BenchError"]
+__all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "board", "BenchError"]
 
 from bench.errors import BenchError
 
@@ -42,7 +42,7 @@ def evaluate(model, threat, **kwargs):
 
 def train(card, **kwargs):
     """Train a model card's recipe into the cache and return the weight file's path."""
-    from bench.models import train as train_card
+    from bench.training import train as train_card
 
     return train_card(card, **kwargs)
 
@@ -50,13 +50,13 @@ def train(card, **kwargs):
 def list_models() -> list[str]:
     from bench.cards import catalogue
 
-    return list(catalogue("model"))
+    return list(catalogue("model").cards)
 
 
 def list_threats() -> list[str]:
     from bench.cards import catalogue
 
-    return list(catalogue("threat"))
+    return list(catalogue("threat").cards)
 
 
 def board(*, dataset: str | None = None, threat: str | None = None, results=None):
@@ -65,17 +65,3 @@ def board(*, dataset: str | None = None, threat: str | None = None, results=None
     from bench.store import Store
 
     return leaderboard(Store(results), dataset, threat)
-
-
-def perturbation_stats(card, *, device="cpu") -> dict[str, float]:
-    """Latent distance statistics of a CVAE card's held-out pairs (mean, std, p25/p50/p75/p99.9, max)."""
-    from bench.models.perturbation_set import cvae_card, latent_stats
-
-    return latent_stats(cvae_card(card, "bench.perturbation_stats"), device=device).summary()
-
-
-def evaluate_quality(cvae, pairs=None, **kwargs):
-    """Set-quality metrics of a CVAE card into the store; see bench.quality.evaluate_quality."""
-    from bench.quality import evaluate_quality as run_quality
-
-    return run_quality(cvae, pairs, **kwargs)

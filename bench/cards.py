@@ -1,17 +1,23 @@
-"""Card files: YAML loading with ``include:``, canonical hashing and the catalogues.
+"""Card files: safe YAML reading with ``include:``, canonical hashing, discovery and look-up.
 
-Model cards live in ``models/``, threat cards in ``attacks/`` (in a checkout at the repository
-root, in a wheel under ``bench/_cards/``). Extra folders come from ``$BENCH_CARDS`` (separated
-by ``os.pathsep``), each holding ``models/`` and/or ``attacks/``; a user card overrides a
-built-in card of the same id with a warning. Files whose name starts with ``_`` are bases for
-``include:`` only.
+Model cards live under ``models/``, threat cards under ``attacks/`` (in a checkout at the repository
+root, in a wheel under ``bench/_cards/``), in folders that may be nested by method family and are
+searched recursively. Extra folders come from ``$BENCH_CARDS`` (separated by ``os.pathsep``), each
+holding ``models/`` and/or ``attacks/``; a user card overrides a built-in card of the same id with a
+warning. Files whose name starts with ``_`` are bases for ``include:`` only.
+
+Card files are untrusted input: only regular files under a size limit are read, YAML aliases are
+bounded (no "billion laughs"), and a card that cannot be read affects only itself: the catalogue
+lists it as invalid, with its error, and every other card still works.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,45 @@ import yaml
 from bench.errors import CardError, did_you_mean
 
 KINDS = {"model": "models", "threat": "attacks"}
+MAX_CARD_BYTES = 256 * 1024
+MAX_ALIASES = 64
 
 
 def builtin_root() -> Path:
     package = Path(__file__).resolve().parent
     shipped = package / "_cards"
     return shipped if shipped.is_dir() else package.parent
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """safe_load that refuses documents expanding more than MAX_ALIASES aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); a card has no need for them")
+        return super().compose_node(parent, index)
+
+
+def _read_text(path: Path) -> str:
+    """A card file's text: only a regular file, and only up to MAX_CARD_BYTES."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as err:
+        raise CardError(f"card file {path} does not exist", "check the path") from err
+    except OSError as err:
+        raise CardError(f"card file {path} cannot be read: {err}", "check the path and its permissions") from err
+    if not stat.S_ISREG(mode):
+        raise CardError(f"{path} is not a regular file", "a card (or an include:) must name a YAML file")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CARD_BYTES + 1)
+    if len(raw) > MAX_CARD_BYTES:
+        raise CardError(f"{path} is larger than {MAX_CARD_BYTES // 1024} KiB", "a card is a short YAML file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CardError(f"{path} is not UTF-8 text", "save the card as a UTF-8 YAML file") from err
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -36,14 +75,13 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def read_card(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Parse a card with yaml.safe_load and resolve ``include:`` (relative to the card's folder)."""
+    """Parse a card and resolve ``include:`` (relative to the card's folder)."""
     path = path.resolve()
     if path in _seen:
         raise CardError(f"{path}: include cycle", "remove the circular include:")
+    text = _read_text(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as err:
-        raise CardError(f"card file {path} does not exist", "check the path") from err
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise CardError(f"{path}: not valid YAML ({err})", "fix the YAML syntax") from err
     if not isinstance(data, dict):
@@ -57,8 +95,8 @@ def read_card(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def canonical_hash(data: Any) -> str:
-    """sha256 of the card's canonical JSON: the identity of a protocol or model definition."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 of canonical JSON: the identity of a protocol, a model definition or a run."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -70,28 +108,57 @@ def card_dirs(kind: str) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
+def _card_files(directory: Path) -> list[Path]:
+    """Card files under a folder, recursively, in sorted order; ``_`` bases and hidden folders skipped."""
+    found = []
+    for path in sorted(directory.rglob("*.yaml")):
+        parts = path.relative_to(directory).parts
+        if path.name.startswith("_") or any(p.startswith((".", "_")) for p in parts[:-1]):
+            continue
+        found.append(path)
+    return found
+
+
+@dataclass
+class Catalogue:
+    """Card id -> file, plus the files that could not be read (each with its error)."""
+
+    cards: dict[str, Path] = field(default_factory=dict)
+    invalid: dict[Path, CardError] = field(default_factory=dict)
+    clashes: dict[str, list[Path]] = field(default_factory=dict)  # one id in two files of one folder
+
+
 _warned_overrides: set[Path] = set()
+_cache: dict[tuple, Catalogue] = {}
 
 
-def catalogue(kind: str) -> dict[str, Path]:
-    """Card id -> file, in sorted discovery order; later folders override earlier ones."""
-    found: dict[str, Path] = {}
-    for i, directory in enumerate(card_dirs(kind)):
+def catalogue(kind: str) -> Catalogue:
+    """Every card of a kind; later folders override earlier ones. Cached until a card file changes."""
+    folders = [(d, _card_files(d)) for d in card_dirs(kind)]
+    key = (kind, tuple((p, p.stat().st_mtime_ns, p.stat().st_size) for _, files in folders for p in files))
+    if key in _cache:
+        return _cache[key]
+    out = Catalogue()
+    for i, (directory, files) in enumerate(folders):
         local: dict[str, Path] = {}
-        for path in sorted(directory.glob("*.yaml")):
-            if path.name.startswith("_"):
+        for path in files:
+            try:
+                card_id = str(read_card(path).get("id", path.stem))
+            except CardError as err:
+                out.invalid[path] = err
                 continue
-            card_id = read_card(path).get("id", path.stem)
             if card_id in local:
-                raise CardError(f"{kind} card id {card_id!r} is defined twice: {local[card_id]} and {path}",
-                                "give one of them another id")
+                out.clashes.setdefault(card_id, [local[card_id]]).append(path)
+                continue
             local[card_id] = path
         for card_id, path in local.items():
-            if card_id in found and i > 0 and path not in _warned_overrides:
+            if card_id in out.cards and i > 0 and path not in _warned_overrides:
                 _warned_overrides.add(path)  # once per process, not on every look-up
-                warnings.warn(f"{path} overrides the {kind} card {card_id!r} from {found[card_id]}", stacklevel=2)
-            found[card_id] = path
-    return found
+                warnings.warn(f"{path} overrides the {kind} card {card_id!r} from {out.cards[card_id]}", stacklevel=2)
+            out.cards[card_id] = path
+    _cache.clear()
+    _cache[key] = out
+    return out
 
 
 def locate(kind: str, name: str | os.PathLike) -> Path:
@@ -102,23 +169,34 @@ def locate(kind: str, name: str | os.PathLike) -> Path:
         if not path.is_file():
             raise CardError(f"{kind} card file {path} does not exist", "check the path")
         return path
-    known = catalogue(kind)
-    if text not in known:
+    found = catalogue(kind)
+    if text in found.clashes:
+        raise CardError(f"{kind} card id {text!r} is defined twice: {', '.join(map(str, found.clashes[text]))}",
+                        "give one of them another id")
+    if text not in found.cards:
+        broken = [p for p in found.invalid if p.stem == text]
+        if broken:
+            raise found.invalid[broken[0]]
         raise CardError(f"unknown {kind} {text!r}",
-                        f"{did_you_mean(text, known)}run `bench {'models' if kind == 'model' else 'threats'}` to list them")
-    return known[text]
+                        f"{did_you_mean(text, found.cards)}run `bench {'models' if kind == 'model' else 'threats'}` "
+                        "to list them")
+    return found.cards[text]
 
 
-def validate(schema: type, data: dict, where: str):
-    """Build a pydantic schema object; a validation failure names the card and the field."""
+def validate(schema: type, data: dict, where: str, context: dict | None = None):
+    """Build a pydantic schema object; a validation failure names the card and the field.
+
+    ``context`` reaches field validators (e.g. the referring card's folder for card references)."""
     from pydantic import ValidationError
 
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(data, context=context)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(card)"
-        problem = "unknown field (check its spelling)" if first["type"] == "extra_forbidden" else first["msg"]
+        field_name = ".".join(str(p) for p in first["loc"]) or "(card)"
+        problem = ("unknown field (check its spelling)" if first["type"] == "extra_forbidden"
+                   else first["msg"].removeprefix("Value error, "))
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise CardError(f"{where}: field {field!r}: {problem}{more}",
-                        f"fix {field!r} in the card; the card's schema is {schema.__module__}.{schema.__name__}") from None
+        raise CardError(f"{where}: field {field_name!r}: {problem}{more}",
+                        f"fix {field_name!r} in the card; the card's schema is "
+                        f"{schema.__module__}.{schema.__name__}") from None

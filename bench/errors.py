@@ -30,3 +30,22 @@ class DataError(BenchError):
 
 class WeightsError(BenchError):
     """Weights that are missing, corrupted or unsafe to load."""
+
+
+class DependencyError(BenchError):
+    """An optional dependency that is missing or broken."""
+
+
+def require(module: str, purpose: str, install: str):
+    """Import an optional dependency, or raise a DependencyError that says what needs it and how to get it.
+
+    A broken install fails in many ways (ImportError, or e.g. torchvision's RuntimeError for an
+    operator missing from the installed torch); each becomes the same clear error."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001  (any failure to import means the dependency is unusable)
+        raise DependencyError(f"{purpose} needs the package {module.split('.')[0]}, which "
+                              f"{'is not installed' if isinstance(err, ModuleNotFoundError) else 'failed to import'}"
+                              f" ({type(err).__name__}: {err})", f"run `{install}`") from err

@@ -1,75 +1,44 @@
-"""The run loop: resolve model, threat and data; attack in batches; write rows as batches finish.
+"""Runs: resolve a model and a threat, plan the run as shards, execute each shard, summarise.
 
-A run is identified by (model hash, threat protocol hash, dataset, n, seed). Rerunning the same
-command resumes: finished batches are skipped, so no row is lost or counted twice. Batch k is
-always attacked with seed ``f(seed, k)`` at the same positions, so a resumed run gives the same
-rows as an uninterrupted one.
+A run is identified by everything that changes its rows: the model's hash, the threat's protocol
+hash, the dataset's identity, n, the seed, the batch size (batch k is attacked as one batch with seed
+f(seed, k), so the batch size changes rows) and the device type. Its plan is a list of independent
+shards; ``run_shard`` computes one shard and writes its rows, and ``evaluate`` is the local executor
+of the plan (a distributed executor runs the same shards elsewhere). Rerunning a command resumes it:
+finished shards are skipped, so no row is lost or counted twice, and a resumed run equals an
+uninterrupted one. Two processes running the same run split its shards between them.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bench.attacks import Threat, ThreatCard, make_threat
-from bench.attacks.base import predict
-from bench.data import Dataset, load_dataset, subset_indices
+from bench.cards import canonical_hash
+from bench.data import Dataset, from_tensors, load_dataset, subset_indices
 from bench.errors import BenchError
-from bench.models import ModelCard, create, load_model_card
-from bench.stats import wilson_interval
-from bench.store import Store
+from bench.metrics import Metric, MetricValue
+from bench.models.card import ModelCard, load_model_card
+from bench.store import STORE_VERSION, Store, StoreError, now
+from bench.tasks import TASKS, Task
+from bench.threats import Batch, Target, Threat, ThreatCard, make_threat, resolve_threat
+
+MAX_SEED = 2**31 - 1
 
 
-@dataclass
-class Summary:
-    run_id: str
-    model: str
-    threat: str
-    threat_hash: str
-    dataset: str
-    n: int
-    seed: int
-    clean_acc: float
-    robust_acc: float
-    robust_ci: tuple[float, float]
-    seconds: float
-    stats: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    results: str = ""
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else float("inf")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "examples_per_s": self.examples_per_s}
-
-    def __str__(self) -> str:
-        lo, hi = self.robust_ci
-        lines = [
-            f"model {self.model}   threat {self.threat} (protocol {self.threat_hash[:12]})   dataset {self.dataset}"
-            f"   n {self.n}   seed {self.seed}",
-            f"clean accuracy   {self.clean_acc:7.2%}",
-            f"robust accuracy  {self.robust_acc:7.2%}   (95% Wilson interval {lo:.2%} - {hi:.2%})",
-            f"time             {self.seconds:7.1f} s   ({self.examples_per_s:.1f} examples/s)",
-        ]
-        if self.stats:
-            lines.append("per attack       " + ", ".join(f"{k} {v}" for k, v in self.stats.items()))
-        lines += [f"note: {note}" for note in self.notes]
-        lines.append(f"results          {self.results} (run {self.run_id})")
-        return "\n".join(lines)
+# --- devices -----------------------------------------------------------------------------------------
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -78,9 +47,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise BenchError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto") from err
+        raise BenchError(f"unknown device {device!r}", "use cpu, cuda, cuda:N, mps or auto") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device {device} requested but CUDA is not available", "use --device cpu (or auto)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise BenchError(f"device {device} requested but MPS is not available", "use --device cpu (or auto)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BenchError(f"device {device} is not supported", "use cpu, cuda, cuda:N, mps or auto")
     return dev
 
 
@@ -89,6 +62,9 @@ def _module_device(model: nn.Module, device: str | torch.device | None) -> torch
     own = next((p.device for p in model.parameters()), None)
     if own is None:
         return resolve_device(device)
+    if own.type == "meta":
+        raise BenchError("the model's parameters are on the meta device (they hold no values)",
+                         "load real weights into the module first (e.g. model.to_empty(...) then load_state_dict)")
     if device is None or str(device) == "auto":
         return own
     wanted = resolve_device(device)
@@ -98,13 +74,143 @@ def _module_device(model: nn.Module, device: str | torch.device | None) -> torch
     return own
 
 
-def module_hash(model: nn.Module) -> str:
-    """Content identity of a bare module: its class and every tensor in its state dict."""
-    digest = hashlib.sha256(type(model).__qualname__.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+# --- plan ----------------------------------------------------------------------------------------------
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch k of a run: the same whether the run was interrupted or not."""
+    return (seed * 1_000_003 + batch) % (2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One independent unit of a run: positions in the split, attacked as one batch with ``seed``."""
+
+    number: int
+    indices: tuple[int, ...]
+    seed: int
+
+
+@dataclass
+class RunPlan:
+    run_id: str
+    meta: dict[str, Any]
+    shards: list[Shard]
+
+
+def plan_shards(positions: Tensor, seed: int, batch_size: int) -> list[Shard]:
+    points = positions.tolist()
+    return [Shard(k, tuple(points[start:start + batch_size]), batch_seed(seed, k))
+            for k, start in enumerate(range(0, len(points), batch_size))]
+
+
+@dataclass
+class Evaluation:
+    """A run's parts in memory, built once per process: every shard of the run executes against it."""
+
+    run_id: str
+    target: Target
+    threat: Threat
+    data: Dataset
+    device: torch.device
+
+
+def run_shard(ev: Evaluation, shard: Shard, store: Store) -> list[str]:
+    """Compute one shard and write its rows; returns the notes the threat made on it."""
+    start = time.perf_counter()
+    idx = torch.tensor(shard.indices)
+    x, y = ev.data.x[idx].to(ev.device), ev.data.y[idx].to(ev.device)
+    target = ev.target
+    clean = target.task.clean_pass(target.module, x, y, target.num_classes)
+    with torch.random.fork_rng(devices=[ev.device] if ev.device.type == "cuda" else []):
+        out = ev.threat.attack(target, Batch(x, y, idx, shard.seed, clean))
+    values = {**clean, **out.values}
+    _check_values(values, len(idx), type(ev.threat).__name__)
+    seconds = time.perf_counter() - start
+    columns = {"run_id": [ev.run_id] * len(idx), "shard": [shard.number] * len(idx), "index": idx.tolist(),
+               **({"label": y.tolist()} if target.task.uses_labels else {}),
+               **{k: v.detach().cpu().numpy() for k, v in values.items()},
+               "seconds": [seconds / len(idx)] * len(idx)}
+    store.write_shard(ev.run_id, shard.number, pa.table(columns),
+                      {"shard": shard.number, "stats": out.stats, "notes": out.notes, "seconds": seconds,
+                       "written": now()})
+    return out.notes
+
+
+def _check_values(values: dict[str, Tensor], n: int, family: str) -> None:
+    for name, value in values.items():
+        if not isinstance(value, Tensor) or value.ndim != 1 or len(value) != n:
+            raise BenchError(f"threat {family} returned column {name!r} with shape "
+                             f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}, "
+                             f"not one value per point ({n})", "this is a bug in the threat family")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise BenchError(f"threat {family} returned non-finite values in column {name!r}",
+                             "check the threat card's parameters; if they are sound, this is a bug in the family")
+
+
+def execute(ev: Evaluation, shards: list[Shard], store: Store, *, progress: bool, desc: str) -> list[str]:
+    """Run every shard not yet written; shards another process is computing are waited for, not redone."""
+    done = {s.number for s in shards if store.shard_done(ev.run_id, s.number)}
+    bar = tqdm(total=sum(len(s.indices) for s in shards), disable=not progress, desc=desc, unit="pt",
+               initial=sum(len(s.indices) for s in shards if s.number in done), dynamic_ncols=True)
+    notes: dict[str, None] = {}
+    waiting = []
+    for wait, todo in ((False, [s for s in shards if s.number not in done]), (True, waiting)):
+        for shard in todo:
+            with store.claim(ev.run_id, shard.number, wait=wait) as mine:
+                if mine:
+                    new = run_shard(ev, shard, store)
+                    if new and not notes.keys() >= set(new):
+                        bar.write("\n".join(n for n in dict.fromkeys(new) if n not in notes))
+                    notes.update(dict.fromkeys(new))
+                elif not wait and not store.shard_path(ev.run_id, shard.number).is_file():
+                    waiting.append(shard)  # another process holds it
+                    continue
+            bar.update(len(shard.indices))
+    bar.close()
+    return list(notes)
+
+
+# --- what is evaluated ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Subject:
+    """The model side of a run before anything is built: a card or a bare module, and its task."""
+
+    card: ModelCard | None
+    module: nn.Module | None
+    name: str
+    task: Task
+
+
+def _subject(model: str | Path | ModelCard | nn.Module, task: str | None, model_name: str | None) -> Subject:
+    if isinstance(model, nn.Module):
+        return Subject(None, model, model_name or "module", TASKS.get(task or "classifier"))
+    card = model if isinstance(model, ModelCard) else load_model_card(model)
+    if task is not None and task != card.task:
+        raise BenchError(f"model card {card.id} is a {card.task} card, not {task}", "drop task= for a card")
+    return Subject(card, None, card.id, TASKS.get(card.task))
+
+
+def _dataset(name: str | None, x: Tensor | None, y: Tensor | None, data_root) -> Dataset:
+    if x is not None:
+        return from_tensors(x, y, name=name or "tensors")
+    if name is None:
+        raise BenchError("no dataset given for a bare nn.Module", "pass dataset='mnist' (or x=images, y=labels)")
+    return load_dataset(name, "test", data_root)
+
+
+def _check_pairing(subject: Subject, card: ThreatCard, threat: Threat, data: Dataset) -> None:
+    """Refuse a threat for another task or dataset before anything is built or trained."""
+    accepted = type(threat).tasks
+    if subject.task.name not in accepted:
+        raise BenchError(f"threat {card.id} ({card.family}) evaluates {' or '.join(accepted)} models, but "
+                         f"{subject.name} is a {subject.task.name} model",
+                         f"`bench threats --task {subject.task.name}` lists the threats for it")
+    if card.datasets and data.name not in card.datasets:
+        raise BenchError(f"threat {card.id} is defined for {', '.join(card.datasets)}, not {data.name}",
+                         "pick a threat card for this dataset (`bench threats` lists them)")
 
 
 def _versions() -> dict[str, str]:
@@ -115,109 +221,192 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch k of a run: the same whether the run was interrupted or not."""
-    return (seed * 1_000_003 + batch) % (2**31 - 1)
+def _identify_module(module: nn.Module, task: Task, data: Dataset, positions: Tensor,
+                     device: torch.device) -> tuple[str, list[str]]:
+    from bench.identity import module_hash
+
+    probe_x = data.x[positions[:8]].to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        outputs = [task.probe(module, probe_x) for _ in range(2)]
+    digest, deterministic = module_hash(module, None if outputs[0] is None else outputs)
+    notes = [] if deterministic else ["the model's outputs differ between two identical calls (randomness in its "
+                                      "forward pass): use an attack built for randomized defences (EOT, "
+                                      "autoattack-rand), and read single-draw robust accuracy with care"]
+    return digest, notes
+
+
+def _mismatch_notes(store: Store, key: dict[str, Any]) -> list[str]:
+    """Say when an earlier run differs from this one only in batch size or device (it cannot be resumed)."""
+    same = ("model", "protocol", "dataset", "n", "seed")
+    notes = []
+    for run_id in store.run_ids():
+        other = store.run_meta(run_id).get("key", {})
+        if all(other.get(k) == key[k] for k in same) and other != key:
+            done = len(store.read_run(run_id, ["index"]).rows)
+            notes.append(f"run {run_id} of the same model and protocol used --batch-size {other.get('batch_size')} "
+                         f"on {other.get('device')} ({done} of {other['n']} points done); this run uses --batch-size "
+                         f"{key['batch_size']} on {key['device']}, which changes rows, so it is a separate run "
+                         "(use that run's settings to resume or reuse it)")
+    return notes
 
 
 def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatCard, *,
-             dataset: str | None = None, n: int | None = 1000, seed: int = 0, device: str | None = "auto",
-             batch_size: int = 500, results: str | Path | None = None, data_root: str | Path | None = None,
-             model_name: str | None = None, progress: bool = True) -> Summary:
-    """Evaluate a model card (or a bare ``nn.Module``) against a threat card; see the module docstring."""
-    dev = _module_device(model, device) if isinstance(model, nn.Module) else resolve_device(device)
+             dataset: str | None = None, x: Tensor | None = None, y: Tensor | None = None, n: int | None = None,
+             seed: int = 0, device: str | None = "auto", batch_size: int = 500, results: str | Path | None = None,
+             data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None,
+             progress: bool = True) -> Summary:
+    """Evaluate a model card (or a bare ``nn.Module``) against a threat card or family.
+
+    The data is a named dataset (the card's own by default) or the tensors ``x``, ``y`` a caller holds
+    (identified by their content; ``dataset`` then names what they are, for the threat's dataset check).
+    ``n`` points are evaluated: the first n of the fixed evaluation subset (default 1000), or of ``x``
+    in its order (default all). A bare module is a classifier unless ``task`` says otherwise.
+    """
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be positive, got {batch_size}", "pass e.g. --batch-size 256")
-    threat_card, threat_obj = make_threat(threat)
-    if isinstance(model, nn.Module):
-        net, model_id, model_meta = model, model_name or "module", {"hash": module_hash(model)}
-        dataset = dataset or (threat_card.datasets[0] if len(threat_card.datasets) == 1 else None)
-        if dataset is None:
-            raise BenchError("no dataset given for a bare nn.Module", "pass dataset='mnist' (or another dataset)")
+    if not 0 <= seed <= MAX_SEED:
+        raise BenchError(f"--seed must be between 0 and {MAX_SEED}, got {seed}", "pass a smaller seed")
+    subject = _subject(model, task, model_name)
+    name = dataset or (subject.card.dataset if subject.card else None)
+    threat_card, chosen = resolve_threat(threat, dataset=name or ("tensors" if x is not None else None),
+                                         task=subject.task.name)
+    if name is None and x is None and len(threat_card.datasets) == 1:
+        name = threat_card.datasets[0]
+    data = _dataset(name, x, y, data_root)
+    threat_card, threat_obj = make_threat(threat_card)
+    _check_pairing(subject, threat_card, threat_obj, data)
+    dev = _module_device(subject.module, device) if subject.module is not None else resolve_device(device)
+    if x is None:
+        positions = subset_indices(len(data), 1000 if n is None else n)
+    elif n is None or 0 < n <= len(data):
+        positions = torch.arange(len(data))[:n]
     else:
-        card = model if isinstance(model, ModelCard) else load_model_card(model)
-        net, model_id = create(card, device=dev), card.id
-        model_meta = {"hash": card.hash, "card": card.model_dump(mode="json")}
-        dataset = dataset or card.dataset
-    if threat_card.datasets and dataset not in threat_card.datasets:
-        raise BenchError(f"threat {threat_card.id} is defined for {', '.join(threat_card.datasets)}, not {dataset}",
-                         "pick a threat card for this dataset (`bench threats` lists them)")
-    data = load_dataset(dataset, "test", data_root)
-    positions = subset_indices(len(data), n)
-    threat_hash = threat_card.hash  # validates and serialises the card: compute once
-    run_key = {"model": model_meta["hash"], "threat": threat_hash, "dataset": data.name,
-               "n": len(positions), "seed": seed}
-    run_id = hashlib.sha256(json.dumps(run_key, sort_keys=True).encode()).hexdigest()[:16]
+        raise BenchError(f"n={n} is not between 1 and the {len(data)} images in x", f"pass n={len(data)} or less")
+    notes = [f"threat {threat}: the family's default card for {data.name} is {threat_card.id}"] if chosen else []
+    if subject.card is not None:
+        from bench.models import create
+
+        net, model_hash = create(subject.card, device=dev, results=results), subject.card.hash
+    else:
+        net = subject.module
+        if next(net.parameters(), torch.zeros(0)).dtype == torch.float64:
+            raise BenchError("the model's parameters are float64; bench evaluates float32 models",
+                             "convert it with model.float()")
+        model_hash, module_notes = _identify_module(net, subject.task, data, positions, dev)
+        notes += module_notes
+    metrics = type(threat_obj).metrics_for(subject.task)
+    key = {"model": model_hash, "protocol": threat_card.hash, "dataset": data.identity, "n": len(positions),
+           "seed": seed, "batch_size": batch_size, "device": dev.type}
+    run_id = canonical_hash(key)[:16]
     store = Store(results)
+    notes += _mismatch_notes(store, key)
     store.open_run(run_id, {
-        "run_id": run_id, **run_key, "model_id": model_id, "model_card": model_meta.get("card"),
-        "threat_id": threat_card.id, "threat_card": threat_card.model_dump(mode="json"), "batch_size": batch_size,
-        "device": str(dev), "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+        "store_version": STORE_VERSION, "run_id": run_id, "key": key, "model_id": subject.name,
+        "model_card": subject.card.model_dump(mode="json") if subject.card else None,
+        "threat_id": threat_card.id, "threat_card": threat_card.model_dump(mode="json"),
+        "family": threat_card.family, "task": subject.task.name, "dataset": data.name,
+        "metrics": [m.to_dict() for m in metrics], "headline": type(threat_obj).headline_for(subject.task),
+        "device": str(dev), "threads": torch.get_num_threads(), "versions": _versions(), "created": now()})
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    target = Target(net, subject.card, subject.task, data.num_classes)
+    ev = Evaluation(run_id, target, threat_obj, data, dev)
     was_training = net.training
     net.eval()
     try:
-        _attack_remaining(net, threat_obj, data, positions, store, run_id, dict(
-            run_id=run_id, model=model_id, model_hash=model_meta["hash"], threat=threat_card.id,
-            threat_hash=threat_hash, family=threat_card.family, dataset=data.name, seed=seed,
-            run_n=len(positions)), seed=seed, device=dev, batch_size=batch_size, progress=progress)
+        execute(ev, plan_shards(positions, seed, batch_size), store, progress=progress,
+                desc=f"{subject.name} x {threat_card.id}")
     finally:
         net.train(was_training)
-    return summarize(store, run_id)
+    summary = summarize(store, run_id)
+    summary.notes = list(dict.fromkeys(notes + summary.notes))
+    return summary
 
 
-def _attack_remaining(net: nn.Module, threat: Threat, data: Dataset, positions: torch.Tensor, store: Store,
-                      run_id: str, constants: dict[str, Any], *, seed: int, device: torch.device,
-                      batch_size: int, progress: bool) -> None:
-    done = store.done_indices(run_id)
-    todo: dict[int, list[int]] = {}
-    for pos, index in enumerate(positions.tolist()):
-        if index not in done:
-            todo.setdefault(pos // batch_size, []).append(index)
-    bar = tqdm(total=len(positions), initial=len(positions) - sum(map(len, todo.values())), disable=not progress,
-               desc=f"{constants['model']} x {constants['threat']}", unit="pt", dynamic_ncols=True)
-    for batch, indices in todo.items():
-        start = time.perf_counter()
-        idx = torch.tensor(indices)
-        x, y = data.x[idx].to(device), data.y[idx].to(device)
-        clean_pred = predict(net, x)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            out = threat.attack(net, x, y, clean_pred, batch_seed(seed, batch), idx)
-        wrong_but_robust = threat.robust_implies_clean and bool((out.robust & (clean_pred != y)).any())
-        if out.robust.shape != y.shape or wrong_but_robust:
-            raise BenchError(f"threat {constants['threat']} returned an invalid outcome (wrong shape, or a point "
-                             "robust although misclassified when clean)", "this is a bug in the threat family")
-        seconds = time.perf_counter() - start
-        columns = {
-            **{k: [v] * len(idx) for k, v in constants.items()},
-            "index": idx.tolist(), "label": y.tolist(), "clean_pred": clean_pred.tolist(),
-            "clean_correct": (clean_pred == y).tolist(), "adv_pred": out.adv_pred.tolist(),
-            "robust": out.robust.tolist(), "seconds": [seconds / len(idx)] * len(idx),
-            "created": [datetime.now(timezone.utc)] * len(idx),
-            **{k: v.tolist() for k, v in out.columns.items()},
-        }
-        store.write_shard(run_id, batch, pa.table(columns), {"batch": batch, "stats": out.stats, "notes": out.notes})
-        bar.update(len(idx))
-        if out.notes:
-            bar.write("\n".join(dict.fromkeys(out.notes)))
-    bar.close()
+# --- summaries -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    run_id: str
+    model: str
+    model_hash: str
+    threat: str
+    protocol: str
+    family: str
+    task: str
+    dataset: str
+    n: int
+    seed: int
+    batch_size: int
+    metrics: dict[str, MetricValue]
+    specs: dict[str, Metric]
+    headline: str
+    seconds: float
+    complete: bool = True
+    stats: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    results: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        """Metric values as attributes: ``summary.robust_acc``; intervals as ``summary.robust_acc_ci``."""
+        metrics = self.__dict__.get("metrics", {})
+        if name in metrics:
+            return metrics[name].value
+        if name.endswith("_ci") and name[:-3] in metrics:
+            value = metrics[name[:-3]]
+            return (value.low, value.high)
+        raise AttributeError(f"{type(self).__name__} has no attribute or metric {name!r} "
+                             f"(metrics: {', '.join(metrics)})")
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("metrics", "specs")}
+        for name, value in self.metrics.items():
+            out[name] = value.value
+            out[f"{name}_ci"] = [value.low, value.high]
+        return {**out, "examples_per_s": self.examples_per_s}
+
+    def __str__(self) -> str:
+        width = max(len(m.label) for m in self.specs.values()) if self.specs else 10
+        lines = [f"model {self.model} ({self.model_hash[:12]})   threat {self.threat} ({self.family}, protocol "
+                 f"{self.protocol[:12]})   dataset {self.dataset}   n {self.n}   seed {self.seed}"]
+        for name, spec in self.specs.items():
+            mark = "   <- headline" if name == self.headline else ""
+            lines.append(f"{spec.label:<{width}}  {self.metrics[name].format(spec)}{mark}")
+        lines.append(f"{'time':<{width}}  {self.seconds:.1f} s   ({self.examples_per_s:.1f} examples/s)")
+        if self.stats:
+            lines.append(f"{'per attack':<{width}}  " + ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+        if not self.complete:
+            lines.append("note: the run is incomplete; rerun its command to finish it")
+        lines += [f"note: {note}" for note in self.notes]
+        lines.append(f"{'results':<{width}}  {self.results} (run {self.run_id})")
+        return "\n".join(lines)
 
 
 def summarize(store: Store, run_id: str) -> Summary:
-    """Summary metrics of one run, from the store (DuckDB over its shards)."""
-    row = store.query(
-        "SELECT any_value(model) AS model, any_value(threat) AS threat, any_value(threat_hash) AS threat_hash, "
-        "any_value(dataset) AS dataset, any_value(seed) AS seed, count(*) AS n, "
-        "sum(clean_correct::INT) AS clean, sum(robust::INT) AS robust, sum(seconds) AS seconds "
-        "FROM rows WHERE run_id = ?", [run_id]).iloc[0]
-    n, robust = int(row.n), int(row.robust)
+    """Metrics of one run, from its own shard files only."""
+    meta = store.run_meta(run_id)
+    run = store.read_run(run_id)
+    if run.unreadable:
+        path, problem = next(iter(run.unreadable.items()))
+        raise StoreError(f"shard file {path} of run {run_id} cannot be read ({problem})",
+                         "rerun the run's command: the damaged shard is set aside and computed again")
+    specs = {m["name"]: Metric.from_dict(m) for m in meta["metrics"]}
+    values = {name: spec.compute(run.rows[spec.column].to_numpy() if spec.column in run.rows else np.array([]))
+              for name, spec in specs.items()}
     stats: dict[str, int] = {}
     notes: dict[str, None] = {}
-    for info in store.shard_infos(run_id):
-        for key, value in info["stats"].items():
-            stats[key] = stats.get(key, 0) + value
-        notes.update(dict.fromkeys(info["notes"]))
-    return Summary(run_id=run_id, model=row.model, threat=row.threat, threat_hash=row.threat_hash,
-                   dataset=row.dataset, n=n, seed=int(row.seed), clean_acc=int(row.clean) / n, robust_acc=robust / n,
-                   robust_ci=wilson_interval(robust, n), seconds=float(row.seconds), stats=stats, notes=list(notes),
-                   results=str(store.root))
+    for info in run.infos:
+        for k, v in info.get("stats", {}).items():
+            stats[k] = stats.get(k, 0) + v
+        notes.update(dict.fromkeys(info.get("notes", [])))
+    key = meta["key"]
+    return Summary(run_id=run_id, model=meta["model_id"], model_hash=key["model"], threat=meta["threat_id"],
+                   protocol=key["protocol"], family=meta["family"], task=meta["task"], dataset=meta["dataset"],
+                   n=len(run.rows), seed=key["seed"], batch_size=key["batch_size"], metrics=values, specs=specs,
+                   headline=meta["headline"], seconds=float(run.rows.get("seconds", pd.Series(dtype=float)).sum()),
+                   complete=len(run.rows) == key["n"], stats=stats, notes=list(notes), results=str(store.root))

@@ -1,10 +1,16 @@
-"""Interval estimates for accuracies measured on n points."""
+"""95% intervals for the three aggregations a metric can have: a rate, a mean and a quantile."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+from bench.errors import require
+
+Z95 = 1.959964
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval (95% by default): well-behaved at 0% and 100%, unlike the normal one."""
     if n == 0:
         return (0.0, 1.0)
@@ -13,3 +19,27 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """Normal-approximation interval of a mean: mean +- z * sd / sqrt(n) (sample sd; NaN below n = 2)."""
+    n = len(values)
+    if n < 2:
+        return (math.nan, math.nan)
+    mean, half = float(values.mean()), z * float(values.std(ddof=1)) / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
+def quantile_interval(values: np.ndarray, q: float, level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval of the q-quantile from order statistics (binomial ranks);
+    an end is infinite where n is too small to bound it at this level."""
+    binom = require("scipy.stats", "quantile intervals", "pip install scipy").binom
+    n = len(values)
+    if n == 0:
+        return (math.nan, math.nan)
+    ordered = np.sort(values)
+    alpha = (1 - level) / 2
+    lo_rank, hi_rank = int(binom.ppf(alpha, n, q)), int(binom.ppf(1 - alpha, n, q)) + 1  # 1-based ranks
+    low = float(ordered[lo_rank - 1]) if lo_rank >= 1 else -math.inf
+    high = float(ordered[hi_rank - 1]) if hi_rank <= n else math.inf
+    return (low, high)

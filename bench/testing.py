@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.attacks import ThreatCard
+from bench.threats import ThreatCard
 from bench.data import load_dataset
-from bench.models.archs import small_cnn
+from bench.models.archs.small import small_cnn
 
 
 def tiny_digits_model(seed: int = 0, epochs: int = 30) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.attacks.pgd_core import pgd
+from bench.ops.pgd import pgd
 from bench.data import load_dataset
 from bench.run import evaluate
 from bench.testing import threat_card as threat

@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 
-from bench.attacks import FAMILIES, ThreatCard, load_threat_card, make_threat
+from bench.threats import THREAT_FAMILIES, ThreatCard, load_threat_card, make_threat
 from bench.cards import builtin_root, catalogue, locate, read_card
 from bench.data import names as dataset_names
 from bench.errors import CardError
-from bench.models import create, load_model_card, train
+from bench.models import create, load_model_card
 from bench.models.archs import build
-from bench.models.recipes import make_recipe
+from bench.training import train
 from bench.models.wrapper import Normalized
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "mnist42": (1, 42, 42), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
@@ -25,7 +25,7 @@ def _builtin_ids(kind: str) -> list[str]:
     """The shipped catalogue, whatever $BENCH_CARDS says in the shell that runs pytest."""
     saved = os.environ.pop("BENCH_CARDS", None)
     try:
-        return sorted(catalogue(kind))
+        return sorted(catalogue(kind).cards)
     finally:
         if saved is not None:
             os.environ["BENCH_CARDS"] = saved
@@ -65,7 +65,9 @@ def test_the_catalogue_holds_the_shipped_cards_and_skips_include_bases():
     assert {"mnist-cnn-standard", "mnist-cnn-pgd-at", "cifar10-resnet18-standard"} <= set(MODEL_IDS)
     assert {"clean", "pgd-linf-0.3", "autoattack-linf-8/255"} <= set(THREAT_IDS)
     assert not any(card_id.startswith("_") for card_id in MODEL_IDS + THREAT_IDS)
-    assert all(path.parent == builtin_root() / "models" for path in catalogue("model").values())
+    assert all(builtin_root() / "models" in path.parents for path in catalogue("model").cards.values())
+    assert any(path.parent != builtin_root() / "models" for path in catalogue("model").cards.values()), \
+        "card folders nested by family are searched"
 
 
 @pytest.mark.parametrize("card_id", MODEL_IDS)
@@ -76,8 +78,7 @@ def test_every_shipped_model_card_validates(card_id):
     assert card.weights is not None or card.recipe is not None
     assert re.fullmatch(r"[0-9a-f]{64}", card.hash)
     if card.recipe is not None:  # the recipe name and params are valid too
-        recipe = make_recipe(card.recipe.name, card.recipe.params, card_id)
-        assert recipe.params.epochs > 0
+        assert card.make_recipe().params.epochs > 0
 
 
 @pytest.mark.parametrize("card_id", [i for i in MODEL_IDS if load_model_card(i).architecture is not None])
@@ -90,7 +91,7 @@ def test_every_shipped_architecture_builds_and_runs(card_id):
     batch = 1 if card.architecture.name == "wrn" else 2  # WRN-28-10 is big: keep its forward pass small
     x = torch.rand(batch, *INPUT_SHAPES[card.dataset])
     with torch.no_grad():
-        if card.task == "cvae":  # a perturbation set maps an image to images of the same shape
+        if card.task == "perturbation-set":  # a perturbation set maps an image to images of the same shape
             mu_p, _ = net.eval().prior(x)
             out = net.perturb(x, torch.randn_like(mu_p))
             assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
@@ -113,11 +114,11 @@ def test_shipped_weight_files_match_their_sha256(card_id):
 def test_every_shipped_threat_card_validates_and_builds(card_id):
     card = load_threat_card(card_id)
     assert card.id == card_id
-    assert card.family in FAMILIES
+    assert card.family in THREAT_FAMILIES
     assert all(d in dataset_names() for d in card.datasets)
     built_card, threat = make_threat(card_id)
     assert built_card == card
-    assert type(threat) is FAMILIES[card.family]
+    assert type(threat) is THREAT_FAMILIES.get(card.family)
     assert re.fullmatch(r"[0-9a-f]{64}", card.hash)
 
 
@@ -236,7 +237,7 @@ def test_unknown_family_suggests_the_near_miss(tmp_path):
     with pytest.raises(CardError) as err:
         make_threat(path)
     assert "threat card test-threat" in err.value.problem
-    assert "unknown family 'autoatack'" in err.value.problem
+    assert "unknown threat family 'autoatack'" in err.value.problem
     assert "did you mean 'autoattack'?" in err.value.fix
 
 
@@ -377,7 +378,7 @@ def user_cards(tmp_path, monkeypatch) -> Path:
 
 def test_a_user_card_overrides_a_builtin_id_with_a_warning(user_cards):
     with pytest.warns(UserWarning, match=r"overrides the threat card 'clean'") as record:
-        found = catalogue("threat")
+        found = catalogue("threat").cards
     assert len(record) == 1 and str(user_cards / "attacks" / "my-clean.yaml") in str(record[0].message)
     assert found["clean"] == user_cards / "attacks" / "my-clean.yaml"
     assert set(THREAT_IDS) <= set(found)
@@ -386,7 +387,7 @@ def test_a_user_card_overrides_a_builtin_id_with_a_warning(user_cards):
 
 
 def test_a_user_card_folder_adds_new_ids(user_cards):
-    found = catalogue("model")  # no overlap with built-ins: no warning (warnings are errors here)
+    found = catalogue("model").cards  # no overlap with built-ins: no warning (warnings are errors here)
     assert found["my-model"] == user_cards / "models" / "my-model.yaml"
     assert set(MODEL_IDS) <= set(found)
     assert "_base" not in found
@@ -419,7 +420,8 @@ def test_the_same_id_twice_in_one_folder_is_a_card_error(tmp_path, monkeypatch):
     _write(root / "attacks" / "b.yaml", {"id": "twin", "family": "clean"})
     monkeypatch.setenv("BENCH_CARDS", str(root))
     with pytest.raises(CardError, match="'twin' is defined twice"):
-        catalogue("threat")
+        locate("threat", "twin")
+    assert load_threat_card("clean").family == "clean"  # the clash affects only the clashing id
 
 
 @pytest.mark.parametrize("kind, name, suggestion", [

@@ -6,6 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+import bench
 from bench.cli import app
 from conftest import write_threat
 
@@ -42,14 +43,15 @@ def test_run_then_board(cli, digits_card, tmp_path):
     assert r.exit_code == 0, r.output
     assert "robust accuracy" in r.output and "95% Wilson interval" in r.output and "examples/s" in r.output
     r = cli("run", "--model", digits_card, "--threat", pgd, "--n", 60, "--results", tmp_path / "r", "--json")
-    summary = json.loads(r.output[r.output.index("{"):])
+    summary = json.loads(r.stdout)
     assert summary["n"] == 60 and 0 <= summary["robust_acc"] <= summary["clean_acc"]
     r = cli("board", "--results", tmp_path / "r", "--format", "json")
     assert r.exit_code == 0
-    assert [row["model"] for row in json.loads(r.output)] == ["digits-cnn"]
+    assert [row["model"] for row in json.loads(r.stdout)] == ["digits-cnn"]
     r = cli("board", "--results", tmp_path / "r")
     header = next(line for line in r.output.splitlines() if line.startswith("|"))
-    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["rank", "model", "clean", "robust"]
+    assert [c.strip() for c in header.strip("|").split("|")][:6] == ["rank", "model", "hash", "clean_acc (%)",
+                                                                      "robust_acc (%)", "95% interval"]
     r = cli("board", "--results", tmp_path / "r", "--format", "xml")
     assert r.exit_code == 2 and "unknown format" in r.output
 
@@ -64,6 +66,32 @@ def test_catalogue_listings(cli):
     assert r.exit_code == 0 and "mnist-cnn-pgd-at" in r.output and "mnist-cnn-standard" in r.output
     r = cli("threats")
     assert r.exit_code == 0 and "autoattack-linf-0.3" in r.output and "autoattack-linf-8/255" in r.output
+    assert "families (`bench run --threat FAMILY` runs its default card)" in r.output
+
+
+@pytest.mark.parametrize("command", ["models", "threats"])
+def test_listings_survive_a_pipe_and_have_machine_formats(command, monkeypatch):
+    """Piped output (not a terminal) keeps every id whole on one line, whatever the width."""
+    monkeypatch.setenv("COLUMNS", "60")
+    runner = CliRunner()
+    ids = bench.list_models() if command == "models" else bench.list_threats()
+    text = runner.invoke(app, [command]).output
+    lines = text.splitlines()
+    for card_id in ids:
+        assert any(line.split()[:1] == [card_id] for line in lines), card_id  # like `grep ^id`
+    records = json.loads(runner.invoke(app, [command, "--format", "json"]).stdout)
+    assert {r["id"] for r in records} == set(ids)
+    csv = runner.invoke(app, [command, "--format", "csv"]).stdout.splitlines()
+    assert csv[0].startswith("id,") and len(csv) == len(ids) + 1
+    bad = runner.invoke(app, [command, "--format", "yaml"])
+    assert bad.exit_code == 2 and "unknown format" in bad.output
+
+
+def test_listings_filter_by_task(cli):
+    r = cli("threats", "--task", "perturbation-set", "--format", "json")
+    assert {t["family"].split()[0] for t in json.loads(r.stdout)} == {"set-quality"}
+    r = cli("models", "--task", "perturbation-set", "--format", "json")
+    assert {m["task"] for m in json.loads(r.stdout)} == {"perturbation-set"} and len(json.loads(r.stdout)) >= 3
 
 
 def test_data_list_and_download_errors(cli, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import bench.data
+import bench.data.base
 from bench.data import load_dataset, subset_indices
 from bench.errors import DataError
 
@@ -30,7 +30,7 @@ def data_env(monkeypatch, tmp_path):
 def fresh_cache(monkeypatch):
     """An empty per-process dataset cache for this test (the shared one comes back afterwards)."""
     cache: dict = {}
-    monkeypatch.setattr(bench.data, "_CACHE", cache)
+    monkeypatch.setattr(bench.data.base, "_CACHE", cache)
     return cache
 
 
@@ -305,7 +305,7 @@ def test_folder_without_class_folders_or_images_is_a_data_error(tmp_path):
         load_dataset(f"folder:{tmp_path / 'flat'}", "test")
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "a" / "readme.txt").write_text("hi")
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(DataError, match="no class sub-folders with images"):
         load_dataset(f"folder:{tmp_path / 'empty'}", "test")
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import bench
-from bench.attacks.pgd import PGD
+from bench.threats.pgd import PGD
 from bench.errors import BenchError
-from bench.run import evaluate, module_hash
+from bench.identity import static_hash
+from bench.run import evaluate
 from bench.store import Store
 from conftest import threat, write_threat
 
@@ -61,7 +62,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(digits_model, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         evaluate(digits_model, card, dataset="digits", n=100, batch_size=20, results=tmp_path / "cut", progress=False)
     store = Store(tmp_path / "cut")
-    assert len(store.done_indices(full.run_id)) == 40  # two finished batches kept, the third not written
+    assert len(store.read_run(full.run_id).rows) == 40  # two finished batches kept, the third not written
     assert not list((tmp_path / "cut").rglob("*.part"))
     monkeypatch.setattr(PGD, "attack", original)
     resumed = evaluate(digits_model, card, dataset="digits", n=100, batch_size=20, results=tmp_path / "cut",
@@ -80,12 +81,12 @@ def test_resume_after_kill_of_the_cli(digits_card, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while len(list(results.rglob("batch-*.parquet"))) < 2 and time.time() < deadline:
+    while len(list(results.rglob("shard-*.parquet"))) < 2 and time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    shards_at_kill = len(list(results.rglob("batch-*.parquet")))
+    shards_at_kill = len(list(results.rglob("shard-*.parquet")))
     assert 2 <= shards_at_kill < 10, "the run must be killed part way"
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -105,18 +106,18 @@ def test_bare_module_through_the_api(digits_model, tmp_path):
     with torch.no_grad():
         expected = (digits_model(x).argmax(1) == y).float().mean().item()
     assert summary.model == "my-net" and summary.n == 50
-    assert summary.clean_acc == pytest.approx(expected) and summary.robust_acc == summary.clean_acc
+    assert summary.clean_acc == pytest.approx(expected) and list(summary.metrics) == ["clean_acc"]
     assert bench.board(results=tmp_path).model.tolist() == ["my-net"]
 
 
 def test_module_hash_tracks_weights(digits_model):
     twin = type(digits_model)(*[m for m in digits_model])  # same layers, same tensors
-    assert module_hash(twin) == module_hash(digits_model)
+    assert static_hash(twin) == static_hash(digits_model)
     changed = torch.nn.Linear(2, 2)
-    before = module_hash(changed)
+    before = static_hash(changed)
     with torch.no_grad():
         changed.weight.add_(1)
-    assert module_hash(changed) != before
+    assert static_hash(changed) != before
 
 
 def test_training_mode_is_restored(digits_model, tmp_path):

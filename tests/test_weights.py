@@ -13,14 +13,15 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-import bench.models
+import bench.training
 from bench.data import load_dataset
 from bench.errors import CardError, WeightsError
-from bench.models import create, load_model_card, train, trained_path
-from bench.models.archs import small_cnn
-from bench.models.recipes import Standard
+from bench.models import create, load_model_card, trained_path
+from bench.models.archs.small import small_cnn
 from bench.models.weights import load_state_dict, sha256_file
 from bench.models.wrapper import Normalized
+from bench.training import train
+from bench.training.standard import Standard
 
 ARCH = {"name": "small-cnn", "kwargs": {"input_size": 8, "width": 4, "hidden": 16}}
 
@@ -444,7 +445,7 @@ def test_a_recipe_card_is_trained_on_first_use_and_cached(tmp_path, private_cach
     def no_training(*args, **kwargs):
         raise AssertionError("create() retrained a cached model")
 
-    monkeypatch.setattr(bench.models, "train", no_training)
+    monkeypatch.setattr(bench.training, "train", no_training)
     again = create(card)
     assert target.stat().st_mtime_ns == mtime
     assert_same_weights(again, state_of(model))

@@ -6,17 +6,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.data import Dataset, data_root, register
-from bench.errors import DataError
+from bench.data.base import DATASETS, data_root
+from bench.data.dataset import Dataset
+from bench.errors import DataError, require
+
+
+def _torchvision_cifar10():
+    return require("torchvision.datasets", "CIFAR-10", "pip install 'bench[vision]'").CIFAR10
 
 
 def download_cifar10(root: Path | None = None) -> Path:
     """Fetch CIFAR-10 into the data root (torchvision checks the archive's md5)."""
-    from torchvision.datasets import CIFAR10
-
     target = data_root(root)
     try:
-        CIFAR10(str(target), train=False, download=True)
+        _torchvision_cifar10()(str(target), train=False, download=True)
     except OSError as err:  # URLError and socket errors are OSErrors
         raise DataError(f"could not download CIFAR-10 into {target}: {err}",
                         "check the network, or copy cifar-10-batches-py/ (from cifar-10-python.tar.gz) "
@@ -24,13 +27,11 @@ def download_cifar10(root: Path | None = None) -> Path:
     return target
 
 
-@register("cifar10")
+@DATASETS.register("cifar10")
 def load_cifar10(split: str, root: Path | None) -> Dataset:
-    from torchvision.datasets import CIFAR10
-
     target = data_root(root)
     try:
-        ds = CIFAR10(str(target), train=split == "train", download=False)
+        ds = _torchvision_cifar10()(str(target), train=split == "train", download=False)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise DataError(f"CIFAR-10 not found or corrupted under {target}",
                         "run `bench data download cifar10` (needs the network), or copy the extracted "

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import torch
 
-from bench.data import Dataset, register
+from bench.data.base import DATASETS
+from bench.data.dataset import Dataset
 
 N_TRAIN = 1297  # the last 500 images form the test split
 
 
-@register("digits")
+@DATASETS.register("digits")
 def load_digits(split: str, root: Path | None) -> Dataset:
     from sklearn.datasets import load_digits as sk_load_digits
 

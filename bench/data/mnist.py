@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.data import Dataset, data_root, register
+from bench.data.base import DATASETS, data_root
+from bench.data.dataset import Dataset
 from bench.errors import DataError
 
 _FILES = {
@@ -49,7 +50,7 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-@register("mnist")
+@DATASETS.register("mnist")
 def load_mnist(split: str, root: Path | None) -> Dataset:
     images_name, labels_name = _FILES[split]
     for directory in _candidate_dirs(root):
@@ -69,11 +70,11 @@ def load_mnist(split: str, root: Path | None) -> Dataset:
     )
 
 
-@register("mnist42")
+@DATASETS.register("mnist42")
 def load_mnist42(split: str, root: Path | None) -> Dataset:
     """MNIST zero-padded by 7 px to 42x42: the canvas of the paper's RTS perturbation set, which
     leaves room for +-7 px translation and 1.3x scale."""
-    from bench.data import load_dataset
+    from bench.data.base import load_dataset
 
     base = load_dataset("mnist", split, root)
     return Dataset("mnist42", split, torch.nn.functional.pad(base.x, (7, 7, 7, 7)), base.y, base.classes)

@@ -1,4 +1,4 @@
 """Leaderboard tables from the results store."""
-from bench.leaderboard.table import FORMATS, leaderboard, quality_board, render, render_quality
+from bench.leaderboard.table import FORMATS, Board, build_board, leaderboard, render
 
-__all__ = ["FORMATS", "leaderboard", "quality_board", "render", "render_quality"]
+__all__ = ["FORMATS", "Board", "build_board", "leaderboard", "render"]

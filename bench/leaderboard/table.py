@@ -1,100 +1,170 @@
-"""Leaderboard tables: the latest complete run per (model, protocol, dataset), ranked by robust accuracy.
+"""Leaderboard tables from the results store, generic over tasks and metrics.
 
-Only runs of the same threat protocol hash are ranked together: the table has one block per
-(dataset, threat, protocol hash).
+One block per (dataset, protocol): every threat card id that ran that protocol is named in its title,
+so one protocol is one table. Models are identified by their hash (a name used by two different
+models is flagged), and each model shows its largest complete run of the protocol (then the latest):
+a small smoke run never replaces a larger one. Blocks are ranked by the family's headline metric in
+its direction; every metric comes with its 95% interval.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import pandas as pd
 
-from bench.stats import wilson_interval
-from bench.store import Store
+from bench.errors import BenchError
+from bench.metrics import INTERVALS, Metric, rank_key
+from bench.store import STORE_VERSION, Store, StoreError
 
 FORMATS = ("markdown", "csv", "json")
 
-_RUNS_SQL = """
-WITH runs AS (
-    SELECT run_id, any_value(model) AS model, any_value(dataset) AS dataset, any_value(threat) AS threat,
-           any_value(threat_hash) AS threat_hash, any_value(run_n) AS run_n, any_value(seed) AS seed,
-           count(*) AS n, sum(clean_correct::INT) AS clean, sum(robust::INT) AS robust,
-           min(created) AS date
-    FROM rows GROUP BY run_id
-)
-SELECT * FROM runs
-WHERE n = run_n
-  AND (? IS NULL OR dataset = ?) AND (? IS NULL OR threat = ?)
-QUALIFY row_number() OVER (PARTITION BY model, threat_hash, dataset ORDER BY date DESC, n DESC) = 1
-ORDER BY dataset, threat, threat_hash, robust * 1.0 / n DESC, clean * 1.0 / n DESC, model
-"""
+
+@dataclass
+class Block:
+    """One ranked table: the runs of one protocol on one dataset."""
+
+    dataset: str
+    protocol: str
+    family: str
+    threats: list[str]
+    metrics: list[Metric]
+    headline: str
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Board:
+    blocks: list[Block]
+    warnings: list[str]
+
+    def frame(self) -> pd.DataFrame:
+        """Every block's rows as one table: one column per metric and interval end."""
+        records = []
+        for block in self.blocks:
+            for rank, row in enumerate(block.rows, 1):
+                records.append({"dataset": block.dataset, "threat": " = ".join(block.threats),
+                                "family": block.family, "protocol": block.protocol[:12], "rank": rank, **row})
+        return pd.DataFrame.from_records(records)
+
+
+def _protocols_named(threat: str, metas: list[dict]) -> set[str]:
+    """Protocols a threat filter selects: those any run recorded under this card id or family ran, and the
+    one the card of that id names now."""
+    protocols = {m["key"]["protocol"] for m in metas if threat in (m["threat_id"], m["family"])}
+    try:
+        from bench.threats import load_threat_card
+
+        protocols.add(load_threat_card(threat).hash)
+    except BenchError:
+        pass
+    return protocols
+
+
+def build_board(store: Store, dataset: str | None = None, threat: str | None = None) -> Board:
+    if not store.run_ids():
+        raise BenchError(f"no results under {store.root}", "run `bench run --model M --threat T` first, "
+                         "or point --results / $BENCH_RESULTS at a results folder")
+    warnings: list[str] = []
+    metas = []
+    for run_id in store.run_ids():
+        try:
+            meta = store.run_meta(run_id)
+        except StoreError as err:
+            warnings.append(f"skipped run {run_id}: {err.problem}")
+            continue
+        if meta.get("store_version") != STORE_VERSION:
+            warnings.append(f"skipped run {run_id}: written by an older bench (rerun its command to redo it)")
+            continue
+        metas.append(meta)
+    names: dict[str, set[str]] = {}  # protocol -> every threat id recorded for it
+    for meta in metas:
+        names.setdefault(meta["key"]["protocol"], set()).add(meta["threat_id"])
+    wanted = None if threat is None else _protocols_named(threat, metas)
+    best: dict[tuple, tuple] = {}
+    for meta in metas:
+        key = meta["key"]
+        if (dataset is not None and dataset not in (meta["dataset"], key["dataset"])) or \
+                (wanted is not None and key["protocol"] not in wanted):
+            continue
+        try:
+            run = store.read_run(meta["run_id"])
+        except StoreError as err:
+            warnings.append(f"skipped run {meta['run_id']}: {err.problem}")
+            continue
+        if run.unreadable:
+            warnings.append(f"skipped run {meta['run_id']}: shard {next(iter(run.unreadable))} cannot be read "
+                            "(rerun its command to recompute it)")
+            continue
+        if len(run.rows) != key["n"]:
+            continue  # incomplete
+        group = (key["model"], key["protocol"], key["dataset"])
+        rank = (key["n"], meta["created"])
+        if group not in best or rank > best[group][0]:
+            best[group] = (rank, meta, run.rows)
+    blocks: dict[tuple, Block] = {}
+    for (model_hash, protocol, data_key), (_, meta, rows) in sorted(best.items(), key=lambda kv: kv[0]):
+        specs = [Metric.from_dict(m) for m in meta["metrics"]]
+        block = blocks.setdefault((data_key, protocol), Block(  # user data shows its content hash: name@hash
+            data_key, protocol, meta["family"], sorted(names[protocol]), specs, meta["headline"]))
+        row = {"model": meta["model_id"], "model_hash": model_hash[:12]}
+        for spec in specs:
+            value = spec.compute(rows[spec.column].to_numpy())
+            row |= {spec.name: value.value, f"{spec.name}_ci_low": value.low, f"{spec.name}_ci_high": value.high}
+        row |= {"n": meta["key"]["n"], "seed": meta["key"]["seed"], "date": meta["created"][:16].replace("T", " "),
+                "run_id": meta["run_id"]}
+        block.rows.append(row)
+    for block in blocks.values():
+        headline = next(m for m in block.metrics if m.name == block.headline)
+        block.rows.sort(key=lambda r: (rank_key(headline, r[headline.name]), r["model"]))
+        hashes: dict[str, set[str]] = {}
+        for row in block.rows:
+            hashes.setdefault(row["model"], set()).add(row["model_hash"])
+        for row in block.rows:
+            row["flag"] = f"name used by {len(hashes[row['model']])} different models" \
+                if len(hashes[row["model"]]) > 1 else ""
+    ordered = sorted(blocks.values(), key=lambda b: (b.dataset, b.threats[0], b.protocol))
+    return Board(ordered, warnings)
 
 
 def leaderboard(store: Store, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:
-    runs = store.query(_RUNS_SQL, [dataset, dataset, threat, threat])
-    intervals = [wilson_interval(int(r), int(n)) for r, n in zip(runs.robust, runs.n)]
-    return pd.DataFrame({
-        "dataset": runs.dataset, "threat": runs.threat, "model": runs.model,
-        "clean_acc": runs.clean / runs.n, "robust_acc": runs.robust / runs.n,
-        "robust_ci_low": [lo for lo, _ in intervals], "robust_ci_high": [hi for _, hi in intervals],
-        "n": runs.n.astype(int), "seed": runs.seed.astype(int), "protocol": runs.threat_hash.str[:12],
-        "date": pd.to_datetime(runs.date).dt.strftime("%Y-%m-%d %H:%M"), "run_id": runs.run_id,
-    })
+    """The board as one pandas table (what ``bench.board()`` returns)."""
+    return build_board(store, dataset, threat).frame()
 
 
-def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
+def _cell(spec: Metric, value: float) -> str:
+    if math.isnan(value) or math.isinf(value):
+        return "-" if math.isnan(value) else f"{value}"
+    return f"{100 * value:.2f}" if spec.percent else f"{value:.4g}"
+
+
+def render(board: Board, fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    frame = board.frame()
     if fmt == "csv":
-        return table.to_csv(index=False)
+        return frame.to_csv(index=False)
     if fmt == "json":
-        return table.to_json(orient="records", indent=2)
-    shown = table.assign(
-        clean=(100 * table.clean_acc).map("{:.2f}".format),
-        robust=(100 * table.robust_acc).map("{:.2f}".format),
-        interval=[f"{100 * lo:.1f}-{100 * hi:.1f}" for lo, hi in zip(table.robust_ci_low, table.robust_ci_high)],
-    )
-    blocks = []
-    for (dataset, threat, protocol), group in shown.groupby(["dataset", "threat", "protocol"], sort=False):
-        group = group.reset_index(drop=True)
-        group.insert(0, "rank", range(1, len(group) + 1))
-        columns = ["rank", "model", "clean", "robust", "interval", "n", "seed", "protocol", "date"]
-        blocks.append(f"### {dataset} / {threat}  (protocol {protocol}; accuracies in %, 95% Wilson interval)\n\n"
-                      + group[columns].to_markdown(index=False))
-    return "\n\n".join(blocks) if blocks else "(no complete runs match)"
-
-
-_QUALITY_SQL = """
-WITH runs AS (
-    SELECT run_id, any_value(cvae) AS cvae, any_value(cvae_hash) AS cvae_hash, any_value(dataset) AS dataset,
-           any_value(pairs) AS pairs, any_value(eps) AS eps, any_value(eps_value) AS eps_value,
-           any_value(run_n) AS run_n, any_value(seed) AS seed, count(*) AS n, min(created) AS date,
-           avg(encoder_ae) AS encoder_ae, avg(pgd_ae) AS pgd_ae, avg(eae) AS eae, avg(recon) AS recon,
-           avg(kl) AS kl, avg(identity) AS identity
-    FROM rows GROUP BY run_id
-)
-SELECT * FROM runs
-WHERE n = run_n AND (? IS NULL OR dataset = ?)
-QUALIFY row_number() OVER (PARTITION BY cvae_hash, pairs, eps, dataset ORDER BY date DESC, n DESC) = 1
-ORDER BY dataset, cvae, pairs = 'in-family' DESC, pairs, eps_value
-"""
-
-QUALITY_COLUMNS = ["cvae", "pairs", "eps", "eps_value", "encoder_ae", "pgd_ae", "eae", "recon", "kl", "identity",
-                   "n", "seed"]
-
-
-def quality_board(store: Store, dataset: str | None = None) -> pd.DataFrame:
-    """Latest complete quality run per (perturbation set, pair family, eps): mean errors per pixel."""
-    if not store.has_rows():
-        return pd.DataFrame(columns=["dataset", *QUALITY_COLUMNS, "run_id"])
-    runs = store.query(_QUALITY_SQL, [dataset, dataset])
-    return runs[["dataset", *QUALITY_COLUMNS, "run_id"]].astype({"n": int, "seed": int})
-
-
-def render_quality(table: pd.DataFrame, fmt: str = "markdown") -> str:
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    if fmt == "json":
-        return table.to_json(orient="records", indent=2)
-    blocks = []
-    for dataset, group in table.groupby("dataset", sort=False):
-        blocks.append(f"### {dataset} / perturbation-set quality  (mean per-pixel MSE; KL in nats; "
-                      "PGD AE <= encoder AE << EAE expected in-family)\n\n"
-                      + group[QUALITY_COLUMNS].to_markdown(index=False, floatfmt=".4g"))
-    return "\n\n".join(blocks)
+        return frame.to_json(orient="records", indent=2)
+    if not board.blocks:
+        return "(no complete runs match)"
+    out = []
+    for block in board.blocks:
+        headline = next(m for m in block.metrics if m.name == block.headline)
+        table = []
+        for rank, row in enumerate(block.rows, 1):
+            cells = {"rank": rank, "model": row["model"] + (f" ({row['flag']})" if row["flag"] else ""),
+                     "hash": row["model_hash"][:8]}
+            for spec in block.metrics:
+                header = f"{spec.name} (%)" if spec.percent else spec.name
+                cells[header] = _cell(spec, row[spec.name])
+                if spec.name == block.headline:
+                    low, high = row[f"{spec.name}_ci_low"], row[f"{spec.name}_ci_high"]
+                    cells["95% interval"] = f"{_cell(spec, low)}-{_cell(spec, high)}"
+            cells |= {"n": row["n"], "seed": row["seed"], "date": row["date"]}
+            table.append(cells)
+        direction = "higher" if headline.higher_is_better else "lower"
+        out.append(f"### {block.dataset} / {' = '.join(block.threats)}  ({block.family}, protocol "
+                   f"{block.protocol[:12]}; ranked by {headline.label}, {direction} is better; "
+                   f"{INTERVALS[headline.agg]} interval)\n\n" + pd.DataFrame(table).to_markdown(index=False))
+    return "\n\n".join(out)

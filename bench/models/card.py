@@ -1,20 +1,37 @@
-"""The model card schema: what a model is, where its weights come from, how it was trained."""
+"""The model card schema: what a model is, where its weights come from, how it was trained.
+
+Cards may refer to other model cards (a CVAE, a translator, a base classifier, a teacher) through one
+field type, ``model_ref(task)``: the reference is resolved relative to the referring card's folder,
+checked to name a card of the right task, and folded into the referring card's hashes as the
+referenced card's hash, so changing a referenced card changes every hash that depends on it.
+"""
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationInfo, field_validator, \
+    model_validator
 
 from bench.cards import canonical_hash, locate, read_card, validate
+from bench.errors import CardError
+from bench.params import CardSchema
+from bench.tasks import TASKS
+
+if TYPE_CHECKING:
+    from bench.training.recipe import Recipe
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SOURCES = ("file", "package_file", "url", "robustbench", "entry_point")
+PROSE = {"description", "paper", "license"}  # not part of any hash: editing prose re-runs nothing
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Architecture(Strict):
@@ -58,7 +75,6 @@ class Weights(Strict):
             raise ValueError("entry_point must look like package.module:factory")
         return self
 
-
     @property
     def source(self) -> str:
         return next(s for s in SOURCES if getattr(self, s) is not None)
@@ -80,26 +96,36 @@ class Normalization(Strict):
         return self
 
 
-class Recipe(Strict):
+class RecipeBlock(Strict):
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelCard(Strict):
+_hashing: ContextVar[tuple[str, ...]] = ContextVar("hashing", default=())
+
+
+class ModelCard(CardSchema):
     id: str
     dataset: str
-    task: Literal["classifier", "vae", "cvae"] = "classifier"  # cvae: a learned perturbation set
+    task: str = "classifier"
     architecture: Architecture | None = None
     weights: Weights | None = None
     normalization: Normalization | None = None
-    recipe: Recipe | None = None
+    recipe: RecipeBlock | None = None
     paper: str | None = None
     license: str | None = None
     description: str | None = None
     version: int = 1
-    # Set by the loader, not written in YAML: the folder that relative weight paths start from.
+    # Set by the loader, not written in YAML: the folder that relative paths (weights, references) start from.
     source_dir: str | None = Field(default=None, exclude=True)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS.names())}")
+        return task
 
     @model_validator(mode="after")
     def _buildable(self) -> "ModelCard":
@@ -109,38 +135,49 @@ class ModelCard(Strict):
             raise ValueError("the card has neither weights nor a training recipe")
         return self
 
-    def _dump(self, **include) -> dict[str, Any]:
-        """The card as data, plus its architecture's revision, and a recipe's perturbation model
-        (``params.cvae``) as that card's hash: what an older revision or another CVAE built (weights,
-        cached statistics, results) never passes for what this card builds now."""
+    def make_recipe(self) -> Recipe:
+        """The card's training recipe with validated params (references resolved from this card's folder)."""
+        if self.recipe is None:
+            raise CardError(f"model card {self.id} has no training recipe", "add a recipe: block, or use its weights")
+        return self._recipe
+
+    @cached_property
+    def _recipe(self) -> Recipe:
+        from bench.training.recipe import make_recipe
+
+        return make_recipe(self.recipe.name, self.recipe.params, f"model card {self.id}",
+                           context={"source_dir": self.source_dir})
+
+    def _dump(self, include: set[str] | None = None) -> dict[str, Any]:
+        """The card as data without prose, plus its architecture's revision and its recipe's validated
+        params (defaults written out, card references as those cards' hashes): what an older revision or
+        another referenced card built (weights, cached statistics, results) never passes for this card's."""
         from bench.models.archs import REVISIONS
 
-        data = self.model_dump(mode="json", **include)
-        if self.architecture is not None and REVISIONS.get(self.architecture.name):
-            data["architecture"]["revision"] = REVISIONS[self.architecture.name]
-        ref = self.recipe_params.get("cvae")
-        if isinstance(ref, str):  # a ref implies a recipe, and both dumps include it
-            data["recipe"]["params"]["cvae"] = load_model_card(ref).hash  # content, not name
-        return data
+        key = f"{self.source_dir}/{self.id}"
+        stack = _hashing.get()
+        if key in stack:
+            raise CardError(f"model card {self.id}: a reference cycle ({' -> '.join(stack + (key,))})",
+                            "a card cannot refer to itself, directly or through other cards")
+        token = _hashing.set(stack + (key,))
+        try:
+            data = self.model_dump(mode="json", include=include, exclude=PROSE)
+            if "architecture" in data and data["architecture"] is not None and REVISIONS.get(self.architecture.name):
+                data["architecture"]["revision"] = REVISIONS[self.architecture.name]
+            if data.get("recipe") is not None:
+                data["recipe"]["params"] = self.make_recipe().params.model_dump(mode="json")
+            return data
+        finally:
+            _hashing.reset(token)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return canonical_hash(self._dump())
 
-    @property
+    @cached_property
     def training_hash(self) -> str:
         """Identity of a trained result: only what changes the trained weights."""
         return canonical_hash(self._dump(include={"dataset", "architecture", "normalization", "recipe"}))
-
-    @property
-    def recipe_params(self) -> dict[str, Any]:
-        """The recipe's params with a ``cvae`` card path made relative to this card's folder, not the cwd."""
-        params = dict(self.recipe.params) if self.recipe else {}
-        ref = params.get("cvae")
-        if isinstance(ref, str) and ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute() \
-                and self.source_dir is not None:
-            params["cvae"] = str(Path(self.source_dir) / ref)
-        return params
 
     @property
     def weights_path(self) -> Path | None:
@@ -165,3 +202,52 @@ def load_model_card(name: str | Path) -> ModelCard:
     data = read_card(path)
     data.setdefault("id", path.stem)
     return validate(ModelCard, {**data, "source_dir": str(path.parent)}, f"model card {path}")
+
+
+def as_card(card: str | Path | ModelCard) -> ModelCard:
+    """A card itself, or the card of an id or file."""
+    return card if isinstance(card, ModelCard) else load_model_card(card)
+
+
+# --- references between cards ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardRef:
+    """A model card named by another card: ``name`` as written there, ``card`` as resolved, and its hash
+    (computed when the reference is checked, so a reference cycle is found there)."""
+
+    name: str
+    card: ModelCard
+    hash: str
+
+
+def resolve_ref(value: Any, source_dir: str | None, task: str | None) -> CardRef:
+    """A card id, or a path relative to the referring card's folder (absolute paths as they are)."""
+    if isinstance(value, CardRef):
+        card = value.card
+        value = value.name
+    elif isinstance(value, str) and value:
+        target = value
+        if value.endswith((".yaml", ".yml")) and not Path(value).expanduser().is_absolute() and source_dir is not None:
+            target = str(Path(source_dir) / value)
+        try:
+            card = load_model_card(target)
+        except CardError as err:
+            raise ValueError(err.problem) from None
+    else:
+        raise ValueError(f"a card reference is a model card id or a path to a card file, got {value!r}")
+    if task is not None and card.task != task:
+        raise ValueError(f"{card.id} is a {card.task} card, not a {task} card")
+    try:
+        return CardRef(value, card, card.hash)
+    except CardError as err:
+        raise ValueError(err.problem) from None
+
+
+def model_ref(task: str | None = None):
+    """The field type of a reference to a model card (of ``task``, if given), for card schemas."""
+    def check(value: Any, info: ValidationInfo) -> CardRef:
+        return resolve_ref(value, (info.context or {}).get("source_dir"), task)
+
+    return Annotated[CardRef, PlainValidator(check), PlainSerializer(lambda ref: ref.hash, when_used="json")]

@@ -1,0 +1,196 @@
+"""The `bench` command line: run, train, board, models, threats, data, and each method family's commands."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bench.cli.common import DataRootOpt, DeviceOpt, ListingFormatOpt, ResultsOpt, console, debug, friendly, \
+    print_listing
+from bench.errors import BenchError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="bench: robustness evaluation of image classifiers and generative models.")
+data_app = typer.Typer(no_args_is_help=True, help="List and fetch datasets.")
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _root(debug_flag: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+    debug["on"] = debug_flag
+
+
+@app.command()
+@friendly
+def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or path to a card YAML."),
+        threat: str = typer.Option(..., "--threat", "-t",
+                                   help="Threat card id, path to a card YAML, or a threat family (its default card "
+                                        "for the model's dataset)."),
+        n: int = typer.Option(1000, "--n", help="Evaluation points (a fixed subset of the test split)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of every random choice in the attack."),
+        device: str = DeviceOpt,
+        batch_size: int = typer.Option(500, "--batch-size", help="Points per batch (one store shard each; part "
+                                                                  "of the run's identity)."),
+        results: Optional[Path] = ResultsOpt, data_root: Optional[Path] = DataRootOpt,
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
+    """Evaluate a model against a threat; resumes an interrupted run of the same arguments."""
+    import json
+
+    from bench.run import evaluate
+
+    summary = evaluate(model, threat, n=n, seed=seed, device=device, batch_size=batch_size, results=results,
+                       data_root=data_root, progress=sys.stderr.isatty() or not json_out)
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else str(summary))
+
+
+@app.command()
+@friendly
+def train(card: str = typer.Argument(..., help="Model card id or path."), device: str = DeviceOpt,
+          fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted run's checkpoint."),
+          data_root: Optional[Path] = DataRootOpt, results: Optional[Path] = ResultsOpt) -> None:
+    """Train a card's recipe into the cache; compare with the weights the card ships, if any."""
+    from bench.models import load_model_card
+    from bench.models.weights import sha256_file
+    from bench.run import resolve_device
+    from bench.tasks import TASKS
+    from bench.training import train as train_card
+
+    model_card = load_model_card(card)
+    dev = resolve_device(device)
+    path = train_card(model_card, device=dev, data_root=data_root, fresh=fresh, results=results)
+    typer.echo(f"trained weights  {path}\nsha256           {sha256_file(path)}")
+    task = TASKS.get(model_card.task)
+    rows = [("trained", task.trained_summary(model_card, path, dev))]
+    if model_card.weights_path is not None and model_card.weights_path.is_file():
+        rows.append(("shipped", task.trained_summary(model_card, model_card.weights_path, dev)))
+    for name, metrics in rows:
+        typer.echo(f"{name:8s}         " + "   ".join(
+            f"{k} {v:.2%}" if k.endswith("_acc") else f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+@app.command()
+@friendly
+def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+          threat: Optional[str] = typer.Option(None, "--threat", help="Only this threat card id, or family."),
+          fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json."),
+          results: Optional[Path] = ResultsOpt) -> None:
+    """Print the leaderboard from the results store: one table per dataset and protocol."""
+    from bench.leaderboard import FORMATS, build_board, render
+    from bench.store import Store
+
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    result = build_board(Store(results), dataset, threat)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    typer.echo(render(result, fmt))
+
+
+@app.command()
+@friendly
+def models(task: Optional[str] = typer.Option(None, "--task", help="Only cards of this task."),
+           fmt: str = ListingFormatOpt) -> None:
+    """List the model cards (cards that cannot be read are listed with their error)."""
+    from bench.cards import catalogue
+    from bench.models import load_model_card
+
+    found = catalogue("model")
+    rows = []
+    for card_id, path in found.cards.items():
+        try:
+            c = load_model_card(path)
+        except BenchError as err:
+            rows.append([card_id, "", "", "", "", f"invalid: {err.problem}"])
+            continue
+        if task is not None and c.task != task:
+            continue
+        source = c.weights.source if c.weights else "trained on first use"
+        if c.weights is not None and c.weights.source == "entry_point":
+            source = f"entry_point {c.weights.entry_point} (runs code)"
+        recipe = f" / recipe {c.recipe.name}" if c.recipe else ""
+        rows.append([c.id, c.task, c.dataset, c.architecture.name if c.architecture else "-", source + recipe,
+                     c.description or ""])
+    rows += [[path.stem, "", "", "", "", f"invalid: {err.problem}"] for path, err in found.invalid.items()]
+    print_listing("model cards", ["id", "task", "dataset", "architecture", "weights", "description"], rows, fmt)
+
+
+@app.command()
+@friendly
+def threats(task: Optional[str] = typer.Option(None, "--task", help="Only threats for models of this task."),
+            fmt: str = ListingFormatOpt) -> None:
+    """List the threat cards and families (cards that cannot be read are listed with their error)."""
+    from bench.cards import catalogue
+    from bench.threats import THREAT_FAMILIES, make_threat
+
+    found = catalogue("threat")
+    rows = []
+    for card_id, path in found.cards.items():
+        try:
+            c, threat = make_threat(path)
+            protocol = c.hash[:12]
+        except BenchError as err:
+            rows.append([card_id, "", "", "", "", "", f"invalid: {err.problem}"])
+            continue
+        if task is not None and task not in type(threat).tasks:
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in c.params.items())
+        rows.append([c.id, c.family + (" (default)" if c.default else ""), ", ".join(type(threat).tasks),
+                     ", ".join(c.datasets) or "any", params, protocol, c.description or ""])
+    rows += [[path.stem, "", "", "", "", "", f"invalid: {err.problem}"] for path, err in found.invalid.items()]
+    print_listing("threat cards", ["id", "family", "tasks", "datasets", "params", "protocol", "description"],
+                  rows, fmt)
+    if fmt == "table":
+        families = [name for name, cls in THREAT_FAMILIES.items() if task is None or task in cls.tasks]
+        typer.echo(f"\nfamilies (`bench run --threat FAMILY` runs its default card): {', '.join(families)}")
+
+
+@data_app.command("list")
+@friendly
+def data_list(data_root: Optional[Path] = DataRootOpt, fmt: str = ListingFormatOpt) -> None:
+    """Datasets and whether their test split loads here."""
+    from bench.data import load_dataset, names
+
+    rows = []
+    for name in names():
+        if name.startswith("folder:"):
+            rows.append([name, "your PATH/<class>/<image> folder"])
+            continue
+        try:
+            ds = load_dataset(name, "test", data_root)
+            rows.append([name, f"ok: {len(ds)} test images {tuple(ds.x.shape[1:])}"])
+        except BenchError as err:
+            rows.append([name, f"missing: {err.fix}"])
+    print_listing("datasets", ["name", "status"], rows, fmt)
+
+
+@data_app.command("download")
+@friendly
+def data_download(name: str = typer.Argument(..., help="Dataset to fetch (cifar10)."),
+                  data_root: Optional[Path] = DataRootOpt) -> None:
+    """Fetch a dataset that is not shipped in a package (needs the network)."""
+    from bench.data.cifar10 import download_cifar10
+
+    if name != "cifar10":
+        raise BenchError(f"{name} cannot be downloaded by bench", "mnist and digits ship in packages; "
+                         "only cifar10 is downloaded")
+    typer.echo(f"CIFAR-10 is in {download_cifar10(data_root)}")
+
+
+def _add_family_commands() -> None:
+    """Each method family that has commands adds them as `bench <COMMAND> ...` (its ``cli.app``)."""
+    from bench.registry import family_packages
+
+    for package in family_packages():
+        command = getattr(package, "COMMAND", None)
+        if command is not None:
+            app.add_typer(importlib.import_module(f"{package.__name__}.cli").app, name=command)
+
+
+_add_family_commands()
+
+
+def main() -> None:
+    app()

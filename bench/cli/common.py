@@ -1,0 +1,72 @@
+"""What every `bench` command shares: friendly errors, common options, listings that survive a pipe."""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+from bench.errors import BenchError
+
+console = Console(stderr=True)
+debug = {"on": False}
+LISTING_FORMATS = ("table", "json", "csv")
+
+ResultsOpt = typer.Option(None, "--results", help="Results folder (default $BENCH_RESULTS or ./bench-results).")
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto.")
+DataRootOpt = typer.Option(None, "--data-root", help="Dataset folder (default $BENCH_DATA or ~/.cache/bench/data).")
+ListingFormatOpt = typer.Option("table", "--format", help="table, json or csv.")
+
+
+def friendly(fn: Callable) -> Callable:
+    """Print BenchErrors as two lines, without a traceback unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as err:
+            if debug["on"]:
+                raise
+            console.print(f"[bold red]error:[/] {err.problem}", highlight=False, markup=True, soft_wrap=True)
+            if err.fix:
+                console.print(f"  [bold]fix:[/] {err.fix}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: finished shards are saved; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_listing(title: str, columns: list[str], rows: list[list[str]], fmt: str) -> None:
+    """A catalogue listing: a rich table on a terminal, plain aligned text in a pipe (never wrapped, so an id
+    stays on one line for grep), or JSON / CSV records."""
+    if fmt not in LISTING_FORMATS:
+        raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(LISTING_FORMATS)}")
+    if fmt == "json":
+        typer.echo(json.dumps([dict(zip(columns, row)) for row in rows], indent=2))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        typer.echo(out.getvalue(), nl=False)
+    elif sys.stdout.isatty():
+        from rich.table import Table
+
+        table = Table(title=title)
+        for i, column in enumerate(columns):
+            table.add_column(column, no_wrap=i == 0, overflow="fold")
+        for row in rows:
+            table.add_row(*row, style="red" if row[-1].startswith("invalid") else None)
+        Console().print(table)
+    else:
+        from tabulate import tabulate
+
+        typer.echo(tabulate(rows, headers=columns, tablefmt="plain", disable_numparse=True))

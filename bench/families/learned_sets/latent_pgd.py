@@ -1,0 +1,55 @@
+"""PGD in the latent ball of a learned perturbation set (Wong & Kolter, 2021, section 5 of our notes).
+
+The attack moves u inside { |u|_2 <= eps } (prior-standardised coordinates) to make the classifier
+misclassify g(x, mu_p + sigma_p * u): random start (random direction, radius ~ U[0, eps]),
+normalised-gradient ascent steps on cross-entropy, projection after every step, and a per-example
+early stop once a point is misclassified. With restarts, the first success per example is kept.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.families.learned_sets.cvae import CVAE
+from bench.ops.norms import normalized, project_l2
+
+
+def random_start(shape: torch.Size, eps: float, gen: torch.Generator) -> Tensor:
+    """A random direction at a radius drawn uniformly from [0, eps] (the paper's start, not uniform in the ball)."""
+    direction = normalized(torch.randn(shape, generator=gen))
+    radius = torch.rand(shape[0], generator=gen).view(-1, *([1] * (len(shape) - 1))) * eps
+    return direction * radius
+
+
+def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int,
+               step_size: float, restarts: int = 1, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Return (x_adv, u): per example the first latent point found that fools the classifier, else the
+    last iterate of the last restart. Every returned u satisfies |u|_2 <= eps."""
+    with torch.no_grad():
+        mu_p, logvar_p = cvae.prior(x)
+        sigma_p = (0.5 * logvar_p).exp()
+
+    def decode(u: Tensor) -> Tensor:
+        return cvae.generator(x, mu_p + sigma_p * u)
+
+    best = torch.zeros_like(mu_p)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        u = random_start(mu_p.shape, eps, gen).to(mu_p)
+        for step_index in range(steps + 1):  # evaluates u_0 .. u_steps, updates between them
+            u.requires_grad_(True)
+            logits = classifier(decode(u))
+            with torch.no_grad():
+                newly = (logits.argmax(1) != y) & ~fooled
+                best[newly] = u[newly].detach()
+                fooled |= newly
+            if step_index == steps or bool(fooled.all()):
+                break
+            grad, = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), u)
+            with torch.no_grad():
+                active = (~fooled).view(-1, *([1] * (u.ndim - 1))).to(u)  # early stop per example
+                u = project_l2(u.detach() + step_size * normalized(grad) * active, eps)
+        best[~fooled] = u.detach()[~fooled]
+    with torch.no_grad():
+        return decode(best), best

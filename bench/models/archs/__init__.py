@@ -1,0 +1,38 @@
+"""Architecture registry: a model card's ``architecture.name`` picks a builder.
+
+Core builders: ``small-cnn`` and ``lenet`` (``small.py``), CIFAR residual networks (``resnets.py``);
+method families register their own (e.g. the learned-set CVAEs).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from bench.errors import CardError
+from bench.registry import Registry
+
+Builder = Callable[..., nn.Module]
+ARCHITECTURES: Registry[Builder] = Registry("architecture", providers=("bench.models.archs.small",
+                                                                       "bench.models.archs.resnets"))
+REVISIONS: dict[str, int] = {}
+
+
+def architecture(name: str, revision: int = 0) -> Callable[[Builder], Builder]:
+    """Register a builder. ``revision`` counts changes to what it makes; it is part of every training
+    hash that uses the architecture, so weights trained by an older revision never load into a newer one."""
+    def wrap(fn: Builder) -> Builder:
+        ARCHITECTURES.register(name, fn)
+        REVISIONS[name] = revision
+        return fn
+
+    return wrap
+
+
+def build(name: str, kwargs: dict, where: str) -> nn.Module:
+    builder = ARCHITECTURES.get(name, where)
+    try:
+        return builder(**kwargs)
+    except TypeError as err:
+        raise CardError(f"{where}: bad kwargs for architecture {name!r}: {err}",
+                        "fix architecture.kwargs in the card") from err

@@ -1,0 +1,152 @@
+"""CIFAR-10 residual networks: ResNet-18, PreAct ResNet-18 and WideResNet-28-10.
+
+Layer names follow the common CIFAR implementations (e.g. RobustBench's), so their
+state dicts load without renaming.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.models.archs import architecture
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        return self.conv2(F.relu(self.bn2(out))) + shortcut
+
+
+class ResNet(nn.Module):
+    def __init__(self, block: type[nn.Module], num_blocks: list[int], num_classes: int, in_channels: int,
+                 preact: bool):
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.preact = preact
+        if not preact:
+            self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(block, 64, num_blocks[0], 1)
+        self.layer2 = self._make_layer(block, 128, num_blocks[1], 2)
+        self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
+        self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
+        if preact:
+            self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _make_layer(self, block: type[nn.Module], planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(x)
+        if not self.preact:
+            out = F.relu(self.bn1(out))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if self.preact:
+            out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@architecture("resnet18")
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, preact=False)
+
+
+@architecture("preact-resnet18")
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return ResNet(PreActBlock, [2, 2, 2, 2], num_classes, in_channels, preact=True)
+
+
+class WideBlock(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.equal_in_out = in_planes == out_planes
+        # camelCase keeps state dicts of the reference implementation loadable
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.equal_in_out else self.convShortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+
+class WideGroup(nn.Module):
+    """A stage of blocks, keyed block{i}.layer.{j} as in the reference implementation."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.layer = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, in_channels: int):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise TypeError(f"WideResNet depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.block1 = self._group(widths[0], widths[1], n, 1)
+        self.block2 = self._group(widths[1], widths[2], n, 2)
+        self.block3 = self._group(widths[2], widths[3], n, 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    @staticmethod
+    def _group(in_planes: int, out_planes: int, n: int, stride: int) -> nn.Module:
+        return WideGroup([WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
+                          for i in range(n)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1).flatten(1)
+        return self.fc(out)
+
+
+@architecture("wrn")
+def wide_resnet(depth: int = 28, widen_factor: int = 10, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return WideResNet(depth, widen_factor, num_classes, in_channels)

@@ -1,0 +1,39 @@
+"""Put a card's model together from parts: architecture, weight file, normalisation wrapper."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.models import weights as W
+from bench.models.archs import build as build_arch
+from bench.models.card import ModelCard
+from bench.models.wrapper import Normalized
+
+
+def skeleton(card: ModelCard) -> nn.Module:
+    """The card's architecture with fresh weights (the card schema guarantees an architecture here)."""
+    arch = card.architecture
+    assert arch is not None
+    return build_arch(arch.name, arch.kwargs, f"model card {card.id}")
+
+
+def wrap(card: ModelCard, net: nn.Module) -> nn.Module:
+    return net if card.normalization is None else Normalized(net, card.normalization.mean, card.normalization.std)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.net if isinstance(model, Normalized) else model
+
+
+def trained_path(card: ModelCard) -> Path:
+    """Where `bench train` puts this card's weights: keyed by the training hash."""
+    return W.cache_dir("models") / f"{W.safe_filename(card.id)}-{card.training_hash[:16]}.safetensors"
+
+
+def from_file(card: ModelCard, path: Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The card's architecture filled from a weight file (checking its sha256 is the caller's job)."""
+    net = skeleton(card)
+    W.apply_state_dict(net, W.load_state_dict(path), str(path))
+    return wrap(card, net).to(device).eval()

@@ -1,1 +1,0 @@
-"""Reproduction reports: commands that train, evaluate and write a markdown report under docs/."""

@@ -1,0 +1,43 @@
+"""Tasks: what kind of model a card builds, and what a clean pass means for it.
+
+A model card's ``task`` picks one; a threat family lists the tasks it accepts, and a run checks the
+pair before anything is built or trained. Core tasks: ``classifier`` (logits over classes) and
+``generative`` (a VAE: reconstructions and an ELBO, no labels); method families add their own
+(``perturbation-set`` for learned perturbation sets).
+"""
+from __future__ import annotations
+
+from abc import ABC
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from bench.metrics import Metric
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from bench.models.card import ModelCard
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    clean_metrics: ClassVar[tuple[Metric, ...]] = ()  # what the clean pass reports
+    uses_labels: ClassVar[bool] = True
+
+    def clean_pass(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int | None) -> dict[str, Tensor]:
+        """Per-example columns of the unperturbed batch (e.g. the prediction and whether it is right)."""
+        return {}
+
+    def probe(self, model: nn.Module, x: Tensor) -> Tensor | None:
+        """Outputs that fingerprint a bare module's behaviour on a few points (None: no fingerprint)."""
+        return None
+
+    def trained_summary(self, card: ModelCard, path: Path, device: torch.device) -> dict[str, float]:
+        """What `bench train` prints about freshly trained weights."""
+        return {}
+
+
+TASKS: Registry[Task] = Registry("task", providers=("bench.tasks.classifier", "bench.tasks.generative"))

@@ -1,0 +1,80 @@
+"""The ``autoattack`` family: the official AutoAttack (Croce & Hein, 2020) through pyautoattack.
+
+The adapter fixes the package's unsafe defaults: eps, norm, an integer seed and the device are
+always passed; the dynamic-defence counter (module-global upstream) is reset for every batch; its
+checks, logged as warnings, become run notes; and every adversarial point is re-checked here
+(finite, inside the ball, in [0, 1], misclassified by our own forward pass) before it counts.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+import torch
+from pydantic import model_validator
+
+from bench.errors import require
+from bench.params import Eps, Params, check_linf_eps
+from bench.tasks.classifier import predict
+from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
+from bench.threats.checks import check_points
+
+AttackName = Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+_PERTURBED = re.compile(r"^(\S+) - \d+/\d+ - (\d+) out of \d+ successfully perturbed")
+
+
+class AutoAttackParams(Params):
+    norm: Literal["Linf", "L2", "L1"]
+    eps: Eps
+    version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    attacks: list[AttackName] | None = None  # only with version: custom
+
+    @model_validator(mode="after")
+    def _check(self) -> "AutoAttackParams":
+        check_linf_eps(self.norm, self.eps)
+        if (self.version == "custom") != (self.attacks is not None):
+            raise ValueError("list attacks: exactly when version is custom")
+        return self
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@THREAT_FAMILIES.register("autoattack")
+class AutoAttack(ClassifierAttack):
+    Params = AutoAttackParams
+
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        package = require("pyautoattack", "the autoattack threat", "pip install pyautoattack==0.2.0")
+        checks = require("pyautoattack.checks", "the autoattack threat", "pip install pyautoattack==0.2.0")
+        p, model, x, y = self.params, target.module, batch.x, batch.y
+        for key in checks.funcs:  # upstream never resets it: one dynamic model would taint every later one
+            checks.funcs[key] = 0
+        logger = logging.getLogger("auto-attack")
+        capture, old_level = _Capture(), logger.level
+        logger.addHandler(capture)
+        logger.setLevel(logging.DEBUG)
+        try:
+            aa = package.AutoAttack(model, eps=p.eps, norm=p.norm, seed=batch.seed, version=p.version,
+                                    attacks=p.attacks, device=x.device)
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+        finally:
+            logger.removeHandler(capture)
+            logger.setLevel(old_level)
+        check_points(x, x_adv, p.norm, p.eps, "AutoAttack")
+        correct = batch.clean["clean_correct"]
+        adv_pred = torch.where(correct, predict(model, x_adv, target.num_classes), batch.clean["clean_pred"])
+        stats: dict[str, int] = {}
+        for record in capture.records:
+            match = _PERTURBED.match(record.getMessage())
+            if match:
+                stats[f"broken_by:{match[1]}"] = stats.get(f"broken_by:{match[1]}", 0) + int(match[2])
+        notes = [f"AutoAttack check: {r.getMessage()}" for r in capture.records if r.levelno >= logging.WARNING]
+        return Outcome(values=self.scored(batch, adv_pred), stats=stats, notes=notes)

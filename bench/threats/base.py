@@ -1,0 +1,109 @@
+"""The Threat interface: one class per family; the run loop knows nothing about any one of them.
+
+A family declares the tasks it accepts, the metrics it produces (and which one is the headline),
+and ``attack(target, batch) -> Outcome`` whose per-example values are stored by name. Families that
+attack classifiers derive from ``ClassifierAttack``, which scores a batch from its adversarial
+predictions: a point is robust when it is classified correctly both clean and under the threat.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bench.metrics import Metric
+from bench.params import Params
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.models.card import ModelCard
+    from bench.tasks import Task
+
+
+@dataclass
+class Target:
+    """What a threat evaluates: the module (eval mode, on the batch's device), its card (None for a bare
+    module), its task, and the number of classes of the dataset."""
+
+    module: nn.Module
+    card: ModelCard | None
+    task: Task
+    num_classes: int | None
+
+
+@dataclass
+class Batch:
+    """One shard's points: ``index`` are their positions in the split, ``seed`` the shard's seed and
+    ``clean`` the task's clean-pass columns (e.g. ``clean_pred``, ``clean_correct``)."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    seed: int
+    clean: dict[str, Tensor]
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with the shard's seed (the same on every device)."""
+        return torch.Generator().manual_seed(self.seed)
+
+
+@dataclass
+class Outcome:
+    """What a threat says about one batch: per-example ``values`` by column name, per-batch ``stats``
+    that add up over batches (e.g. points broken by each attack), and ``notes`` for the run output."""
+
+    values: dict[str, Tensor]
+    stats: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Threat(ABC):
+    tasks: ClassVar[tuple[str, ...]] = ("classifier",)
+    Params: ClassVar[type[Params]] = Params
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    headline: ClassVar[str]
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    @classmethod
+    def metrics_for(cls, task: Task) -> tuple[Metric, ...]:
+        """Every metric a run of this family on a model of ``task`` reports: the clean pass's, then its own."""
+        return task.clean_metrics + cls.metrics
+
+    @classmethod
+    def headline_for(cls, task: Task) -> str:
+        return cls.headline
+
+    @abstractmethod
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        """Evaluate one batch; ``target.module`` is in eval mode on the batch's device."""
+
+    @classmethod
+    def protocol(cls, params: Params) -> dict:
+        """What identifies the protocol besides family and version: the validated params, with any
+        referenced card as that card's hash."""
+        return params.model_dump(mode="json")
+
+
+THREAT_FAMILIES: Registry[type[Threat]] = Registry(
+    "threat family", providers=("bench.threats.clean", "bench.threats.pgd", "bench.threats.autoattack"),
+    hint="`bench threats` lists them")
+
+ROBUST_ACC = Metric("robust_acc", "robust", "robust accuracy", agg="rate")
+
+
+class ClassifierAttack(Threat):
+    """A family that perturbs a classifier's inputs; its headline is robust accuracy."""
+
+    metrics = (ROBUST_ACC,)
+    headline = "robust_acc"
+
+    @staticmethod
+    def scored(batch: Batch, adv_pred: Tensor, **values: Tensor) -> dict[str, Tensor]:
+        """The standard columns: the prediction under the threat, and robust = right both clean and under it."""
+        robust = batch.clean["clean_correct"] & (adv_pred == batch.y)
+        return {"adv_pred": adv_pred, "robust": robust, **values}

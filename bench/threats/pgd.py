@@ -1,0 +1,47 @@
+"""The ``pgd`` family: L-inf / L2 projected gradient descent with restarts (Madry et al., 2018)."""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from bench.ops.losses import LossName
+from bench.ops.pgd import pgd
+from bench.params import Eps, Norm, Params, check_linf_eps
+from bench.tasks.classifier import predict
+from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
+from bench.threats.checks import check_points
+
+
+class PGDParams(Params):
+    norm: Norm
+    eps: Eps
+    steps: int = Field(gt=0)
+    step_size: float | None = Field(None, gt=0)  # default 2.5 * eps / steps
+    restarts: int = Field(1, gt=0)
+    random_start: bool = True
+    loss: LossName = "ce"  # ce, kl (to the clean prediction) or margin
+
+    @model_validator(mode="after")
+    def _check(self) -> "PGDParams":
+        check_linf_eps(self.norm, self.eps)
+        return self
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+
+@THREAT_FAMILIES.register("pgd")
+class PGD(ClassifierAttack):
+    Params = PGDParams
+
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        p, model = self.params, target.module
+        correct = batch.clean["clean_correct"]
+        adv_pred = batch.clean["clean_pred"].clone()
+        if correct.any():
+            x = batch.x[correct]
+            x_adv = pgd(model, x, batch.y[correct], norm=p.norm, eps=p.eps, steps=p.steps, step_size=p.alpha,
+                        restarts=p.restarts, random_start=p.random_start, gen=batch.generator(), loss=p.loss)
+            check_points(x, x_adv, p.norm, p.eps, "PGD")
+            adv_pred[correct] = predict(model, x_adv, target.num_classes)
+        return Outcome(values=self.scored(batch, adv_pred))
