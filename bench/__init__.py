@@ -15,11 +15,12 @@ __all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_
 from bench.errors import BenchError
 
 
-def load_model(card, *, device="cpu"):
-    """Build a model card's model (eval mode, normalisation inside), training it first if needed."""
+def load_model(card, *, device="cpu", trust_code=()):
+    """Build a model card's model (eval mode, normalisation inside), training it first if needed; a card
+    built by Python code (an entry point) runs only if its package is in ``trust_code``."""
     from bench.models import create
 
-    return create(card, device=device)
+    return create(card, device=device, trust_code=trust_code)
 
 
 def load_data(name: str, *, split: str = "test", n: int | None = None, root=None):

@@ -85,7 +85,7 @@ def output_fingerprint(outputs: list[Tensor]) -> tuple[str | None, bool]:
     """(hash of the outputs, deterministic): two probes of the same inputs must agree to 1e-4 to count;
     the hash rounds to that resolution."""
     first, second = outputs
-    if first.shape != second.shape or not torch.allclose(first, second, atol=1e-4, rtol=0):
+    if first.shape != second.shape or not torch.allclose(first, second, atol=1e-4, rtol=0, equal_nan=True):
         return None, False
     rounded = torch.round(first.detach().double().cpu() * 1e4).to(torch.int64)
     return hashlib.sha256(rounded.numpy().tobytes()).hexdigest(), True

@@ -122,8 +122,13 @@ def run_shard(ev: Evaluation, shard: Shard, store: Store) -> list[str]:
     x, y = ev.data.x[idx].to(ev.device), ev.data.y[idx].to(ev.device)
     target = ev.target
     clean = target.task.clean_pass(target.module, x, y, target.num_classes)
-    with torch.random.fork_rng(devices=[ev.device] if ev.device.type == "cuda" else []):
-        out = ev.threat.attack(target, Batch(x, y, idx, shard.seed, clean))
+    batch = Batch(x, y, idx, shard.seed, clean)
+    devices = [ev.device] if ev.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the checks leave the attack's random state as it was
+        notes = ev.threat.checks(target, batch)
+    with torch.random.fork_rng(devices=devices):
+        out = ev.threat.attack(target, batch)
+    out.notes = list(dict.fromkeys(notes + out.notes))
     values = {**clean, **out.values}
     _check_values(values, len(idx), type(ev.threat).__name__)
     seconds = time.perf_counter() - start
@@ -254,13 +259,14 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
              dataset: str | None = None, x: Tensor | None = None, y: Tensor | None = None, n: int | None = None,
              seed: int = 0, device: str | None = "auto", batch_size: int = 500, results: str | Path | None = None,
              data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None,
-             progress: bool = True) -> Summary:
+             trust_code: tuple[str, ...] = (), progress: bool = True) -> Summary:
     """Evaluate a model card (or a bare ``nn.Module``) against a threat card or family.
 
     The data is a named dataset (the card's own by default) or the tensors ``x``, ``y`` a caller holds
     (identified by their content; ``dataset`` then names what they are, for the threat's dataset check).
     ``n`` points are evaluated: the first n of the fixed evaluation subset (default 1000), or of ``x``
-    in its order (default all). A bare module is a classifier unless ``task`` says otherwise.
+    in its order (default all). A bare module is a classifier unless ``task`` says otherwise. A card
+    whose model is built by Python code (an entry point) runs only if its package is in ``trust_code``.
     """
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be positive, got {batch_size}", "pass e.g. --batch-size 256")
@@ -286,7 +292,8 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     if subject.card is not None:
         from bench.models import create
 
-        net, model_hash = create(subject.card, device=dev, results=results), subject.card.hash
+        net = create(subject.card, device=dev, results=results, trust_code=trust_code)
+        model_hash = subject.card.hash
     else:
         net = subject.module
         if next(net.parameters(), torch.zeros(0)).dtype == torch.float64:

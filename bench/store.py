@@ -189,6 +189,9 @@ class Store:
             files = [str(s) for s in shards]
             con.execute(f"CREATE VIEW rows AS SELECT * FROM read_parquet({files!r}, union_by_name=true)")
             return con.execute(sql, params or []).df()
+        except (duckdb.IOException, duckdb.InvalidInputException) as err:  # a damaged shard
+            raise StoreError(f"a shard under {self.root} cannot be read: {str(err).splitlines()[0]}",
+                             "rerun the run's command (a damaged shard is set aside and recomputed)") from err
         finally:
             con.close()
 

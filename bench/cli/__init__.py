@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from bench.cli.common import DataRootOpt, DeviceOpt, ListingFormatOpt, ResultsOpt, console, debug, friendly, \
-    print_listing
+from bench.cli.common import DataRootOpt, DeviceOpt, ListingFormatOpt, ResultsOpt, TrustCodeOpt, console, debug, \
+    friendly, print_listing
 from bench.errors import BenchError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -35,6 +35,7 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
         batch_size: int = typer.Option(500, "--batch-size", help="Points per batch (one store shard each; part "
                                                                   "of the run's identity)."),
         results: Optional[Path] = ResultsOpt, data_root: Optional[Path] = DataRootOpt,
+        trust_code: list[str] = TrustCodeOpt,
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
     """Evaluate a model against a threat; resumes an interrupted run of the same arguments."""
     import json
@@ -42,7 +43,8 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
     from bench.run import evaluate
 
     summary = evaluate(model, threat, n=n, seed=seed, device=device, batch_size=batch_size, results=results,
-                       data_root=data_root, progress=sys.stderr.isatty() or not json_out)
+                       data_root=data_root, trust_code=tuple(trust_code),
+                       progress=sys.stderr.isatty() or not json_out)
     typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else str(summary))
 
 

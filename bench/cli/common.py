@@ -21,6 +21,8 @@ ResultsOpt = typer.Option(None, "--results", help="Results folder (default $BENC
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto.")
 DataRootOpt = typer.Option(None, "--data-root", help="Dataset folder (default $BENCH_DATA or ~/.cache/bench/data).")
 ListingFormatOpt = typer.Option("table", "--format", help="table, json or csv.")
+TrustCodeOpt = typer.Option([], "--trust-code", help="Let cards run Python code (weights.entry_point) from this "
+                                                      "package; repeat for more (also $BENCH_TRUST_CODE).")
 
 
 def friendly(fn: Callable) -> Callable:

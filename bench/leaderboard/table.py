@@ -132,10 +132,10 @@ def leaderboard(store: Store, dataset: str | None = None, threat: str | None = N
     return build_board(store, dataset, threat).frame()
 
 
-def _cell(spec: Metric, value: float) -> str:
+def _cell(spec: Metric, value: float, digits: int = 2) -> str:
     if math.isnan(value) or math.isinf(value):
         return "-" if math.isnan(value) else f"{value}"
-    return f"{100 * value:.2f}" if spec.percent else f"{value:.4g}"
+    return f"{100 * value:.{digits}f}" if spec.percent else f"{value:.{digits + 2}g}"
 
 
 def render(board: Board, fmt: str = "markdown") -> str:
@@ -160,7 +160,7 @@ def render(board: Board, fmt: str = "markdown") -> str:
                 cells[header] = _cell(spec, row[spec.name])
                 if spec.name == block.headline:
                     low, high = row[f"{spec.name}_ci_low"], row[f"{spec.name}_ci_high"]
-                    cells["95% interval"] = f"{_cell(spec, low)}-{_cell(spec, high)}"
+                    cells["95% interval"] = f"{_cell(spec, low, 1)} - {_cell(spec, high, 1)}"
             cells |= {"n": row["n"], "seed": row["seed"], "date": row["date"]}
             table.append(cells)
         direction = "higher" if headline.higher_is_better else "lower"

@@ -2,6 +2,7 @@
 trained on first use and cached by the hash of what defines the training."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -28,9 +29,10 @@ def _weights_file(card: ModelCard) -> Path:
 
 
 def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", train_if_missing: bool = True,
-           results: str | Path | None = None) -> nn.Module:
+           results: str | Path | None = None, trust_code: Collection[str] = ()) -> nn.Module:
     """Build the card's model in eval mode on ``device`` (training it first if it has no weights yet;
-    the training's per-epoch metrics go to the results store ``results``)."""
+    the training's per-epoch metrics go to the results store ``results``). An ``entry_point`` card runs
+    only if its package is in ``trust_code`` or $BENCH_TRUST_CODE."""
     card = as_card(card)
     w = card.weights
     if w is None:
@@ -43,7 +45,8 @@ def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", 
             train(card, device=device, results=results)
         return from_file(card, path, device=device)
     if w.source == "entry_point":
-        net = W.load_entry_point(w.entry_point, card.architecture.kwargs if card.architecture else {})
+        net = W.load_entry_point(w.entry_point, card.architecture.kwargs if card.architecture else {},
+                                 W.trusted_packages(trust_code), card.id)
     elif w.source == "robustbench":
         net = W.load_robustbench(w.robustbench.name, w.robustbench.dataset, w.robustbench.threat_model)
     else:

@@ -10,10 +10,11 @@ import importlib
 import os
 import pickle
 import re
-import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -50,26 +51,48 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
                            "the file is corrupted or not the one the card names; re-download it or fix the card's sha256")
 
 
+def download_timeout() -> float:
+    """Seconds a whole download may take: $BENCH_DOWNLOAD_TIMEOUT, default 30 minutes."""
+    return float(os.environ.get("BENCH_DOWNLOAD_TIMEOUT", 1800))
+
+
+def _copy_with_deadline(response, out, url: str, deadline: float) -> None:
+    """Copy in chunks with a progress bar; a server too slow to finish before the deadline is given up on."""
+    from tqdm.auto import tqdm
+
+    total = response.headers.get("Content-Length")
+    with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
+              desc=f"download {Path(urllib.request.urlparse(url).path).name or url}", dynamic_ncols=True) as bar:
+        while chunk := response.read1(1 << 20):
+            out.write(chunk)
+            bar.update(len(chunk))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the download did not finish within {download_timeout():g} s")
+
+
 def download(url: str, sha256: str) -> Path:
-    """Download once into the cache, keyed by sha256; the file is checked before it is kept."""
+    """Download once into the cache, keyed by sha256; the file is checked before it is kept, and nothing
+    is left behind when a download fails or runs past its deadline."""
     suffix = Path(urllib.request.urlparse(url).path).suffix or ".bin"
     target = cache_dir("weights") / f"{sha256}{suffix}"
     if target.is_file():
         verify_sha256(target, sha256, url)
         return target
+    deadline = time.monotonic() + download_timeout()
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=min(60.0, download_timeout())) as response:
+            _copy_with_deadline(response, out, url, deadline)
         verify_sha256(Path(tmp), sha256, url)
         os.replace(tmp, target)
     except urllib.error.HTTPError as err:
         err.close()  # an HTTPError holds the open response
         raise WeightsError(f"could not download {url}: HTTP {err.code} {err.reason}",
                            "check the URL in the card, or download the file and use weights.file") from None
-    except (OSError, ValueError) as err:  # ValueError: a malformed URL
+    except (OSError, ValueError) as err:  # ValueError: a malformed URL; TimeoutError is an OSError
         raise WeightsError(f"could not download {url}: {err}",
-                           "check the network, or download the file by hand and point the card's weights.file at it") from err
+                           "check the network (or raise $BENCH_DOWNLOAD_TIMEOUT), or download the file by hand "
+                           "and point weights.file at it") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -108,19 +131,43 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps a state dict from loading: missing and unexpected keys, and shapes that differ."""
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the architecture"
+                 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    return problems
+
+
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel checkpoints
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        summary = str(err).splitlines()[0]
-        raise WeightsError(f"weights of {what} do not fit its architecture: {summary}",
-                           "check architecture.name and kwargs in the card against the checkpoint") from err
+    problems = _fit_problems(model, state)
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise WeightsError(f"weights of {what} do not fit its architecture: {shown}",
+                           "check architecture.name and kwargs in the card against the checkpoint")
+    model.load_state_dict(state)
 
 
-def load_entry_point(spec: str, kwargs: dict) -> nn.Module:
-    """``package.module:factory`` called with the architecture kwargs; must return an nn.Module."""
+def trusted_packages(extra: Collection[str] = ()) -> set[str]:
+    """Packages whose code cards may run: those passed in, plus $BENCH_TRUST_CODE (comma-separated)."""
+    env = {p.strip() for p in os.environ.get("BENCH_TRUST_CODE", "").split(",") if p.strip()}
+    return set(extra) | env
+
+
+def load_entry_point(spec: str, kwargs: dict, trusted: Collection[str], card_id: str) -> nn.Module:
+    """``package.module:factory`` called with the architecture kwargs; must return an nn.Module.
+
+    An entry point is code: nothing is imported unless its top-level package is trusted."""
     module_name, attr = spec.split(":")
+    package = module_name.split(".")[0]
+    if package not in trusted:
+        raise WeightsError(f"model card {card_id} builds its model by running code: the entry point {spec} "
+                           f"(package {package}); nothing was run",
+                           f"if you trust {package}, pass --trust-code {package} (bench run / train), "
+                           f"trust_code=['{package}'] (Python), or set BENCH_TRUST_CODE={package}")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:

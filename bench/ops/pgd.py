@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from bench.ops.gradients import input_gradient
 from bench.ops.losses import LOSSES, NEEDS_CLEAN
 from bench.ops.norms import normalized, project_l2
 
@@ -61,7 +62,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float, steps:
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
-            grad, = torch.autograd.grad(objective(logits, y, clean).sum(), x_adv)
+            grad = input_gradient(objective(logits, y, clean).sum(), x_adv)
             with torch.no_grad():
                 if track is not None:
                     best, fooled = track

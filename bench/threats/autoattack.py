@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import model_validator
 
-from bench.errors import require
+from bench.errors import BenchError, require
 from bench.params import Eps, Params, check_linf_eps
 from bench.tasks.classifier import predict
 from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
@@ -38,6 +38,11 @@ class AutoAttackParams(Params):
         return self
 
 
+def _carries_gradient(model, x) -> bool:
+    with torch.enable_grad():
+        return bool(model(x[:1].detach().clone().requires_grad_(True)).requires_grad)
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -55,6 +60,11 @@ class AutoAttack(ClassifierAttack):
         package = require("pyautoattack", "the autoattack threat", "pip install pyautoattack==0.2.0")
         checks = require("pyautoattack.checks", "the autoattack threat", "pip install pyautoattack==0.2.0")
         p, model, x, y = self.params, target.module, batch.x, batch.y
+        if (p.version != "custom" or set(p.attacks) - {"square"}) and not _carries_gradient(model, x):
+            raise BenchError("the model's outputs carry no gradient (detached or computed without autograd), so "
+                             "AutoAttack's gradient attacks cannot run: this is gradient masking by construction",
+                             "attack it with the gradient-free Square attack (version: custom, attacks: [square]) "
+                             "or a transfer attack, and do not rank it on white-box numbers")
         for key in checks.funcs:  # upstream never resets it: one dynamic model would taint every later one
             checks.funcs[key] = 0
         logger = logging.getLogger("auto-attack")

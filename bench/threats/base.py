@@ -82,6 +82,10 @@ class Threat(ABC):
     def attack(self, target: Target, batch: Batch) -> Outcome:
         """Evaluate one batch; ``target.module`` is in eval mode on the batch's device."""
 
+    def checks(self, target: Target, batch: Batch) -> list[str]:
+        """Notes on what could make this family's numbers misleading for this model (none by default)."""
+        return []
+
     @classmethod
     def protocol(cls, params: Params) -> dict:
         """What identifies the protocol besides family and version: the validated params, with any
@@ -97,10 +101,18 @@ ROBUST_ACC = Metric("robust_acc", "robust", "robust accuracy", agg="rate")
 
 
 class ClassifierAttack(Threat):
-    """A family that perturbs a classifier's inputs; its headline is robust accuracy."""
+    """A family that perturbs a classifier's inputs; its headline is robust accuracy. A family that
+    follows gradients (``gradient_based``) says when the model's gradients are zero or its predictions
+    random, since both make a gradient attack look weaker than the model is robust."""
 
     metrics = (ROBUST_ACC,)
     headline = "robust_acc"
+    gradient_based: ClassVar[bool] = False
+
+    def checks(self, target: Target, batch: Batch) -> list[str]:
+        from bench.threats.checks import gradient_notes
+
+        return gradient_notes(target.module, batch.x, batch.y) if self.gradient_based else []
 
     @staticmethod
     def scored(batch: Batch, adv_pred: Tensor, **values: Tensor) -> dict[str, Tensor]:

@@ -33,6 +33,7 @@ class PGDParams(Params):
 @THREAT_FAMILIES.register("pgd")
 class PGD(ClassifierAttack):
     Params = PGDParams
+    gradient_based = True
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model = self.params, target.module

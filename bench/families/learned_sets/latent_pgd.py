@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.families.learned_sets.cvae import CVAE
+from bench.ops.gradients import input_gradient
 from bench.ops.norms import normalized, project_l2
 
 
@@ -46,7 +47,7 @@ def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: 
                 fooled |= newly
             if step_index == steps or bool(fooled.all()):
                 break
-            grad, = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), u)
+            grad = input_gradient(F.cross_entropy(logits, y, reduction="sum"), u)
             with torch.no_grad():
                 active = (~fooled).view(-1, *([1] * (u.ndim - 1))).to(u)  # early stop per example
                 u = project_l2(u.detach() + step_size * normalized(grad) * active, eps)

@@ -45,7 +45,8 @@ def class_counts(cvae: CVAE, classifier: nn.Module, x: Tensor, *, sigma: float, 
         k = min(per_round, samples - done)
         u = sigma * torch.randn((k, *mu_p.shape), generator=gen).to(mu_p)
         z = (mu_p + sigma_p * u).flatten(0, 1)  # (k * B, latent), draw-major
-        votes = classifier(cvae.generator(x.repeat(k, *([1] * (x.ndim - 1))), z)).argmax(1).view(k, len(x))
+        perturbed = cvae.generator(x.repeat(k, *([1] * (x.ndim - 1))), z)
+        votes = logits(classifier, perturbed, num_classes).argmax(1).view(k, len(x))  # checked: no NaN votes
         counts += torch.nn.functional.one_hot(votes.cpu(), num_classes).sum(0)
         done += k
     return counts

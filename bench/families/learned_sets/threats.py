@@ -68,6 +68,7 @@ class LearnedCVAEParams(CVAEThreatParams):
 @THREAT_FAMILIES.register("learned-cvae")
 class LearnedCVAE(CVAEThreat):
     Params = LearnedCVAEParams
+    gradient_based = True
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model, x = self.params, target.module, batch.x

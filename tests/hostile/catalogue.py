@@ -1,0 +1,105 @@
+"""The hostile catalogue: cards, files and models that once produced a silent wrong number, a hang, a
+traceback or code running without consent. Every threat family is run against the hostile models
+(``FAMILY_CARDS`` must name a cheap card for each registered family, so a new family cannot skip it)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# --- a cheap card per threat family, on digits -------------------------------------------------------
+# "<cvae>" is replaced by a tiny CVAE card trained once per test session.
+FAMILY_CARDS: dict[str, dict] = {
+    "clean": {},
+    "pgd": {"norm": "Linf", "eps": 0.1, "steps": 3},
+    "autoattack": {"norm": "Linf", "eps": 0.1, "version": "custom", "attacks": ["apgd-ce"]},
+    "learned-cvae": {"cvae": "<cvae>", "eps": 1.0, "steps": 3},
+    "latent-smoothing": {"cvae": "<cvae>", "sigma": 0.5, "n0": 10, "n": 30},
+    "perturbed": {"pairs": {"kind": "rts", "rotation": 20}},
+    "set-quality": {"eps": 1.0, "steps": 3},
+}
+PERTURBING = {"pgd", "autoattack", "learned-cvae", "latent-smoothing", "perturbed"}
+GRADIENT = {"pgd", "learned-cvae"}
+
+
+# --- hostile cards: file name -> (text, what the error says) ------------------------------------------
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8)) + \
+    "id: bomb\nfamily: clean\n"
+HOSTILE_CARDS = {
+    "alias-bomb.yaml": (ALIAS_BOMB, "aliases"),
+    "dev-zero.yaml": ("id: zero\nfamily: clean\ninclude: /dev/zero\n", "not a regular file"),
+    "folder-include.yaml": ("id: folder\nfamily: clean\ninclude: .\n", "not a regular file"),
+    "huge.yaml": ("id: huge\nfamily: clean\ndescription: " + "x" * 300_000 + "\n", "larger than"),
+    "latin1.yaml": (b"id: caf\xe9\nfamily: clean\n", "not UTF-8"),
+    "inf-step.yaml": ("id: inf-step\nfamily: pgd\nparams: {norm: L2, eps: 1.0, steps: 5, step_size: .inf}\n",
+                      "finite"),
+    "nan-eps.yaml": ("id: nan-eps\nfamily: pgd\nparams: {norm: L2, eps: .nan, steps: 5}\n", "eps"),
+}
+
+
+# --- hostile models: name -> (factory(inner), expected error for every family, or None) ----------------
+class NaNLogits(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) * float("nan")
+
+
+class TupleOutput(NaNLogits):
+    def forward(self, x):
+        return self.inner(x), x
+
+
+class FlatOutput(NaNLogits):
+    def forward(self, x):
+        return self.inner(x).argmax(1).float()
+
+
+class ElevenClasses(NaNLogits):
+    def forward(self, x):
+        out = self.inner(x)
+        return torch.cat([out, out[:, :1]], 1)
+
+
+class NaNOffTheGrid(NaNLogits):
+    """Finite on the clean digits (multiples of 1/16), NaN on anything a perturbation makes."""
+
+    def forward(self, x):
+        off = (x * 16 - torch.round(x * 16)).abs().flatten(1).amax(1) > 1e-4
+        out = self.inner(x)
+        return torch.where(off.view(-1, 1), torch.full_like(out, float("nan")), out)
+
+
+class Detached(NaNLogits):
+    def forward(self, x):
+        return self.inner(x).detach()
+
+
+class Noisy(NaNLogits):
+    def forward(self, x):
+        return self.inner(x + 0.3 * torch.randn_like(x))
+
+
+def float64(inner):
+    import copy
+
+    return copy.deepcopy(inner).double()
+
+
+def meta(inner):
+    import copy
+
+    return copy.deepcopy(inner).to("meta")
+
+
+HOSTILE_MODELS = {
+    "nan-logits": (NaNLogits, "non-finite logits"),
+    "tuple-output": (TupleOutput, "returned tuple"),
+    "flat-output": (FlatOutput, "returned shape"),
+    "eleven-classes": (ElevenClasses, "11 logits per image, but the dataset has 10 classes"),
+    "float64": (float64, "float64"),
+    "meta": (meta, "meta device"),
+}
