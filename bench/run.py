@@ -255,19 +255,23 @@ def _mismatch_notes(store: Store, key: dict[str, Any]) -> list[str]:
     return notes
 
 
-def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatCard, *,
+def _positions(data: Dataset, tensors: bool, n: int | None) -> Tensor:
+    """The evaluation points: the first n of the fixed subset of a split (default 1000), or of the caller's
+    tensors in their order (default all)."""
+    if not tensors:
+        return subset_indices(len(data), 1000 if n is None else n)
+    if n is None or 0 < n <= len(data):
+        return torch.arange(len(data))[:n]
+    raise BenchError(f"n={n} is not between 1 and the {len(data)} images in x", f"pass n={len(data)} or less")
+
+
+def plan_run(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatCard, *,
              dataset: str | None = None, x: Tensor | None = None, y: Tensor | None = None, n: int | None = None,
              seed: int = 0, device: str | None = "auto", batch_size: int = 500, results: str | Path | None = None,
              data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None,
-             trust_code: tuple[str, ...] = (), progress: bool = True) -> Summary:
-    """Evaluate a model card (or a bare ``nn.Module``) against a threat card or family.
-
-    The data is a named dataset (the card's own by default) or the tensors ``x``, ``y`` a caller holds
-    (identified by their content; ``dataset`` then names what they are, for the threat's dataset check).
-    ``n`` points are evaluated: the first n of the fixed evaluation subset (default 1000), or of ``x``
-    in its order (default all). A bare module is a classifier unless ``task`` says otherwise. A card
-    whose model is built by Python code (an entry point) runs only if its package is in ``trust_code``.
-    """
+             trust_code: tuple[str, ...] = ()) -> tuple[Evaluation, RunPlan, list[str]]:
+    """Resolve the model, threat and data, check that they fit before anything is built or trained, build
+    the model, and plan the run: (what its shards run against, the plan, notes for the user)."""
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be positive, got {batch_size}", "pass e.g. --batch-size 256")
     if not 0 <= seed <= MAX_SEED:
@@ -282,12 +286,7 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     threat_card, threat_obj = make_threat(threat_card)
     _check_pairing(subject, threat_card, threat_obj, data)
     dev = _module_device(subject.module, device) if subject.module is not None else resolve_device(device)
-    if x is None:
-        positions = subset_indices(len(data), 1000 if n is None else n)
-    elif n is None or 0 < n <= len(data):
-        positions = torch.arange(len(data))[:n]
-    else:
-        raise BenchError(f"n={n} is not between 1 and the {len(data)} images in x", f"pass n={len(data)} or less")
+    positions = _positions(data, x is not None, n)
     notes = [f"threat {threat}: the family's default card for {data.name} is {threat_card.id}"] if chosen else []
     if subject.card is not None:
         from bench.models import create
@@ -301,31 +300,45 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
                              "convert it with model.float()")
         model_hash, module_notes = _identify_module(net, subject.task, data, positions, dev)
         notes += module_notes
-    metrics = type(threat_obj).metrics_for(subject.task)
     key = {"model": model_hash, "protocol": threat_card.hash, "dataset": data.identity, "n": len(positions),
            "seed": seed, "batch_size": batch_size, "device": dev.type}
     run_id = canonical_hash(key)[:16]
+    meta = {"store_version": STORE_VERSION, "run_id": run_id, "key": key, "model_id": subject.name,
+            "model_card": subject.card.model_dump(mode="json") if subject.card else None,
+            "threat_id": threat_card.id, "threat_card": threat_card.model_dump(mode="json"),
+            "family": threat_card.family, "task": subject.task.name, "dataset": data.name,
+            "metrics": [m.to_dict() for m in type(threat_obj).metrics_for(subject.task)],
+            "headline": type(threat_obj).headline_for(subject.task), "device": str(dev),
+            "threads": torch.get_num_threads(), "versions": _versions(), "created": now()}
+    ev = Evaluation(run_id, Target(net, subject.card, subject.task, data.num_classes), threat_obj, data, dev)
+    return ev, RunPlan(run_id, meta, plan_shards(positions, seed, batch_size)), notes
+
+
+def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatCard, *,
+             results: str | Path | None = None, progress: bool = True, **options: Any) -> Summary:
+    """Evaluate a model card (or a bare ``nn.Module``) against a threat card or family: the local
+    executor of ``plan_run``'s plan. Rerunning it resumes; its summary reads only this run's rows.
+
+    Options (see ``plan_run``): ``dataset``, or the tensors ``x``, ``y`` a caller holds (identified by their
+    content; ``dataset`` then names what they are, for the threat's dataset check); ``n`` points (the first
+    n of the fixed evaluation subset, default 1000, or of ``x`` in its order, default all); ``seed``,
+    ``device``, ``batch_size``, ``data_root``; ``model_name`` and ``task`` for a bare module (a classifier
+    unless told otherwise); ``trust_code``: packages whose code an entry-point card may run.
+    """
+    ev, plan, notes = plan_run(model, threat, results=results, **options)
     store = Store(results)
-    notes += _mismatch_notes(store, key)
-    store.open_run(run_id, {
-        "store_version": STORE_VERSION, "run_id": run_id, "key": key, "model_id": subject.name,
-        "model_card": subject.card.model_dump(mode="json") if subject.card else None,
-        "threat_id": threat_card.id, "threat_card": threat_card.model_dump(mode="json"),
-        "family": threat_card.family, "task": subject.task.name, "dataset": data.name,
-        "metrics": [m.to_dict() for m in metrics], "headline": type(threat_obj).headline_for(subject.task),
-        "device": str(dev), "threads": torch.get_num_threads(), "versions": _versions(), "created": now()})
+    notes += _mismatch_notes(store, plan.meta["key"])
+    store.open_run(plan.run_id, plan.meta)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    target = Target(net, subject.card, subject.task, data.num_classes)
-    ev = Evaluation(run_id, target, threat_obj, data, dev)
+    net = ev.target.module
     was_training = net.training
     net.eval()
     try:
-        execute(ev, plan_shards(positions, seed, batch_size), store, progress=progress,
-                desc=f"{subject.name} x {threat_card.id}")
+        execute(ev, plan.shards, store, progress=progress, desc=f"{plan.meta['model_id']} x {plan.meta['threat_id']}")
     finally:
         net.train(was_training)
-    summary = summarize(store, run_id)
+    summary = summarize(store, plan.run_id)
     summary.notes = list(dict.fromkeys(notes + summary.notes))
     return summary
 
