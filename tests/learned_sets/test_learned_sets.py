@@ -179,3 +179,56 @@ def test_quality_metrics_are_ordered_and_seeded(cvae, digits):
     eae = expected_ae(cvae, x, x_tilde, eps=2.0, gen=torch.Generator().manual_seed(0))
     assert torch.equal(eae, expected_ae(cvae, x, x_tilde, eps=2.0, gen=torch.Generator().manual_seed(0)))
     assert torch.allclose(identity_error(x, x_tilde), ((x - x_tilde) ** 2).mean((1, 2, 3)))
+
+
+def _centroid(image: torch.Tensor) -> tuple[float, float]:
+    side = image.shape[-1]
+    ys, xs = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
+    weight = image[0, 0]
+    return float((xs * weight).sum() / weight.sum()), float((ys * weight).sum() / weight.sum())
+
+
+@pytest.mark.parametrize("angle", [-45.0, 45.0])
+@pytest.mark.parametrize("scale", [0.7, 1.3])
+@pytest.mark.parametrize("shift", [(7, 7), (-7, 7), (7, -7)])
+def test_rts_rotates_and_scales_about_the_centre_then_translates_in_output_pixels(angle, scale, shift):
+    """Where a single bright pixel lands: p_out = scale * R(-angle) (p - c) + c + shift (as RandomAffine)."""
+    import math
+
+    from bench.families.learned_sets.pairs import affine_warp, rts_theta
+
+    side, (px, py) = 42, (26, 20)
+    image = torch.zeros(1, 1, side, side)
+    image[0, 0, py, px] = 1
+    theta = rts_theta(torch.tensor([math.radians(angle)]), torch.tensor([scale]),
+                      torch.tensor([2 * shift[0] / side]), torch.tensor([2 * shift[1] / side]))
+    c, a = (side - 1) / 2, math.radians(angle)
+    expected = (scale * (math.cos(a) * (px - c) + math.sin(a) * (py - c)) + c + shift[0],
+                scale * (-math.sin(a) * (px - c) + math.cos(a) * (py - c)) + c + shift[1])
+    assert _centroid(affine_warp(image, theta)) == pytest.approx(expected, abs=0.15)
+
+
+def test_rts_moves_the_centre_by_at_most_the_translation_per_axis():
+    """At the paper's extremes (45 degrees, scale 1.3) the centre moves at most 7 px along each axis; applying
+    the translation before rotating and zooming moved it up to about 12 px."""
+    side = 42
+    image = torch.zeros(400, 1, side, side)
+    image[:, 0, 20:22, 20:22] = 1  # the four centre pixels
+    moved = rts_pairs(image, torch.Generator().manual_seed(0), rotation=45, scale=(1.3, 1.3), translate=7 / 42)
+    offsets = torch.tensor([_centroid(m[None]) for m in moved]) - (side - 1) / 2
+    assert offsets.abs().max() <= 7 + 0.2
+    assert offsets.abs().max() > 6  # the range is used
+
+
+def test_a_pair_source_revision_changes_every_hash_trained_or_evaluated_on_its_pairs(monkeypatch):
+    from bench.families.learned_sets.pairs import RTS
+    from bench.models.card import load_model_card
+    from bench.threats import load_threat_card
+
+    def hashes():
+        return (load_model_card("mnist-rts-cvae").training_hash, load_model_card("mnist42-cnn-rts-aug").training_hash,
+                load_threat_card("perturbed-rts").hash, load_model_card("mnist42-cnn-cvae-adv").training_hash)
+
+    before = hashes()
+    monkeypatch.setattr(RTS, "revision", RTS.revision + 1)
+    assert all(a != b for a, b in zip(before, hashes()))

@@ -442,3 +442,14 @@ def test_mnist42_is_mnist_on_the_rts_canvas():
     small, big = load_dataset("mnist", "test"), load_dataset("mnist42", "test")
     assert big.x.shape[1:] == (1, 42, 42) and torch.equal(big.y, small.y)
     assert torch.equal(big.x[:5, :, 7:35, 7:35], small.x[:5]) and big.x[:5, :, :7].sum() == 0
+
+
+def test_pgd_ae_never_rises_as_the_ball_grows(cards, tmp_path):
+    """The best reachable error can only fall as eps grows; the decaying step finds that on a trained set."""
+    top = latent_stats(load_model_card(cards["cvae"])).resolve("max")
+    errors = []
+    for eps in ("p25", "p50", "max", 2 * top, 4 * top):  # large balls are where a fixed step fails
+        quality = bench.testing.threat_card("set-quality", f"quality-{eps}", eps=eps)
+        summary = bench.evaluate(cards["cvae"], quality, n=100, device="cpu", results=tmp_path, progress=False)
+        errors.append(summary.pgd_ae)
+    assert all(b <= a for a, b in zip(errors, errors[1:])), errors

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,16 +44,25 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
+def rts_theta(angle: Tensor, scale: Tensor, shift_x: Tensor, shift_y: Tensor) -> Tensor:
+    """2x3 sampling matrices (output -> input, normalised coordinates) of: rotate by ``angle`` (radians) and
+    scale by ``scale`` about the centre, then translate by (shift_x, shift_y) in *output* coordinates (the
+    image spans 2), as torchvision's RandomAffine does: a point moves by exactly the shift, whatever the
+    rotation and zoom. Content moves as p_out = scale * R(-angle) p_in + shift, so p_in = A (p_out - shift)."""
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    tx, ty = -(cos * shift_x - sin * shift_y), -(sin * shift_x + cos * shift_y)
+    return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+
 def rts_pairs(x: Tensor, gen: torch.Generator, *, rotation: float = 45.0, scale: tuple[float, float] = (0.7, 1.3),
               translate: float = 7 / 42) -> Tensor:
-    """x~ = a random rotation (degrees), scale and translation (fraction of the side) of each x."""
+    """x~ = a random rotation (degrees) and scale of each x, then a translation of up to ``translate`` of the
+    side along each axis, in output pixels."""
     n = len(x)
     angle = _uniform(n, -rotation, rotation, gen) * math.pi / 180
     s = _uniform(n, *scale, gen)
-    tx, ty = _uniform(n, -translate, translate, gen) * 2, _uniform(n, -translate, translate, gen) * 2  # span is 2
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s  # the grid maps output -> input, so invert the scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    return affine_warp(x, theta.to(x.device, x.dtype))
+    dx, dy = _uniform(n, -translate, translate, gen) * 2, _uniform(n, -translate, translate, gen) * 2  # span is 2
+    return affine_warp(x, rts_theta(angle, s, dx, dy).to(x.device, x.dtype))
 
 
 def shear_pairs(x: Tensor, gen: torch.Generator, *, shear: float = 0.6) -> Tensor:
@@ -81,9 +90,17 @@ def linf_noise_pairs(x: Tensor, gen: torch.Generator, *, eps: float = 0.3) -> Te
 
 
 class PairSpec(Params):
-    """A validated pair-source spec from a card (a mapping with ``kind``); ``build`` makes the source."""
+    """A validated pair-source spec from a card (a mapping with ``kind``); ``build`` makes the source.
+
+    ``revision`` counts changes to what a source draws; it is part of the spec's serialised form, so the
+    hashes of everything trained or evaluated on the pairs change with it (like architecture revisions)."""
 
     kind: str
+    revision: ClassVar[int] = 0
+
+    def identity(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        return data if self.revision == 0 else {**data, "revision": self.revision}
 
     def build(self, split: str) -> PairSource:
         raise NotImplementedError
@@ -95,6 +112,7 @@ PAIR_SOURCES: Registry[type[PairSpec]] = Registry("pair source")
 @PAIR_SOURCES.register("rts")
 class RTS(PairSpec):
     kind: Literal["rts"]
+    revision = 1  # 1: the translation is in output pixels (it was rotated and zoomed with the image)
     rotation: float = Field(45.0, ge=0, le=180)
     scale: tuple[float, float] = (0.7, 1.3)
     translate: float = Field(7 / 42, ge=0, lt=1)
@@ -182,4 +200,4 @@ def parse_pairs(spec: Any) -> PairSpec:
     return PAIR_SOURCES.get(kind).model_validate(spec)
 
 
-Pairs = Annotated[PairSpec, PlainValidator(parse_pairs), PlainSerializer(lambda spec: spec.model_dump(mode="json"))]
+Pairs = Annotated[PairSpec, PlainValidator(parse_pairs), PlainSerializer(lambda spec: spec.identity())]

@@ -27,7 +27,7 @@ def _error(name: str, label: str) -> Metric:
 class SetQualityParams(Params):
     eps: Radius = "max"
     pairs: Pairs | None = None  # None: the set's own training pairs (in-family)
-    steps: int = Field(50, gt=0)  # PGD AE descent steps of eps/20
+    steps: int = Field(100, gt=0)  # PGD AE descent steps, decaying from eps/10 to eps/1000
 
 
 @THREAT_FAMILIES.register("set-quality")
