@@ -7,17 +7,20 @@ import torch
 from torch import nn
 
 # --- a cheap card per threat family, on digits -------------------------------------------------------
-# "<cvae>" is replaced by a tiny CVAE card trained once per test session.
+# "<cvae>" is replaced by a tiny CVAE card trained once per test session, "<source>" by a digits classifier card.
 FAMILY_CARDS: dict[str, dict] = {
     "clean": {},
     "pgd": {"norm": "Linf", "eps": 0.1, "steps": 3},
     "autoattack": {"norm": "Linf", "eps": 0.1, "version": "custom", "attacks": ["apgd-ce"]},
     "learned-cvae": {"cvae": "<cvae>", "eps": 1.0, "steps": 3},
+    "learned-cvae-random": {"cvae": "<cvae>", "eps": 1.0, "samples": 20},
+    "learned-cvae-transfer": {"cvae": "<cvae>", "eps": 1.0, "source": "<source>", "steps": 3},
     "latent-smoothing": {"cvae": "<cvae>", "sigma": 0.5, "n0": 10, "n": 30},
     "perturbed": {"pairs": {"kind": "rts", "rotation": 20}},
     "set-quality": {"eps": 1.0, "steps": 3},
 }
-PERTURBING = {"pgd", "autoattack", "learned-cvae", "latent-smoothing", "perturbed"}
+PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-random", "learned-cvae-transfer", "latent-smoothing",
+              "perturbed"}
 GRADIENT = {"pgd", "learned-cvae"}
 
 

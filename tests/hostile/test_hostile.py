@@ -32,21 +32,21 @@ TINY_CVAE = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_cvae(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("hostile-cvae")
-    path = folder / "hostile-cvae.yaml"
-    path.write_text(yaml.safe_dump(TINY_CVAE))
-    return str(path)
-
-
 @pytest.fixture(autouse=True)
 def shared_cache(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "hostile-cache"))
 
 
-def family_card(family: str, cvae: str) -> ThreatCard:
-    params = {k: (cvae if v == "<cvae>" else v) for k, v in FAMILY_CARDS[family].items()}
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory, digits_card) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("hostile-cvae")
+    path = folder / "hostile-cvae.yaml"
+    path.write_text(yaml.safe_dump(TINY_CVAE))
+    return {"<cvae>": str(path), "<source>": str(digits_card)}
+
+
+def family_card(family: str, refs: dict[str, str]) -> ThreatCard:
+    params = {k: refs.get(v, v) if isinstance(v, str) else v for k, v in FAMILY_CARDS[family].items()}
     return ThreatCard(id=f"hostile-{family}", family=family, params=params)
 
 
@@ -59,16 +59,16 @@ CLASSIFIER_FAMILIES = sorted(f for f in FAMILY_CARDS if "classifier" in THREAT_F
 
 @pytest.mark.parametrize("family", CLASSIFIER_FAMILIES)
 @pytest.mark.parametrize("model", sorted(HOSTILE_MODELS))
-def test_every_family_refuses_broken_models(digits_model, tiny_cvae, tmp_path, family, model):
+def test_every_family_refuses_broken_models(digits_model, refs, tmp_path, family, model):
     factory, message = HOSTILE_MODELS[model]
     with pytest.raises(BenchError, match=message):
-        bench.evaluate(factory(digits_model), family_card(family, tiny_cvae), dataset="digits", n=20,
+        bench.evaluate(factory(digits_model), family_card(family, refs), dataset="digits", n=20,
                        results=tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("family", CLASSIFIER_FAMILIES)
-def test_every_family_refuses_what_is_finite_clean_but_nan_perturbed(digits_model, tiny_cvae, tmp_path, family):
-    run = functools.partial(bench.evaluate, NaNOffTheGrid(digits_model), family_card(family, tiny_cvae),
+def test_every_family_refuses_what_is_finite_clean_but_nan_perturbed(digits_model, refs, tmp_path, family):
+    run = functools.partial(bench.evaluate, NaNOffTheGrid(digits_model), family_card(family, refs),
                             dataset="digits", n=20, results=tmp_path, progress=False)
     if family in PERTURBING:
         with pytest.raises(BenchError, match="non-finite"):
@@ -78,22 +78,22 @@ def test_every_family_refuses_what_is_finite_clean_but_nan_perturbed(digits_mode
 
 
 @pytest.mark.parametrize("family", CLASSIFIER_FAMILIES)
-def test_gradient_families_say_when_gradients_vanish_or_outputs_are_random(digits_model, tiny_cvae, tmp_path,
+def test_gradient_families_say_when_gradients_vanish_or_outputs_are_random(digits_model, refs, tmp_path,
                                                                             family):
     kw = dict(dataset="digits", n=20, results=tmp_path, progress=False)
-    noisy = bench.evaluate(Noisy(digits_model), family_card(family, tiny_cvae), **kw)
+    noisy = bench.evaluate(Noisy(digits_model), family_card(family, refs), **kw)
     assert any("differ between two identical calls" in note for note in noisy.notes)  # every family
     if family == "autoattack":
         with pytest.raises(BenchError, match="outputs carry no gradient"):
-            bench.evaluate(Detached(digits_model), family_card(family, tiny_cvae), **kw)
+            bench.evaluate(Detached(digits_model), family_card(family, refs), **kw)
         return
-    detached = bench.evaluate(Detached(digits_model), family_card(family, tiny_cvae), **kw)
+    detached = bench.evaluate(Detached(digits_model), family_card(family, refs), **kw)
     if family in GRADIENT:
         assert any("input gradient is exactly zero for 20 of 20 points" in note for note in detached.notes)
 
 
-def test_set_quality_refuses_a_set_that_generates_nan(tiny_cvae, tmp_path):
-    cvae = bench.load_model(tiny_cvae)
+def test_set_quality_refuses_a_set_that_generates_nan(refs, tmp_path):
+    cvae = bench.load_model(refs["<cvae>"])
 
     class NaNGenerator(torch.nn.Module):
         def __init__(self, inner):

@@ -374,33 +374,64 @@ def test_missing_corruption_files_say_how_to_make_them(tmp_path):
         parse_pairs({"kind": "corruption-files", "root": str(tmp_path)}).build("train")
 
 
-def _fake_seed(adv_p50: float, held_out_ae: float) -> dict:
-    from bench.families.learned_sets.report import QUALITY, SETTINGS
+def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6) -> dict:
+    from bench.families.learned_sets.report import ADVERSARIAL, QUALITY, QUALITY_AFFINE, REAL, SETTINGS
 
     setting = SETTINGS["mnist-rts"]
     rows = {row: {c: 0.9 for c in [*setting.accuracy, *setting.attacks, "smoothed", "certified"]}
             for row in setting.rows}
     for row in rows:
         rows[row]["robust @p50"] = 0.1
-    rows["CVAE adversarial training"]["robust @p50"] = adv_p50
-    quality = {}
-    for pairs, eps in QUALITY:
-        pgd = 0.01 if pairs == "in-family" else held_out_ae
-        quality[(pairs, eps)] = {"encoder_ae": pgd * 1.2, "pgd_ae": pgd, "eae": 0.05, "recon": 0.01, "kl": 9.0,
+    rows[ADVERSARIAL]["robust @p50"] = adv_p50
+    for column in ("RTS (in-family)", "shear (held out)", "thicken (held out)"):
+        rows[REAL][column] = 0.85
+
+    def quality(keys):
+        out = {}
+        for pairs, eps in keys:
+            pgd = {"p50": 0.012, "p75": 0.011, "max": 0.01}[eps] if pairs == "in-family" else held_out_ae
+            out[(pairs, eps)] = {"encoder_ae": pgd * 1.2, "pgd_ae": pgd, "eae": 0.05, "recon": 0.01, "kl": 9.0,
                                  "identity": 0.06}
-    return {"stats": {"n": 5000.0, "mean": 2.0, "p50": 2.0, "max": 4.0}, "quality": quality, "rows": rows}
+        return out
+
+    checks = {row: {"robust": {"latent PGD": 0.6, "strong": 0.59, "random": random, "transfer": 0.8},
+                    "beaten": {"latent PGD": 0, "random": 3 if random < 0.59 else 0, "transfer": 0}}
+              for row in setting.rows if row != "standard"}
+    curve = {"radii": [0.0, 1.0, 2.0], "certified": [0.9, 0.6, 0.2], "empirical": [0.95, 0.8, 0.5], "n": 10000,
+             "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
+    return {"stats": {"n": 5000.0, "mean": 2.0, "p50": 2.0, "max": 4.0}, "quality": quality(QUALITY),
+            "quality_affine": quality(QUALITY_AFFINE), "rows": rows, "checks": checks, "curve": curve}
+
+
+SETTINGS_SEEN = {"command": "bench perturbation report", "n_eval": 10, "n_quality": 10, "n_attack": 10,
+                 "n_certify": 10, "n_check": 10, "device": "cpu", "threads": 2, "plot": "x.svg"}
 
 
 def test_report_checks_the_claims_against_the_numbers():
     from bench.families.learned_sets.report import SETTINGS, render
 
-    settings = {"command": "bench perturbation report", "n_eval": 10, "n_quality": 10, "n_attack": 10,
-                "n_certify": 10, "device": "cpu"}
-    good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], settings, 60.0)
-    assert good.count("**holds**") == 7 and "does NOT" not in good and "75.0 ± 7.1" in good
-    bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012), _fake_seed(0.05, 0.012)], [0, 1], settings, 60.0)
+    good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], SETTINGS_SEEN, 60.0)
+    assert good.count("**holds**") == 16 and "does NOT" not in good and "75.0 ± 7.1" in good
+    assert "with 2 CPU threads" in good and "## Conventions" in good and "renorm" in good
+    bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012, random=0.3), _fake_seed(0.05, 0.012)], [0, 1],
+                 SETTINGS_SEEN, 60.0)
     assert "**does NOT hold**: CVAE adversarial training has the highest" in bad
-    assert "**does NOT hold**: perturbed-shear: PGD AE clearly above" in bad
+    assert "**does NOT hold**: similarity warps, perturbed-shear: PGD AE clearly above" in bad
+    assert "**does NOT hold**: no defended row's latent-PGD number is undercut" in bad
+    assert "random beats the stronger attack (30.0% vs 59.0%" in bad
+
+
+def test_check_flags_a_masked_row_that_latent_pgd_alone_would_pass():
+    """The numbers of the masked classifier in test_gradient_free_and_transfer_checks_see_through_gradient_masking."""
+    from bench.families.learned_sets.report import check_flags
+
+    masked = {"latent PGD": 0.65, "strong": 0.65, "random": 0.45, "transfer": 0.45}
+    flags = check_flags(masked, {"latent PGD": 0, "random": 16, "transfer": 16})
+    assert len(flags) == 2 and all("beats the stronger attack" in f for f in flags)
+    honest = {"latent PGD": 0.60, "strong": 0.59, "random": 0.85, "transfer": 0.80}
+    assert check_flags(honest, {"latent PGD": 0, "random": 0, "transfer": 0}) == []
+    assert "finds 10.0% more than latent PGD" in check_flags({**honest, "strong": 0.50}, {"latent PGD": 0,
+                                                                                          "random": 0, "transfer": 0})[0]
 
 
 @pytest.mark.parametrize("name", ["mnist-rts", "mnist-rts-mild"])
@@ -413,11 +444,12 @@ def test_report_settings_use_one_cvae_throughout(name):
 
     setting = SETTINGS[name]
     pairs = load_model_card(setting.cvae).recipe.params["pairs"]
+    assert load_model_card(setting.cvae_affine).recipe.params["pairs"] == pairs
     for model_id in setting.rows.values():
         params = load_model_card(model_id).recipe.params
         assert params.get("cvae", setting.cvae) == setting.cvae
         assert params.get("pairs", pairs) == pairs
-    for threat_id in [*setting.attacks.values(), setting.certify]:
+    for threat_id in [*setting.attacks.values(), *setting.checks.values(), setting.certify, setting.curve]:
         assert load_threat_card(threat_id).params["cvae"] == setting.cvae
     assert load_threat_card(setting.accuracy["RTS (in-family)"]).params["pairs"] == pairs
 
@@ -453,3 +485,57 @@ def test_pgd_ae_never_rises_as_the_ball_grows(cards, tmp_path):
         summary = bench.evaluate(cards["cvae"], quality, n=100, device="cpu", results=tmp_path, progress=False)
         errors.append(summary.pgd_ae)
     assert all(b <= a for a, b in zip(errors, errors[1:])), errors
+
+
+class Rounding(torch.nn.Module):
+    """A deliberately gradient-masked classifier: it rounds its input to 8 bits, which changes almost no
+    prediction but makes every input gradient zero."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 255) / 255)
+
+
+def test_gradient_free_and_transfer_checks_see_through_gradient_masking(cards, tmp_path):
+    """At a radius where the set matters (3.0; this tiny set's own max is far smaller), latent PGD on the
+    masked model makes no progress past its random start, while sampling and transfer find what it misses."""
+    masked = Rounding(create(cards["standard"]))
+    kw = dict(dataset="digits", n=80, device="cpu", results=tmp_path, progress=False)
+    pgd = bench.evaluate(masked, learned_threat(cards["cvae"], eps=3.0, steps=20), **kw)
+    assert any("input gradient is exactly zero" in note for note in pgd.notes)
+    random = bench.evaluate(masked, bench.testing.threat_card("learned-cvae-random", cvae=cards["cvae"], eps=3.0,
+                                                               samples=200), **kw)
+    transfer = bench.evaluate(masked, bench.testing.threat_card("learned-cvae-transfer", cvae=cards["cvae"],
+                                                                 eps=3.0, source=cards["standard"], steps=20), **kw)
+    assert random.robust_acc <= pgd.robust_acc - 0.15 and transfer.robust_acc <= pgd.robust_acc - 0.15
+
+
+def test_more_random_samples_never_leave_more_points_robust(cards, tmp_path):
+    def robust(samples):
+        card = bench.testing.threat_card("learned-cvae-random", cvae=cards["cvae"], eps="p50", samples=samples,
+                                         chunk=400)
+        return bench.evaluate(cards["cvae-adv"], card, n=40, device="cpu", results=tmp_path,
+                              progress=False).robust_acc
+
+    few, many = robust(20), robust(200)
+    assert many <= few
+
+
+def test_the_decaying_step_is_at_least_as_strong_on_the_same_points(cards, tmp_path):
+    kw = dict(n=60, device="cpu", results=tmp_path, progress=False)
+    plain = bench.evaluate(cards["cvae-adv"], learned_threat(cards["cvae"], eps="p75", steps=20), **kw)
+    strong = bench.evaluate(cards["cvae-adv"], learned_threat(cards["cvae"], eps="p75", steps=40, restarts=3,
+                                                             decay=0.01), **kw)
+    assert strong.robust_acc <= plain.robust_acc + 0.02
+
+
+def test_the_certificate_plot_is_an_svg(tmp_path):
+    from bench.families.learned_sets.report import plot_certificates
+
+    seeds = [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)]
+    path = plot_certificates(tmp_path / "certificates.svg", seeds, "mnist-rts")
+    assert path.read_text().lstrip().startswith("<?xml") and "<svg" in path.read_text()
+    assert not list(tmp_path.glob(".*part"))

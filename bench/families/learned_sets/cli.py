@@ -63,6 +63,8 @@ def report(setting: str = typer.Option("mnist-rts", "--setting",
            n_quality: int = typer.Option(500, "--n-quality", help="Pairs for the set-quality metrics."),
            n_attack: int = typer.Option(300, "--n-attack", help="Points for the latent attacks."),
            n_certify: int = typer.Option(100, "--n-certify", help="Points for latent-smoothing certification."),
+           n_check: int = typer.Option(100, "--n-check", help="Points for the stronger, gradient-free and transfer "
+                                                              "checks of latent PGD."),
            device: str = DeviceOpt) -> None:
     """Reproduce the MNIST-RTS learned-perturbation-set results and write the markdown report."""
     from bench.families.learned_sets.report import build_report
@@ -73,8 +75,9 @@ def report(setting: str = typer.Option("mnist-rts", "--setting",
     if len(seeds) < 2:
         raise BenchError("a reproduction report needs at least 2 seeds", "pass e.g. --seed 0 --seed 1")
     command = f"bench perturbation report --setting {setting} " + " ".join(f"--seed {s}" for s in seeds) + (
-        f" --n-eval {n_eval} --n-quality {n_quality} --n-attack {n_attack} --n-certify {n_certify}")
+        f" --n-eval {n_eval} --n-quality {n_quality} --n-attack {n_attack} --n-certify {n_certify} --n-check {n_check}")
     path = build_report(chosen, seeds, out or Path(f"docs/learned-perturbation-sets-{setting}.md"),
                         work or Path(f"bench-results/report-{setting}"), n_eval=n_eval, n_quality=n_quality,
-                        n_attack=n_attack, n_certify=n_certify, device=str(resolve_device(device)), command=command)
+                        n_attack=n_attack, n_certify=n_certify, n_check=n_check, device=str(resolve_device(device)),
+                        command=command)
     typer.echo(f"report written to {path}")

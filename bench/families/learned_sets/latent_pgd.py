@@ -2,8 +2,9 @@
 
 The attack moves u inside { |u|_2 <= eps } (prior-standardised coordinates) to make the classifier
 misclassify g(x, mu_p + sigma_p * u): random start (random direction, radius ~ U[0, eps]),
-normalised-gradient ascent steps on cross-entropy, projection after every step, and a per-example
-early stop once a point is misclassified. With restarts, the first success per example is kept.
+normalised-gradient ascent steps on cross-entropy (constant, or decaying for a stronger check),
+projection after every step, and a per-example early stop once a point is misclassified. With
+restarts, the first success per example is kept.
 """
 from __future__ import annotations
 
@@ -24,9 +25,15 @@ def random_start(shape: torch.Size, eps: float, gen: torch.Generator) -> Tensor:
 
 
 def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int,
-               step_size: float, restarts: int = 1, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Return (x_adv, u): per example the first latent point found that fools the classifier, else the
-    last iterate of the last restart. Every returned u satisfies |u|_2 <= eps."""
+               step_size: float, restarts: int = 1, gen: torch.Generator, decay: float = 1.0,
+               until_fooled: bool = True) -> tuple[Tensor, Tensor]:
+    """Return (x_adv, u) with every |u|_2 <= eps.
+
+    Step k is ``step_size * decay ** (k / (steps - 1))``: constant by default, decaying geometrically for
+    ``decay < 1`` (the stronger check). With ``until_fooled`` (evaluation), each example stops at the first
+    latent point that fools the classifier and keeps it, else the last iterate of the last restart; without
+    it (crafting points to transfer to another model), every example ascends for all steps and the last
+    iterate is returned."""
     with torch.no_grad():
         mu_p, logvar_p = cvae.prior(x)
         sigma_p = (0.5 * logvar_p).exp()
@@ -41,16 +48,18 @@ def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: 
         for step_index in range(steps + 1):  # evaluates u_0 .. u_steps, updates between them
             u.requires_grad_(True)
             logits = classifier(decode(u))
-            with torch.no_grad():
-                newly = (logits.argmax(1) != y) & ~fooled
-                best[newly] = u[newly].detach()
-                fooled |= newly
+            if until_fooled:
+                with torch.no_grad():
+                    newly = (logits.argmax(1) != y) & ~fooled
+                    best[newly] = u[newly].detach()
+                    fooled |= newly
             if step_index == steps or bool(fooled.all()):
                 break
             grad = input_gradient(F.cross_entropy(logits, y, reduction="sum"), u)
+            step = step_size * decay ** (step_index / max(steps - 1, 1))
             with torch.no_grad():
                 active = (~fooled).view(-1, *([1] * (u.ndim - 1))).to(u)  # early stop per example
-                u = project_l2(u.detach() + step_size * normalized(grad) * active, eps)
+                u = project_l2(u.detach() + step * normalized(grad) * active, eps)
         best[~fooled] = u.detach()[~fooled]
     with torch.no_grad():
         return decode(best), best

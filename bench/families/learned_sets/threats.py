@@ -16,9 +16,14 @@ from torch import Tensor
 from bench.errors import BenchError
 from bench.families.learned_sets.latent_pgd import latent_pgd
 from bench.families.learned_sets.sets import CVAERef, Radius, load_cvae, resolve_radius
+from bench.models.card import model_ref
+from bench.ops.norms import normalized
 from bench.params import Params
 from bench.tasks.classifier import predict
 from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
+
+
+ClassifierRef = model_ref("classifier")
 
 
 class CVAEThreatParams(Params):
@@ -35,6 +40,7 @@ class CVAEThreat(ClassifierAttack):
         self.card = params.cvae.card
         self._loaded: dict[str, Any] = {}
         self._radii: dict[float | str, float] = {}
+        self._sources: dict[str, Any] = {}
 
     def cvae(self, device: torch.device):
         if str(device) not in self._loaded:
@@ -61,8 +67,12 @@ class CVAEThreat(ClassifierAttack):
 class LearnedCVAEParams(CVAEThreatParams):
     eps: Radius
     steps: int = Field(50, gt=0)
-    step_size: float | None = Field(None, gt=0)  # default eps / 20
+    step_size: float | None = Field(None, gt=0)  # default eps / 20 (eps / 4 with a decaying step)
     restarts: int = Field(1, gt=0)
+    decay: float = Field(1.0, gt=0, le=1)  # the last step is step_size * decay (1: constant steps)
+
+    def step(self, eps: float) -> float:
+        return self.step_size or (eps / 20 if self.decay == 1 else eps / 4)
 
 
 @THREAT_FAMILIES.register("learned-cvae")
@@ -79,7 +89,7 @@ class LearnedCVAE(CVAEThreat):
         latent_norm = torch.zeros(len(x))
         if correct.any():
             x_adv, u = latent_pgd(self.cvae(x.device), model, x[correct], batch.y[correct], eps=eps, steps=p.steps,
-                                  step_size=p.step_size or eps / 20, restarts=p.restarts, gen=batch.generator())
+                                  step_size=p.step(eps), restarts=p.restarts, gen=batch.generator(), decay=p.decay)
             adv_pred[correct] = predict(model, x_adv, target.num_classes)
             latent_norm[correct.cpu()] = u.flatten(1).norm(dim=1).cpu()
         if bool((latent_norm > eps * (1 + 1e-5)).any()) or not torch.isfinite(latent_norm).all():
@@ -87,3 +97,84 @@ class LearnedCVAE(CVAEThreat):
                              "this is a bug in the attack, not the model: report it with the model and threat")
         return Outcome(values=self.scored(batch, adv_pred, latent_norm=latent_norm,
                                           eps=torch.full((len(x),), eps)))
+
+
+def uniform_in_ball(count: int, dim: int, eps: float, gen: torch.Generator) -> Tensor:
+    """``count`` points uniform in the L2 ball of radius eps in ``dim`` dimensions."""
+    direction = normalized(torch.randn(count, dim, generator=gen))
+    return direction * eps * torch.rand(count, 1, generator=gen) ** (1 / dim)
+
+
+class RandomSamplesParams(CVAEThreatParams):
+    eps: Radius
+    samples: int = Field(1000, gt=0)
+    chunk: int = Field(2000, gt=0)  # generator forward passes per round (memory, not results)
+
+
+@THREAT_FAMILIES.register("learned-cvae-random")
+class LearnedCVAERandom(CVAEThreat):
+    """Gradient-free check: a point survives only if all of ``samples`` latent points drawn uniformly in
+    the ball are classified correctly. Weaker than PGD on an honest model, but blind to gradient masking:
+    where it breaks points that PGD leaves robust, PGD's number is not to be trusted."""
+
+    Params = RandomSamplesParams
+
+    @classmethod
+    def protocol(cls, params: RandomSamplesParams) -> dict:
+        out = super().protocol(params)
+        out.pop("chunk")
+        return out
+
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        p, model, x = self.params, target.module, batch.x
+        self.check_input(x)
+        eps, cvae, gen = self.radius(p.eps, x.device), self.cvae(x.device), batch.generator()
+        adv_pred = batch.clean["clean_pred"].clone()
+        with torch.no_grad():
+            mu_p, logvar_p = cvae.prior(x)
+            sigma_p = (0.5 * logvar_p).exp()
+            per_round = max(1, p.chunk // len(x))
+            done = 0
+            while done < p.samples:
+                k = min(per_round, p.samples - done)
+                u = uniform_in_ball(k * len(x), mu_p.shape[1], eps, gen).to(mu_p).view(k, len(x), -1)
+                images = cvae.generator(x.repeat(k, 1, 1, 1), (mu_p + sigma_p * u).flatten(0, 1))
+                votes = predict(model, images, target.num_classes).view(k, len(x))
+                wrong = votes != batch.y
+                first = wrong.float().argmax(0)  # the first draw that fools each point
+                hit = wrong.any(0) & (adv_pred == batch.y)
+                adv_pred[hit] = votes[first, torch.arange(len(x), device=x.device)][hit]
+                done += k
+        return Outcome(values=self.scored(batch, adv_pred))
+
+
+class TransferParams(CVAEThreatParams):
+    eps: Radius
+    source: ClassifierRef  # the model the latent points are crafted on
+    steps: int = Field(50, gt=0)
+    step_size: float | None = Field(None, gt=0)  # default eps / 20
+
+
+@THREAT_FAMILIES.register("learned-cvae-transfer")
+class LearnedCVAETransfer(CVAEThreat):
+    """Transfer check: latent PGD on ``source`` (all steps, maximising its loss), then the evaluated model
+    classifies those points. It needs no gradient of the evaluated model at all."""
+
+    Params = TransferParams
+
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        p, x = self.params, batch.x
+        self.check_input(x)
+        eps = self.radius(p.eps, x.device)
+        if str(x.device) not in self._sources:
+            from bench.models.build import create
+
+            self._sources[str(x.device)] = create(p.source.card, device=x.device).requires_grad_(False)
+        correct = batch.clean["clean_correct"]
+        adv_pred = batch.clean["clean_pred"].clone()
+        if correct.any():
+            x_adv, _ = latent_pgd(self.cvae(x.device), self._sources[str(x.device)], x[correct], batch.y[correct],
+                                  eps=eps, steps=p.steps, step_size=p.step_size or eps / 20, gen=batch.generator(),
+                                  until_fooled=False)
+            adv_pred[correct] = predict(target.module, x_adv, target.num_classes)
+        return Outcome(values=self.scored(batch, adv_pred))
