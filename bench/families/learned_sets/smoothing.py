@@ -58,7 +58,7 @@ class LatentSmoothingParams(CVAEThreatParams):
     n: int = Field(1000, gt=0)  # estimation samples
     alpha: float = Field(0.001, gt=0, lt=0.5)
     radius: Radius = 0.0  # certified accuracy is reported at this latent radius
-    chunk: int = Field(1000, gt=0)  # generator forward passes per round (memory, not results)
+    chunk: int = Field(1000, gt=0)  # generator forward passes per round; it orders the noise draws, so it is protocol
 
 
 @THREAT_FAMILIES.register("latent-smoothing")
@@ -71,12 +71,6 @@ class LatentSmoothing(CVAEThreat):
                Metric("smoothed_acc", "smoothed_correct", "smoothed accuracy (abstentions wrong)", agg="rate"),
                Metric("abstain_rate", "abstain", "abstention rate", agg="rate", higher_is_better=False))
     headline = "certified_acc"
-
-    @classmethod
-    def protocol(cls, params: LatentSmoothingParams) -> dict:
-        out = super().protocol(params)
-        out.pop("chunk")
-        return out
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model, x, y = self.params, target.module, batch.x, batch.y

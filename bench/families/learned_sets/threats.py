@@ -108,7 +108,7 @@ def uniform_in_ball(count: int, dim: int, eps: float, gen: torch.Generator) -> T
 class RandomSamplesParams(CVAEThreatParams):
     eps: Radius
     samples: int = Field(1000, gt=0)
-    chunk: int = Field(2000, gt=0)  # generator forward passes per round (memory, not results)
+    chunk: int = Field(2000, gt=0)  # generator forward passes per round; it orders the draws, so it is protocol
 
 
 @THREAT_FAMILIES.register("learned-cvae-random")
@@ -118,12 +118,6 @@ class LearnedCVAERandom(CVAEThreat):
     where it breaks points that PGD leaves robust, PGD's number is not to be trusted."""
 
     Params = RandomSamplesParams
-
-    @classmethod
-    def protocol(cls, params: RandomSamplesParams) -> dict:
-        out = super().protocol(params)
-        out.pop("chunk")
-        return out
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model, x = self.params, target.module, batch.x
