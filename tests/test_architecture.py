@@ -105,6 +105,7 @@ def test_the_core_imports_no_method_family():
 
 def test_every_registry_is_one_implementation():
     from bench.data import DATASETS
+    from bench.families.corruptions.library import CORRUPTIONS
     from bench.families.learned_sets.pairs import PAIR_SOURCES
     from bench.models.archs import ARCHITECTURES
     from bench.ops.losses import LOSSES
@@ -113,7 +114,7 @@ def test_every_registry_is_one_implementation():
     from bench.threats import THREAT_FAMILIES
     from bench.training.recipe import RECIPES
 
-    registries = [DATASETS, PAIR_SOURCES, ARCHITECTURES, LOSSES, TASKS, THREAT_FAMILIES, RECIPES]
+    registries = [DATASETS, PAIR_SOURCES, CORRUPTIONS, ARCHITECTURES, LOSSES, TASKS, THREAT_FAMILIES, RECIPES]
     assert all(type(r) is Registry for r in registries)
     for registry in registries:
         first = registry.names()[0]

@@ -1,0 +1,554 @@
+"""Common corruptions in torch, batched and device-agnostic (Hendrycks & Dietterich, 2019).
+
+Each corruption is a ``Corruption``: per-severity constants for 32x32 images (``cifar``, from the
+generator of CIFAR-10-C, ``make_cifar_c.py`` in hendrycks/robustness, Apache-2.0) and for large images
+(``imagenet``, as in the ``imagecorruptions`` package), a ``draw`` step that samples every random choice
+for the whole batch on the CPU from one seeded generator (so a seed gives the same images on every
+device), and an ``apply`` step that runs on the images' own device. A batch equals the same images
+corrupted one at a time with the same draws. Images are float tensors (N, C, H, W) in [0, 1]; outputs are
+too. Where an operation differs from the reference generators it says so in its docstring.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.registry import Registry
+
+SCALES = ("cifar", "imagenet")
+Draws = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """``draw(x, c, gen) -> Draws`` (CPU, per-image leading dimension) and ``apply(x, c, draws) -> x``."""
+
+    name: str
+    constants: dict[str, tuple]  # scale -> the five severities' constants
+    apply: Callable[[Tensor, Any, Draws], Tensor]
+    draw: Callable[[Tensor, Any, torch.Generator], Draws] = lambda x, c, gen: {}
+
+    def constant(self, severity: int, scale: str = "cifar") -> Any:
+        if severity not in range(1, 6):
+            raise ValueError(f"severity must be 1 to 5, got {severity}")
+        return self.constants[scale][severity - 1]
+
+    def __call__(self, x: Tensor, severity: int, gen: torch.Generator, scale: str = "cifar") -> Tensor:
+        c = self.constant(severity, scale)
+        draws = {k: v.to(x.device) for k, v in self.draw(x.detach().cpu(), c, gen).items()}
+        return self.apply(x, c, draws).clamp(0, 1)
+
+
+CORRUPTIONS: Registry[Corruption] = Registry("corruption")
+
+
+def corruption(name: str, *, cifar: list, imagenet: list, draw: Callable | None = None):
+    """Register ``apply`` (the decorated function) with its constants and its draw step."""
+    def wrap(apply: Callable) -> Callable:
+        CORRUPTIONS.register(name, Corruption(name, {"cifar": tuple(cifar), "imagenet": tuple(imagenet)}, apply,
+                                              draw or (lambda x, c, gen: {})))
+        return apply
+
+    return wrap
+
+
+# --- shared operations ---------------------------------------------------------------------------------
+
+
+def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> Tensor:
+    """scipy.ndimage's 1-D Gaussian: radius int(truncate * sigma + 0.5), normalised."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _pad(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> Tensor:
+    """Pad H and W with scipy's boundary modes: ``nearest`` (edge), ``mirror`` (reflect-101), ``reflect``
+    (half-sample symmetric: the edge pixel repeated)."""
+    if mode == "nearest":
+        return F.pad(x, (left, right, top, bottom), mode="replicate")
+    if mode == "mirror":
+        return F.pad(x, (left, right, top, bottom), mode="reflect")
+    flipped_w = x.flip(-1)
+    x = torch.cat([flipped_w[..., -left:] if left else x[..., :0], x, flipped_w[..., :right]], -1)
+    flipped_h = x.flip(-2)
+    return torch.cat([flipped_h[..., -top:, :] if top else x[..., :0, :], x, flipped_h[..., :bottom, :]], -2)
+
+
+def gaussian_blur(x: Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> Tensor:
+    """Separable Gaussian filter with scipy's ``gaussian_filter`` kernel and boundary ``mode``."""
+    if sigma <= 0:
+        return x
+    kernel = _gaussian_kernel(sigma, truncate).to(x)
+    r = (len(kernel) - 1) // 2
+    c = x.shape[1]
+    out = _pad(x, r, r, r, r, mode)
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _to_hsv(x: Tensor) -> Tensor:
+    """RGB to HSV with H in [0, 1), as scikit-image (V = max, S = range / max)."""
+    r, g, b = x.unbind(1)
+    v, _ = x.max(1)
+    delta = v - x.min(1).values
+    s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
+    safe = delta.clamp_min(1e-12)
+    h = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = torch.where(delta > 0, (h / 6) % 1, torch.zeros_like(h))
+    return torch.stack([h, s, v], 1)
+
+
+def _to_rgb(hsv: Tensor) -> Tensor:
+    h, s, v = hsv.unbind(1)
+    i = torch.floor(h * 6)
+    f = h * 6 - i
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    i = i.long() % 6
+    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = [torch.zeros_like(v) for _ in range(3)]
+    for k, rgb in enumerate(choices):
+        mask = i == k
+        for channel in range(3):
+            out[channel] = torch.where(mask, rgb[channel], out[channel])
+    return torch.stack(out, 1)
+
+
+def _gray(x: Tensor) -> Tensor:
+    """Luma as OpenCV's RGB2GRAY (0.299, 0.587, 0.114), shape (N, 1, H, W)."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
+
+
+def _shift_gather(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
+    """out[n, :, h, w] = x[n, :, clamp(h - dy[n]), clamp(w - dx[n])]: a shift with the edge repeated."""
+    n, c, h, w = x.shape
+    rows = (torch.arange(h, device=x.device).view(1, h) - dy.view(n, 1)).clamp(0, h - 1)
+    cols = (torch.arange(w, device=x.device).view(1, w) - dx.view(n, 1)).clamp(0, w - 1)
+    index = (rows.view(n, 1, h, 1) * w + cols.view(n, 1, 1, w)).expand(n, c, h, w)
+    return x.flatten(2).gather(2, index.flatten(2)).view(n, c, h, w)
+
+
+def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Tensor:
+    """ImageMagick's MotionBlurImage as imagecorruptions reimplements it (no Wand): a one-sided Gaussian
+    line kernel of width 2 * radius + 1, taps placed on the nearest pixel along ``angle`` (per image), the
+    edge repeated. CIFAR-10-C called ImageMagick itself; the two agree up to its sub-pixel details."""
+    width = 2 * radius + 1
+    taps = torch.exp(-torch.arange(width, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
+    taps = (taps / taps.sum()).tolist()
+    theta = torch.deg2rad(angle_deg.double())
+    py, px = width * torch.sin(theta), width * torch.cos(theta)
+    hypot = torch.hypot(py, px)
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    for i in range(width):
+        dy = -torch.ceil(i * py / hypot - 0.5).long()
+        dx = -torch.ceil(i * px / hypot - 0.5).long()
+        inside = (dy.abs() < h) & (dx.abs() < w)  # the reference stops at the first tap past the border
+        weight = torch.where(inside, taps[i], 0.0).to(x).view(-1, 1, 1, 1)
+        out = out + weight * _shift_gather(x, dy.to(x.device), dx.to(x.device))
+    return out
+
+
+def clipped_zoom(x: Tensor, factor: float) -> Tensor:
+    """Zoom into the centre by ``factor`` and crop back to size, as the reference ``clipped_zoom``
+    (scipy's order-1 zoom of the centre crop, which is bilinear with aligned corners)."""
+    h = x.shape[-2]
+    crop = math.ceil(h / factor)
+    top = (h - crop) // 2
+    size = round(crop * factor)
+    zoomed = F.interpolate(x[..., top:top + crop, top:top + crop], size=(size, size), mode="bilinear",
+                           align_corners=True)
+    trim = (size - h) // 2
+    return zoomed[..., trim:trim + h, trim:trim + h]
+
+
+# --- noise ---------------------------------------------------------------------------------------------
+
+
+@corruption("gaussian_noise", cifar=[0.04, 0.06, .08, .09, .10], imagenet=[.08, .12, 0.18, 0.26, 0.38],
+            draw=lambda x, c, gen: {"noise": torch.randn(x.shape, generator=gen)})
+def _gaussian_noise(x: Tensor, c: float, d: Draws) -> Tensor:
+    return x + c * d["noise"]
+
+
+@corruption("shot_noise", cifar=[500, 250, 100, 75, 50], imagenet=[60, 25, 12, 5, 3],
+            draw=lambda x, c, gen: {"counts": torch.poisson(x.double() * c, generator=gen)})
+def _shot_noise(x: Tensor, c: float, d: Draws) -> Tensor:
+    """Poisson counts are drawn on the CPU (torch has no device-independent Poisson sampler), once per batch."""
+    return (d["counts"] / c).to(x.dtype)
+
+
+@corruption("impulse_noise", cifar=[.01, .02, .03, .05, .07], imagenet=[.03, .06, .09, 0.17, 0.27],
+            draw=lambda x, c, gen: {"flip": torch.rand(x.shape, generator=gen),
+                                    "salt": torch.rand(x.shape, generator=gen)})
+def _impulse_noise(x: Tensor, c: float, d: Draws) -> Tensor:
+    """Salt and pepper per element, as scikit-image's ``random_noise(mode='s&p')``: a share ``c`` of the
+    values flipped, half to 1 and half to 0."""
+    flipped = d["flip"] <= c
+    return torch.where(flipped, (d["salt"] <= 0.5).to(x.dtype), x)
+
+
+@corruption("speckle_noise", cifar=[.06, .1, .12, .16, .2], imagenet=[.15, .2, 0.35, 0.45, 0.6],
+            draw=lambda x, c, gen: {"noise": torch.randn(x.shape, generator=gen)})
+def _speckle_noise(x: Tensor, c: float, d: Draws) -> Tensor:
+    return x + x * c * d["noise"]
+
+
+# --- blur ----------------------------------------------------------------------------------------------
+
+
+@corruption("gaussian_blur", cifar=[.4, .6, 0.7, .8, 1], imagenet=[1, 2, 3, 4, 6])
+def _gaussian_blur(x: Tensor, c: float, d: Draws) -> Tensor:
+    return gaussian_blur(x, c)
+
+
+def _glass_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
+    _, delta, iterations = c
+    h, w = x.shape[-2:]
+    steps = len(range(h - delta, delta, -1)) * len(range(w - delta, delta, -1))
+    return {"offsets": torch.randint(-delta, delta, (len(x), iterations, steps, 2), generator=gen)}
+
+
+@corruption("glass_blur", cifar=[(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+            imagenet=[(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)], draw=_glass_draw)
+def _glass_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """Blur, quantise to 8 bits, swap each pixel with a random neighbour (sequentially, bottom-right to
+    top-left, as the reference), blur again."""
+    sigma, delta, iterations = c
+    n, channels, h, w = x.shape
+    out = (torch.floor(gaussian_blur(x.double(), sigma) * 255) / 255).to(x.dtype)  # the reference's uint8 step
+    flat = out.flatten(2).clone()
+    batch = torch.arange(n, device=x.device)
+    positions = [(hh, ww) for hh in range(h - delta, delta, -1) for ww in range(w - delta, delta, -1)]
+    for it in range(iterations):
+        for k, (hh, ww) in enumerate(positions):
+            dx, dy = d["offsets"][:, it, k, 0], d["offsets"][:, it, k, 1]
+            here = torch.full_like(dx, hh * w + ww)
+            there = (hh + dy) * w + (ww + dx)
+            a, b = flat[batch, :, here], flat[batch, :, there]
+            flat[batch, :, here], flat[batch, :, there] = b, a
+    return gaussian_blur(flat.view(n, channels, h, w), sigma)
+
+
+def _disk(radius: float, alias_blur: float) -> Tensor:
+    """The reference's anti-aliased disk: an aliased disk on a 17x17 grid (wider for radius > 8), blurred by
+    OpenCV's 3x3 (5x5) Gaussian with sigma ``alias_blur`` and reflect-101 borders."""
+    half, ksize = (8, 3) if radius <= 8 else (int(radius), 5)
+    offsets = torch.arange(-half, half + 1, dtype=torch.float64)
+    disk = ((offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2) <= radius ** 2).double()
+    disk = disk / disk.sum()
+    taps = torch.exp(-torch.arange(-(ksize // 2), ksize // 2 + 1, dtype=torch.float64) ** 2 / (2 * alias_blur ** 2))
+    taps = taps / taps.sum()
+    padded = F.pad(disk[None, None], (ksize // 2,) * 4, mode="reflect")
+    blurred = F.conv2d(F.conv2d(padded, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
+    return blurred[0, 0].float()
+
+
+@corruption("defocus_blur", cifar=[(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+            imagenet=[(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)])
+def _defocus_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    kernel = _disk(*c).to(x)
+    r = (kernel.shape[0] - 1) // 2
+    channels = x.shape[1]
+    padded = _pad(x, r, r, r, r, "mirror") if r < min(x.shape[-2:]) else _pad(x, r, r, r, r, "nearest")
+    return F.conv2d(padded, kernel.expand(channels, 1, -1, -1), groups=channels)
+
+
+@corruption("motion_blur", cifar=[(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+            imagenet=[(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
+            draw=lambda x, c, gen: {"angle": torch.rand(len(x), generator=gen) * 90 - 45})
+def _motion_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    return motion_blur(x, c[0], c[1], d["angle"])
+
+
+@corruption("zoom_blur", cifar=[(1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)],
+            imagenet=[(1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03)])
+def _zoom_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """The mean of x and its clipped zooms by every factor of ``numpy.arange(*c)`` (numpy's, not torch's:
+    their last digits differ, and 25 * 1.3000000000000003 rounds to another zoomed size than 25 * 1.3)."""
+    import numpy as np
+
+    factors = np.arange(*c).tolist()
+    out = x.clone()
+    for factor in factors:
+        out = out + clipped_zoom(x, factor)
+    return out / (len(factors) + 1)
+
+
+# --- weather -------------------------------------------------------------------------------------------
+
+
+def plasma_fractal(count: int, size: int, decay: float, gen: torch.Generator) -> Tensor:
+    """(count, size, size) diamond-square height maps in [0, 1], as the reference ``plasma_fractal``."""
+    maps = torch.zeros(count, size, size, dtype=torch.float64)
+    step, wibble = size, 100.0
+
+    def wibbled(array: Tensor) -> Tensor:
+        return array / 4 + wibble * (torch.rand(array.shape, generator=gen, dtype=torch.float64) * 2 * wibble - wibble)
+
+    while step >= 2:
+        half = step // 2
+        corners = maps[:, 0:size:step, 0:size:step]
+        square = corners + corners.roll(-1, 1)
+        square = square + square.roll(-1, 2)
+        maps[:, half:size:step, half:size:step] = wibbled(square)
+        centres = maps[:, half:size:step, half:size:step]
+        corners = maps[:, 0:size:step, 0:size:step]
+        maps[:, 0:size:step, half:size:step] = wibbled(centres + centres.roll(1, 1) + corners + corners.roll(-1, 2))
+        maps[:, half:size:step, 0:size:step] = wibbled(centres + centres.roll(1, 2) + corners + corners.roll(-1, 1))
+        step //= 2
+        wibble /= decay
+    low = maps.flatten(1).min(1).values.view(-1, 1, 1)
+    maps = maps - low
+    return maps / maps.flatten(1).max(1).values.view(-1, 1, 1)
+
+
+def _fog_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
+    size = 1 << (max(x.shape[-2:]) - 1).bit_length()
+    return {"plasma": plasma_fractal(len(x), size, c[1], gen)[:, :x.shape[-2], :x.shape[-1]].float()}
+
+
+@corruption("fog", cifar=[(.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
+            imagenet=[(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)], draw=_fog_draw)
+def _fog(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    peak = x.flatten(1).amax(1).view(-1, 1, 1, 1)
+    return (x + c[0] * d["plasma"].unsqueeze(1)) * peak / (peak + c[0])
+
+
+def _snow_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
+    return {"layer": torch.randn((len(x), 1, *x.shape[-2:]), generator=gen) * c[1] + c[0],
+            "angle": torch.rand(len(x), generator=gen) * 90 - 135}
+
+
+@corruption("snow", cifar=[(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+                           (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+                           (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+            imagenet=[(0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+                      (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)],
+            draw=_snow_draw)
+def _snow(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """A thresholded, zoomed Gaussian layer, motion-blurred (the approximation of ImageMagick above) and
+    rounded to 8 bits, added twice (once rotated by 180 degrees) to a brightened image."""
+    layer = clipped_zoom(d["layer"], c[2])
+    layer = torch.where(layer < c[3], torch.zeros_like(layer), layer).clamp(0, 1)
+    layer = torch.round(motion_blur(layer, c[4], c[5], d["angle"]) * 255) / 255
+    x = c[6] * x + (1 - c[6]) * torch.maximum(x, _gray(x) * 1.5 + 0.5)
+    return x + layer + layer.flip(-1, -2)
+
+
+def _spatter_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
+    return {"liquid": torch.randn((len(x), 1, *x.shape[-2:]), generator=gen) * c[1] + c[0]}
+
+
+@corruption("spatter", cifar=[(0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+                              (0.65, 0.3, 1, 0.69, 0.5, 0), (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+                              (0.65, 0.1, 0.5, 0.68, 0.6, 1)],
+            imagenet=[(0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
+                      (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1)], draw=_spatter_draw)
+def _spatter(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """Water drops (the first severities) or mud (the last), from a blurred, thresholded Gaussian layer.
+    The mud is as the reference. The water replaces OpenCV's chain (Canny edges, distance transform,
+    histogram equalisation, an emboss kernel) by its effect: a smooth ridge map that is bright on the drops'
+    rims (distance to the drops' edges, truncated at 20 px, emboss-filtered), scaled to [0, c[4]]."""
+    liquid = gaussian_blur(d["liquid"], c[2])
+    liquid = torch.where(liquid < c[3], torch.zeros_like(liquid), liquid)
+    if c[5] == 0:
+        drops = (liquid > 0).to(x.dtype)
+        rims = (F.max_pool2d(drops, 3, 1, 1) - drops).abs() + (drops - (-F.max_pool2d(-drops, 3, 1, 1))).abs()
+        emboss = torch.tensor([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+        smooth = F.pad(gaussian_blur(rims.clamp(0, 1), 1.0), (1, 1, 1, 1), mode="replicate")
+        ridge = F.conv2d(smooth, emboss).clamp_min(0)
+        m = liquid * F.avg_pool2d(F.pad(ridge, (1, 1, 1, 1), mode="replicate"), 3, 1)
+        m = m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1) * c[4]
+        water = torch.tensor([238, 238, 175], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255  # RGB
+        return x + m * (water if x.shape[1] == 3 else _gray(water))
+    mask = gaussian_blur((liquid > c[3]).to(x.dtype), c[4])
+    mask = torch.where(mask < 0.8, torch.zeros_like(mask), mask)
+    mud = torch.tensor([63, 42, 20], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
+    return x * (1 - mask) + mask * (mud if x.shape[1] == 3 else _gray(mud))
+
+
+# --- digital -------------------------------------------------------------------------------------------
+
+
+@corruption("contrast", cifar=[.75, .5, .4, .3, 0.15], imagenet=[0.4, .3, .2, .1, .05])
+def _contrast(x: Tensor, c: float, d: Draws) -> Tensor:
+    means = x.mean((-2, -1), keepdim=True)
+    return (x - means) * c + means
+
+
+@corruption("brightness", cifar=[.05, .1, .15, .2, .3], imagenet=[.1, .2, .3, .4, .5])
+def _brightness(x: Tensor, c: float, d: Draws) -> Tensor:
+    if x.shape[1] == 1:
+        return x + c
+    hsv = _to_hsv(x)
+    return _to_rgb(torch.cat([hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)], 1))
+
+
+@corruption("saturate", cifar=[(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
+            imagenet=[(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)])
+def _saturate(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    if x.shape[1] == 1:
+        return x  # a grey image has no saturation to change (the reference round-trips it unchanged)
+    hsv = _to_hsv(x)
+    return _to_rgb(torch.cat([hsv[:, :1], (hsv[:, 1:2] * c[0] + c[1]).clamp(0, 1), hsv[:, 2:]], 1))
+
+
+# --- frost, elastic, pixelate, JPEG --------------------------------------------------------------------
+
+FROST_DIR = Path(__file__).with_name("frost")
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
+
+
+@lru_cache(maxsize=None)
+def _frost_image(index: int) -> Tensor:
+    """A frost photograph of the reference generators (hendrycks/robustness, Apache-2.0), (3, H, W) in [0, 1]."""
+    from bench.errors import require
+
+    import numpy as np
+
+    image = require("PIL.Image", "the frost corruption", "pip install pillow")
+    with image.open(FROST_DIR / FROST_FILES[index]) as picture:
+        return torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def _frost_layer(index: int, h: int, w: int, scale: str) -> Tensor:
+    """The frost image resized as the reference: by 0.2 (OpenCV's bilinear) for CIFAR, else to cover the image
+    with a margin of 1.1 (bicubic)."""
+    frost = _frost_image(index)[None]
+    fh, fw = frost.shape[-2:]
+    factor = 0.2 if scale == "cifar" else 1.1 * max(1.0, h / fh, w / fw)
+    size = (int(round(fh * factor)), int(round(fw * factor))) if scale == "cifar" else \
+        (int(math.ceil(fh * factor)), int(math.ceil(fw * factor)))
+    mode = "bilinear" if scale == "cifar" else "bicubic"
+    return F.interpolate(frost, size=size, mode=mode, align_corners=False).clamp(0, 1)[0]
+
+
+def _frost_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
+    images, h, w = c[2], *x.shape[-2:]
+    index = torch.randint(images, (len(x),), generator=gen)
+    layers = [_frost_layer(int(i), h, w, c[3]) for i in index]
+    tops = torch.stack([torch.randint(layer.shape[1] - h, (1,), generator=gen)[0] for layer in layers])
+    lefts = torch.stack([torch.randint(layer.shape[2] - w, (1,), generator=gen)[0] for layer in layers])
+    crops = torch.stack([layer[:, t:t + h, s:s + w] for layer, t, s in zip(layers, tops, lefts)])
+    return {"frost": crops}
+
+
+@corruption("frost", cifar=[(1, 0.2, 5, "cifar"), (1, 0.3, 5, "cifar"), (0.9, 0.4, 5, "cifar"),
+                            (0.85, 0.4, 5, "cifar"), (0.75, 0.45, 5, "cifar")],
+            imagenet=[(1, 0.4, 6, "imagenet"), (0.8, 0.6, 6, "imagenet"), (0.7, 0.7, 6, "imagenet"),
+                      (0.65, 0.7, 6, "imagenet"), (0.6, 0.75, 6, "imagenet")], draw=_frost_draw)
+def _frost(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """x * c[0] + a random crop of a frost photograph * c[1] (CIFAR-10-C drew from the first five
+    photographs only, and so do we at its constants)."""
+    frost = d["frost"] if x.shape[1] == 3 else _gray(d["frost"])
+    return c[0] * x + c[1] * frost
+
+
+def _elastic_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
+    n, _, h, w = x.shape
+    return {"corners": (torch.rand(n, 3, 2, generator=gen) * 2 - 1) * c[2] * h,
+            "dx": torch.rand(n, 1, h, w, generator=gen) * 2 - 1, "dy": torch.rand(n, 1, h, w, generator=gen) * 2 - 1}
+
+
+def _warp(x: Tensor, rows: Tensor, cols: Tensor, align_corners: bool) -> Tensor:
+    """Bilinear sampling of x at pixel coordinates (rows, cols), reflecting at the borders: about the border
+    pixels' centres with ``align_corners`` (OpenCV's reflect-101), about their outer edges otherwise (scipy's
+    ``reflect``)."""
+    h, w = x.shape[-2:]
+    if align_corners:
+        grid = torch.stack([cols / (w - 1) * 2 - 1, rows / (h - 1) * 2 - 1], -1)
+    else:
+        grid = torch.stack([(2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners)
+
+
+@corruption("elastic_transform",
+            cifar=[(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)],
+            imagenet=[(0.0625, 0.01, 0), (0.08125, 0.01, 0), (0.10625, 0.01, 0), (0.125, 0.01, 0), (0.15, 0.01, 0)],
+            draw=_elastic_draw)
+def _elastic_transform(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """A random affine map moving three points by up to c[2] of the side (reflect-101 borders), then a
+    displacement field: uniform noise blurred by sigma c[1] of the side (truncate 3) times c[0] of the side.
+    The constants are fractions of the side (CIFAR-10-C's are for 32 px); imagecorruptions' ImageNet
+    variant, which has no affine step, is the same form."""
+    n, _, h, w = x.shape
+    rows, cols = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
+                                torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    if c[2] > 0:
+        centre, size = h // 2, min(h, w) // 3
+        src = torch.tensor([[centre + size, centre + size], [centre + size, centre - size],
+                            [centre - size, centre - size]], dtype=torch.float64)  # (x, y) points, as OpenCV
+        dst = src + d["corners"].double().cpu()
+        ones = torch.ones(n, 3, 1, dtype=torch.float64)
+        forward = torch.linalg.solve(torch.cat([src.expand(n, 3, 2), ones], 2), dst).transpose(1, 2)  # (n, 2, 3)
+        full = torch.cat([forward, torch.tensor([0, 0, 1.0], dtype=torch.float64).expand(n, 1, 3)], 1)
+        inverse = torch.linalg.inv(full)[:, :2].to(x)
+        points = torch.stack([cols, rows, torch.ones_like(rows)], -1).view(1, -1, 3)
+        mapped = points @ inverse.transpose(1, 2)  # (n, h*w, 2): source (x, y) of every output pixel
+        x = _warp(x, mapped[..., 1].view(n, h, w), mapped[..., 0].view(n, h, w), align_corners=True)
+    if c[0] > 0:
+        dx = gaussian_blur(d["dx"], c[1] * h, mode="reflect", truncate=3) * c[0] * h
+        dy = gaussian_blur(d["dy"], c[1] * h, mode="reflect", truncate=3) * c[0] * h
+        x = _warp(x, rows + dy[:, 0], cols + dx[:, 0], align_corners=False)
+    return x
+
+
+def _box_matrix(size_in: int, size_out: int) -> Tensor:
+    """Pillow's BOX resampling weights (out x in) along one axis (Resample.c's precompute_coeffs)."""
+    scale = size_in / size_out
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for out in range(size_out):
+        centre = (out + 0.5) * scale
+        low, high = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), size_in)
+        for i in range(low, high):
+            position = (i - centre + 0.5) / filterscale
+            weights[out, i] = 1.0 if -0.5 < position <= 0.5 else 0.0
+        weights[out] /= weights[out].sum()
+    return weights
+
+
+def _nearest_matrix(size_in: int, size_out: int) -> Tensor:
+    """Pillow's NEAREST: output pixel k takes input pixel int((k + 0.5) * in / out)."""
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for out in range(size_out):
+        weights[out, min(int((out + 0.5) * size_in / size_out), size_in - 1)] = 1.0
+    return weights
+
+
+@corruption("pixelate", cifar=[(0.95, "box"), (0.9, "box"), (0.85, "box"), (0.75, "box"), (0.65, "box")],
+            imagenet=[(0.6, "nearest"), (0.5, "nearest"), (0.4, "nearest"), (0.3, "nearest"), (0.25, "nearest")])
+def _pixelate(x: Tensor, c: tuple, d: Draws) -> Tensor:
+    """Pillow's BOX resize down to c[0] of the side, then back up with BOX (CIFAR-10-C) or NEAREST
+    (imagecorruptions). Pillow rounds to 8 bits after each of its two passes; this stays in float."""
+    h, w = x.shape[-2:]
+    small_h, small_w = int(h * c[0]), int(w * c[0])
+    up = _box_matrix if c[1] == "box" else _nearest_matrix
+    rows = (up(small_h, h) @ _box_matrix(h, small_h)).to(x)
+    cols = (up(small_w, w) @ _box_matrix(w, small_w)).to(x)
+    return rows @ x @ cols.T
+
+
+@corruption("jpeg_compression", cifar=[80, 65, 58, 50, 40], imagenet=[25, 18, 15, 10, 7])
+def _jpeg_compression(x: Tensor, c: int, d: Draws) -> Tensor:
+    """A real JPEG round trip at quality c (libjpeg through torchvision, on the CPU or with nvJPEG on a GPU),
+    from the image rounded to 8 bits, as Pillow encodes it."""
+    from bench.errors import require
+
+    io = require("torchvision.io", "the jpeg_compression corruption", "pip install 'bench[vision]'")
+    images = [img for img in torch.round(x * 255).to(torch.uint8)]
+    decoded = io.decode_jpeg(io.encode_jpeg(images, quality=int(c)), device=x.device)
+    return torch.stack(decoded).to(x.dtype) / 255
