@@ -307,8 +307,8 @@ def plan_run(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
             "model_card": subject.card.model_dump(mode="json") if subject.card else None,
             "threat_id": threat_card.id, "threat_card": threat_card.model_dump(mode="json"),
             "family": threat_card.family, "task": subject.task.name, "dataset": data.name,
-            "metrics": [m.to_dict() for m in type(threat_obj).metrics_for(subject.task)],
-            "headline": type(threat_obj).headline_for(subject.task), "device": str(dev),
+            "metrics": [m.to_dict() for m in threat_obj.metrics_for(subject.task)],
+            "headline": threat_obj.headline_for(subject.task), "device": str(dev),
             "threads": torch.get_num_threads(), "versions": _versions(), "created": now()}
     ev = Evaluation(run_id, Target(net, subject.card, subject.task, data.num_classes), threat_obj, data, dev)
     return ev, RunPlan(run_id, meta, plan_shards(positions, seed, batch_size)), notes

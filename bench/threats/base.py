@@ -69,14 +69,13 @@ class Threat(ABC):
     def __init__(self, params: Params):
         self.params = params
 
-    @classmethod
-    def metrics_for(cls, task: Task) -> tuple[Metric, ...]:
-        """Every metric a run of this family on a model of ``task`` reports: the clean pass's, then its own."""
-        return task.clean_metrics + cls.metrics
+    def metrics_for(self, task: Task) -> tuple[Metric, ...]:
+        """Every metric a run of this family on a model of ``task`` reports: the clean pass's, then its own
+        (a family whose metrics depend on its params, such as one per corruption, overrides this)."""
+        return task.clean_metrics + self.metrics
 
-    @classmethod
-    def headline_for(cls, task: Task) -> str:
-        return cls.headline
+    def headline_for(self, task: Task) -> str:
+        return self.headline
 
     @abstractmethod
     def attack(self, target: Target, batch: Batch) -> Outcome:

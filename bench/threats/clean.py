@@ -9,8 +9,7 @@ from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 class Clean(Threat):
     tasks = ("classifier", "generative")
 
-    @classmethod
-    def headline_for(cls, task: Task) -> str:
+    def headline_for(self, task: Task) -> str:
         return task.clean_metrics[0].name
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
