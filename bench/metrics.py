@@ -28,6 +28,7 @@ class Metric:
     agg: Aggregation = "mean"
     higher_is_better: bool = True
     q: float | None = None  # the quantile, for agg "quantile"
+    as_percent: bool = False  # show a mean of values in [0, 1] (e.g. a per-point accuracy over cells) in %
 
     def __post_init__(self) -> None:
         if (self.agg == "quantile") != (self.q is not None) or (self.q is not None and not 0 <= self.q <= 1):
@@ -35,7 +36,7 @@ class Metric:
 
     @property
     def percent(self) -> bool:
-        return self.agg == "rate"
+        return self.agg == "rate" or self.as_percent
 
     def compute(self, values: np.ndarray) -> MetricValue:
         """The metric and its 95% interval over the per-example values of one run."""

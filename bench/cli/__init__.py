@@ -110,10 +110,13 @@ def models(task: Optional[str] = typer.Option(None, "--task", help="Only cards o
         if task is not None and c.task != task:
             continue
         source = c.weights.source if c.weights else "trained on first use"
+        if c.compose is not None:
+            source = "composed of " + ", ".join(f"{role} {ref}" for role, ref in c.compose.parts.items())
         if c.weights is not None and c.weights.source == "entry_point":
             source = f"entry_point {c.weights.entry_point} (runs code)"
         recipe = f" / recipe {c.recipe.name}" if c.recipe else ""
-        rows.append([c.id, c.task, c.dataset, c.architecture.name if c.architecture else "-", source + recipe,
+        arch = c.architecture.name if c.architecture else c.compose.name if c.compose else "-"
+        rows.append([c.id, c.task, c.dataset, arch, source + recipe,
                      c.description or ""])
     rows += [[path.stem, "", "", "", "", f"invalid: {err.problem}"] for path, err in found.invalid.items()]
     print_listing("model cards", ["id", "task", "dataset", "architecture", "weights", "description"], rows, fmt)
@@ -179,6 +182,20 @@ def data_download(name: str = typer.Argument(..., help="Dataset to fetch (cifar1
         raise BenchError(f"{name} cannot be downloaded by bench", "mnist and digits ship in packages; "
                          "only cifar10 is downloaded")
     typer.echo(f"CIFAR-10 is in {download_cifar10(data_root)}")
+
+
+@data_app.command("make")
+@friendly
+def data_make(name: str = typer.Argument(..., help="What to generate: cifar10-c or mnist-c."),
+              seed: int = typer.Option(0, "--seed", help="Seed of the random corruptions."),
+              data_root: Optional[Path] = DataRootOpt) -> None:
+    """Generate a corrupted test set with bench's library, in the published layout, in a folder named
+    <name>-generated and marked GENERATED.json: an equivalent of the published files, never passed off as them.
+    Interrupted makes resume."""
+    from bench.data import MAKERS
+
+    folder = MAKERS.get(name, "bench data make")(root=data_root, seed=seed, progress=True)
+    typer.echo(f"generated (not the published files) in {folder}")
 
 
 def _add_family_commands() -> None:

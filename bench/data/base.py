@@ -28,6 +28,10 @@ DATASETS: Registry[Loader] = Registry("dataset", providers=("bench.data.mnist", 
                                       hint="or folder:PATH for your own images", error=DataError)
 
 
+Maker = Callable[..., Path]  # make(root=..., seed=..., progress=...) -> the folder written
+MAKERS: Registry[Maker] = Registry("generated dataset", hint="`bench data make --help` lists them", error=DataError)
+
+
 def names() -> list[str]:
     return DATASETS.names() + ["folder:PATH"]
 

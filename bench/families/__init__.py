@@ -6,4 +6,4 @@ which registers its entries into the core registries, and may name a ``COMMAND``
 live in its ``cli.py`` (`bench COMMAND ...`). See docs/architecture.md, "Adding a family".
 """
 
-PACKAGES = ("bench.families.learned_sets", "bench.families.corruptions")
+PACKAGES = ("bench.families.learned_sets", "bench.families.corruptions", "bench.families.ood_to_id")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.metrics import INTERVALS, Metric, rank_key
+from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
 from bench.store import STORE_VERSION, Store, StoreError
+from bench.threats.base import BoardRun
 
 FORMATS = ("markdown", "csv", "json")
 
@@ -31,6 +32,7 @@ class Block:
     metrics: list[Metric]
     headline: str
     rows: list[dict] = field(default_factory=list)
+    details: str = ""  # the family's markdown under the table (e.g. a per-cell breakdown)
 
 
 @dataclass
@@ -103,10 +105,14 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
         if group not in best or rank > best[group][0]:
             best[group] = (rank, meta, run.rows)
     blocks: dict[tuple, Block] = {}
+    runs: dict[tuple, dict[str, BoardRun]] = {}
+    params: dict[tuple, dict] = {}
     for (model_hash, protocol, data_key), (_, meta, rows) in sorted(best.items(), key=lambda kv: kv[0]):
         specs = [Metric.from_dict(m) for m in meta["metrics"]]
         block = blocks.setdefault((data_key, protocol), Block(  # user data shows its content hash: name@hash
             data_key, protocol, meta["family"], sorted(names[protocol]), specs, meta["headline"]))
+        runs.setdefault((data_key, protocol), {})[meta["run_id"]] = BoardRun(meta["model_id"], rows)
+        params[(data_key, protocol)] = meta["threat_card"].get("params", {})
         row = {"model": meta["model_id"], "model_hash": model_hash[:12]}
         for spec in specs:
             value = spec.compute(rows[spec.column].to_numpy())
@@ -114,7 +120,8 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
         row |= {"n": meta["key"]["n"], "seed": meta["key"]["seed"], "date": meta["created"][:16].replace("T", " "),
                 "run_id": meta["run_id"]}
         block.rows.append(row)
-    for block in blocks.values():
+    for key, block in blocks.items():
+        _add_family_columns(block, params[key], runs[key])
         headline = next(m for m in block.metrics if m.name == block.headline)
         block.rows.sort(key=lambda r: (rank_key(headline, r[headline.name]), r["model"]))
         hashes: dict[str, set[str]] = {}
@@ -125,6 +132,23 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
                 if len(hashes[row["model"]]) > 1 else ""
     ordered = sorted(blocks.values(), key=lambda b: (b.dataset, b.threats[0], b.protocol))
     return Board(ordered, warnings)
+
+
+def _add_family_columns(block: Block, params: dict, runs: dict[str, BoardRun]) -> None:
+    """The metrics and details the block's family derives from all its runs (a family no longer installed
+    derives nothing: its stored metrics still show)."""
+    from bench.threats.base import THREAT_FAMILIES
+
+    if block.family not in THREAT_FAMILIES:
+        return
+    family = THREAT_FAMILIES.get(block.family)
+    specs, values = family.board_columns(params, runs)
+    block.metrics += list(specs)
+    for row in block.rows:
+        for spec in specs:
+            value = values.get(row["run_id"], {}).get(spec.name) or MetricValue(math.nan, math.nan, math.nan, 0)
+            row |= {spec.name: value.value, f"{spec.name}_ci_low": value.low, f"{spec.name}_ci_high": value.high}
+    block.details = family.board_details(params, runs)
 
 
 def leaderboard(store: Store, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:
@@ -166,5 +190,6 @@ def render(board: Board, fmt: str = "markdown") -> str:
         direction = "higher" if headline.higher_is_better else "lower"
         out.append(f"### {block.dataset} / {' = '.join(block.threats)}  ({block.family}, protocol "
                    f"{block.protocol[:12]}; ranked by {headline.label}, {direction} is better; "
-                   f"{INTERVALS[headline.agg]} interval)\n\n" + pd.DataFrame(table).to_markdown(index=False))
+                   f"{INTERVALS[headline.agg]} interval)\n\n" + pd.DataFrame(table).to_markdown(index=False)
+                   + (f"\n\n{block.details}" if block.details else ""))
     return "\n\n".join(out)

@@ -34,6 +34,11 @@ def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", 
     the training's per-epoch metrics go to the results store ``results``). An ``entry_point`` card runs
     only if its package is in ``trust_code`` or $BENCH_TRUST_CODE."""
     card = as_card(card)
+    if card.compose is not None:
+        from bench.models.compose import build_composed
+
+        return build_composed(card, torch.device(device), lambda part: create(
+            part, device=device, train_if_missing=train_if_missing, results=results, trust_code=trust_code))
     w = card.weights
     if w is None:
         path = trained_path(card)

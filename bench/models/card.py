@@ -23,6 +23,7 @@ from bench.params import CardSchema
 from bench.tasks import TASKS
 
 if TYPE_CHECKING:
+    from bench.models.compose import Composition
     from bench.training.recipe import Recipe
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -96,6 +97,15 @@ class Normalization(Strict):
         return self
 
 
+class Compose(Strict):
+    """A model put together from other cards' models by a registered composer (``bench.models.compose``),
+    e.g. a defence that translates inputs before a classifier: ``parts`` maps each role to a card."""
+
+    name: str
+    parts: dict[str, Any]  # role -> card reference, resolved by the composer's roles
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class RecipeBlock(Strict):
     name: str
     seed: int = Field(0, ge=0, lt=2**31)
@@ -113,6 +123,7 @@ class ModelCard(CardSchema):
     weights: Weights | None = None
     normalization: Normalization | None = None
     recipe: RecipeBlock | None = None
+    compose: Compose | None = None
     paper: str | None = None
     license: str | None = None
     description: str | None = None
@@ -129,6 +140,10 @@ class ModelCard(CardSchema):
 
     @model_validator(mode="after")
     def _buildable(self) -> "ModelCard":
+        if self.compose is not None:
+            if self.architecture is not None or self.weights is not None or self.recipe is not None:
+                raise ValueError("a compose: card is built from its parts; give no architecture, weights or recipe")
+            return self
         if self.architecture is None and (self.weights is None or self.weights.builds_model is False):
             raise ValueError("an architecture is needed unless weights come from robustbench or an entry_point")
         if self.weights is None and self.recipe is None:
@@ -137,6 +152,10 @@ class ModelCard(CardSchema):
 
     def make_recipe(self) -> Recipe:
         """The card's training recipe with validated params (references resolved from this card's folder)."""
+        if self.compose is not None:
+            parts = ", ".join(f"bench train {ref.card.id}" for ref in self.composition.parts.values())
+            raise CardError(f"model card {self.id} is composed from other cards; it is not trained itself",
+                            f"train its parts instead ({parts}), or just run it: parts are trained on first use")
         if self.recipe is None:
             raise CardError(f"model card {self.id} has no training recipe", "add a recipe: block, or use its weights")
         return self._recipe
@@ -166,9 +185,20 @@ class ModelCard(CardSchema):
                 data["architecture"]["revision"] = REVISIONS[self.architecture.name]
             if data.get("recipe") is not None:
                 data["recipe"]["params"] = self.make_recipe().params.model_dump(mode="json")
+            if data.get("compose") is not None:
+                data["compose"] = self.composition.identity()
             return data
         finally:
             _hashing.reset(token)
+
+    @cached_property
+    def composition(self) -> Composition:
+        """The compose: block with its composer, parts resolved and params validated."""
+        if self.compose is None:
+            raise CardError(f"model card {self.id} is not a composition", "give it a compose: block")
+        from bench.models.compose import composition
+
+        return composition(self.compose, f"model card {self.id}", self.source_dir)
 
     @cached_property
     def hash(self) -> str:

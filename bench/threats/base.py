@@ -19,6 +19,8 @@ from bench.params import Params
 from bench.registry import Registry
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bench.models.card import ModelCard
     from bench.tasks import Task
 
@@ -48,6 +50,14 @@ class Batch:
     def generator(self) -> torch.Generator:
         """A fresh CPU generator seeded with the shard's seed (the same on every device)."""
         return torch.Generator().manual_seed(self.seed)
+
+
+@dataclass
+class BoardRun:
+    """One model's run of a protocol, as the board sees it: the model's id and the stored per-example rows."""
+
+    model_id: str
+    rows: pd.DataFrame
 
 
 @dataclass
@@ -86,6 +96,17 @@ class Threat(ABC):
         return []
 
     @classmethod
+    def board_columns(cls, params: dict, runs: dict[str, BoardRun]) -> tuple[tuple[Metric, ...], dict]:
+        """Metrics a family derives on the board from all the runs of one protocol (e.g. an error normalised
+        by a baseline model's): their specs, and per run (keyed as ``runs``) {metric name: MetricValue}."""
+        return (), {}
+
+    @classmethod
+    def board_details(cls, params: dict, runs: dict[str, BoardRun]) -> str:
+        """Markdown the board prints under the family's table (e.g. a per-cell breakdown); none by default."""
+        return ""
+
+    @classmethod
     def protocol(cls, params: Params) -> dict:
         """What identifies the protocol besides family and version: the validated params, with any
         referenced card as that card's hash."""
@@ -93,7 +114,8 @@ class Threat(ABC):
 
 
 THREAT_FAMILIES: Registry[type[Threat]] = Registry(
-    "threat family", providers=("bench.threats.clean", "bench.threats.pgd", "bench.threats.autoattack"),
+    "threat family",
+    providers=("bench.threats.clean", "bench.threats.pgd", "bench.threats.autoattack", "bench.threats.surrogate"),
     hint="`bench threats` lists them")
 
 ROBUST_ACC = Metric("robust_acc", "robust", "robust accuracy", agg="rate")

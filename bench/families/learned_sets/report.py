@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from bench.cards import locate, read_card
 from bench.errors import BenchError, require
+from bench.reports import SeedRunner
 
 ADVERSARIAL = "CVAE adversarial training"
 REAL = "real RTS augmentation"
@@ -100,45 +100,8 @@ def setting(name: str) -> Setting:
     return SETTINGS[name]
 
 
-def _seed_card(kind: str, card_id: str, seed: int, folder: Path, refs: dict[str, Path]) -> Path:
-    """A copy of a built-in card for one seed: recipe seed set, and each reference named in ``refs``
-    (``cvae``, ``source``) pointed at the seed's own card. The copy keeps the card's id when the seed is the
-    card's own, so it shares the card's trained weights."""
-    data = read_card(locate(kind, card_id))
-    if "recipe" in data and data["recipe"].get("seed", 0) != seed:
-        data["id"] = f"{card_id}-seed{seed}"
-        data["recipe"]["seed"] = seed
-    elif kind == "threat":
-        data["id"] = f"{card_id}-seed{seed}"
-    params = data.get("recipe", {}).get("params") if kind == "model" else data.get("params")
-    for field, path in refs.items():
-        if isinstance(params, dict) and field in params:
-            params[field] = str(path)
-    path = folder / ("models" if kind == "model" else "attacks") / f"{data['id']}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-class _Runner:
-    """Runs of one seed into one results folder, with the seed's own cards."""
-
-    def __init__(self, seed: int, work: Path, device: str):
-        self.seed, self.cards, self.results, self.device = seed, work / "cards", work / "results", device
-
-    def card(self, kind: str, card_id: str, **refs: Path) -> Path:
-        return _seed_card(kind, card_id, self.seed, self.cards, refs)
-
-    def run(self, model: Path, threat, n: int, batch_size: int = 500):
-        from bench.run import evaluate
-
-        return evaluate(str(model), threat if not isinstance(threat, Path) else str(threat), n=n, seed=self.seed,
-                        device=self.device, batch_size=batch_size, results=self.results)
-
-    def rows(self, run_id: str):
-        from bench.store import Store
-
-        return Store(self.results).read_run(run_id).rows
+class _Runner(SeedRunner):
+    """One seed's runs, with the set-quality metrics of a CVAE."""
 
     def quality(self, cvae: Path, cards: dict, n: int) -> dict:
         return {key: {m: self.run(cvae, threat, n, QUALITY_BATCH).metrics[m].value for m in QUALITY_METRICS}

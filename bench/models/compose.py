@@ -1,0 +1,75 @@
+"""Models composed from other cards' models: a card's ``compose:`` block names a composer, a card per role
+and the composer's params.
+
+A composer declares its roles (role -> the task the part's card must have), a params schema, and
+``build(parts, card, device)`` that returns the composed nn.Module from the parts' built models. The
+composed card's hash folds in each part's hash and the validated params, so changing a part re-runs
+everything that used the composition. Method families register composers (e.g. the OOD-to-ID defence).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from bench.cards import validate
+from bench.errors import CardError
+from bench.params import Params
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.models.card import CardRef, Compose, ModelCard
+
+
+class Composer(ABC):
+    roles: ClassVar[dict[str, str]]  # role -> task of the card that fills it
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    @abstractmethod
+    def build(self, parts: dict[str, nn.Module], card: ModelCard, device: torch.device) -> nn.Module:
+        """The composed model (eval mode, on ``device``) from the parts' built models."""
+
+
+COMPOSERS: Registry[type[Composer]] = Registry("composer")
+
+
+@dataclass(frozen=True)
+class Composition:
+    name: str
+    composer: Composer
+    parts: dict[str, CardRef]
+
+    def identity(self) -> dict:
+        return {"name": self.name, "parts": {role: ref.hash for role, ref in sorted(self.parts.items())},
+                "params": self.composer.params.model_dump(mode="json")}
+
+
+def composition(block: Compose, where: str, source_dir: str | None) -> Composition:
+    """Resolve a compose: block: its composer, one card of the right task per role, validated params."""
+    from bench.models.card import resolve_ref
+
+    cls = COMPOSERS.get(block.name, where)
+    if set(block.parts) != set(cls.roles):
+        raise CardError(f"{where}: composer {block.name} takes the parts {', '.join(sorted(cls.roles))}, "
+                        f"got {', '.join(sorted(block.parts)) or 'none'}", "name one card per role under compose.parts")
+    parts = {}
+    for role, task in cls.roles.items():
+        try:
+            parts[role] = resolve_ref(block.parts[role], source_dir, task)
+        except ValueError as err:
+            raise CardError(f"{where}: compose.parts.{role}: {err}", f"name a {task} card for {role}") from None
+    params = validate(cls.Params, block.params, f"{where} compose.params", {"source_dir": source_dir})
+    return Composition(block.name, cls(params), parts)
+
+
+def build_composed(card: ModelCard, device: torch.device, build_part) -> nn.Module:
+    """The card's composed model; ``build_part(card)`` builds (and if needed trains) one part."""
+    plan = card.composition
+    parts = {role: build_part(ref.card) for role, ref in plan.parts.items()}
+    return plan.composer.build(parts, card, device).to(device).eval()

@@ -1,0 +1,54 @@
+"""What every reproduction report shares: per-seed copies of built-in cards, and a runner that puts one
+seed's runs into one resumable results folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bench.cards import locate, read_card
+
+
+def seed_card(kind: str, card_id: str, seed: int, folder: Path, refs: dict[str, Path]) -> Path:
+    """A copy of a built-in card for one seed: recipe seed set, and each reference named in ``refs`` (a
+    recipe's or threat's param such as ``cvae`` or ``source``, or a role of a ``compose:`` block) pointed at
+    the seed's own card. A model card trained with this seed already keeps its id, so it shares the card's
+    trained weights; other copies are named ``<id>-seed<seed>``."""
+    data = read_card(locate(kind, card_id))
+    if "recipe" in data and data["recipe"].get("seed", 0) != seed:
+        data["id"] = f"{card_id}-seed{seed}"
+        data["recipe"]["seed"] = seed
+    elif kind == "threat" or (data.get("compose") and refs):
+        data["id"] = f"{card_id}-seed{seed}"
+    places = [data.get("params")] if kind == "threat" else [data.get("recipe", {}).get("params"),
+                                                              data.get("compose", {}).get("parts")]
+    for field, path in refs.items():
+        for place in places:
+            if isinstance(place, dict) and field in place:
+                place[field] = str(path)
+    path = folder / ("models" if kind == "model" else "attacks") / f"{data['id']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class SeedRunner:
+    """Runs of one seed into one results folder (``work/results``), with the seed's own cards
+    (``work/cards``): a report interrupted and run again resumes from what is stored."""
+
+    def __init__(self, seed: int, work: Path, device: str):
+        self.seed, self.cards, self.results, self.device = seed, work / "cards", work / "results", device
+
+    def card(self, kind: str, card_id: str, **refs: Path) -> Path:
+        return seed_card(kind, card_id, self.seed, self.cards, refs)
+
+    def run(self, model: Path | str, threat, n: int, batch_size: int = 500):
+        from bench.run import evaluate
+
+        return evaluate(str(model), threat if not isinstance(threat, Path) else str(threat), n=n, seed=self.seed,
+                        device=self.device, batch_size=batch_size, results=self.results)
+
+    def rows(self, run_id: str):
+        from bench.store import Store
+
+        return Store(self.results).read_run(run_id).rows

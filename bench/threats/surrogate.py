@@ -1,0 +1,95 @@
+"""PGD whose gradients come from another model than the one scored, for defences that a plain gradient
+attack cannot see through:
+
+- ``pgd-bpda``: BPDA (Athalye et al., 2018). The evaluated model names a differentiable stand-in for its
+  non-differentiable parts (``bpda_surrogate()``, e.g. a gate replaced by "always translate"); the
+  attack's forward pass is the real model, its backward pass the surrogate's.
+- ``pgd-transfer``: PGD on a ``source`` card (all steps, maximising its loss), then the evaluated model
+  classifies those points: the non-adaptive "paper setting" of input-transformation defences, and a
+  gradient-free check beside the white-box attacks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import BenchError
+from bench.models.card import model_ref
+from bench.ops.pgd import pgd
+from bench.tasks.classifier import predict
+from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
+from bench.threats.checks import check_points
+from bench.threats.pgd import PGDParams
+
+
+class StraightThrough(nn.Module):
+    """Forward: the model's logits; backward: the surrogate's gradients."""
+
+    def __init__(self, model: nn.Module, surrogate: nn.Module):
+        super().__init__()
+        self.model, self.surrogate = model, surrogate
+
+    def forward(self, x: Tensor) -> Tensor:
+        approx = self.surrogate(x)
+        with torch.no_grad():
+            exact = self.model(x)
+        return approx + (exact - approx).detach()
+
+
+class _Crafted(ClassifierAttack):
+    """PGD on ``crafting_model``, scored on the evaluated model, for the points it gets right clean."""
+
+    params: PGDParams
+    keep = "first_success"
+
+    def crafting_model(self, target: Target, x: Tensor) -> nn.Module:
+        raise NotImplementedError
+
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        p = self.params
+        correct = batch.clean["clean_correct"]
+        adv_pred = batch.clean["clean_pred"].clone()
+        if correct.any():
+            x = batch.x[correct]
+            x_adv = pgd(self.crafting_model(target, x), x, batch.y[correct], norm=p.norm, eps=p.eps, steps=p.steps,
+                        step_size=p.alpha, restarts=p.restarts, random_start=p.random_start, gen=batch.generator(),
+                        loss=p.loss, keep=self.keep)
+            check_points(x, x_adv, p.norm, p.eps, type(self).__name__)
+            adv_pred[correct] = predict(target.module, x_adv, target.num_classes)
+        return Outcome(values=self.scored(batch, adv_pred))
+
+
+@THREAT_FAMILIES.register("pgd-bpda")
+class PGDBPDA(_Crafted):
+    Params = PGDParams
+    gradient_based = True
+
+    def crafting_model(self, target: Target, x: Tensor) -> nn.Module:
+        surrogate = getattr(target.module, "bpda_surrogate", None)
+        if not callable(surrogate):
+            raise BenchError(f"{type(target.module).__name__} names no differentiable surrogate (bpda_surrogate())",
+                             "use pgd or autoattack for a differentiable model; a defence with a non-differentiable "
+                             "part should define bpda_surrogate()")
+        return StraightThrough(target.module, surrogate())
+
+
+class TransferParams(PGDParams):
+    source: model_ref("classifier")  # the model the points are crafted on
+
+
+@THREAT_FAMILIES.register("pgd-transfer")
+class PGDTransfer(_Crafted):
+    Params = TransferParams
+    params: TransferParams
+    keep = "last"
+
+    def __init__(self, params: TransferParams):
+        super().__init__(params)
+        self._sources: dict[str, nn.Module] = {}
+
+    def crafting_model(self, target: Target, x: Tensor) -> nn.Module:
+        if str(x.device) not in self._sources:
+            from bench.models.build import create
+
+            self._sources[str(x.device)] = create(self.params.source.card, device=x.device).requires_grad_(False)
+        return self._sources[str(x.device)]
