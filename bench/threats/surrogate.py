@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.errors import BenchError
 from bench.models.card import model_ref
 from bench.ops.pgd import pgd
 from bench.tasks.classifier import predict
@@ -61,16 +60,26 @@ class _Crafted(ClassifierAttack):
 
 @THREAT_FAMILIES.register("pgd-bpda")
 class PGDBPDA(_Crafted):
+    """A model without ``bpda_surrogate()`` is its own surrogate: the attack is then plain PGD, and says so."""
+
     Params = PGDParams
     gradient_based = True
 
+    @staticmethod
+    def surrogate(module: nn.Module) -> nn.Module | None:
+        make = getattr(module, "bpda_surrogate", None)
+        return make() if callable(make) else None
+
     def crafting_model(self, target: Target, x: Tensor) -> nn.Module:
-        surrogate = getattr(target.module, "bpda_surrogate", None)
-        if not callable(surrogate):
-            raise BenchError(f"{type(target.module).__name__} names no differentiable surrogate (bpda_surrogate())",
-                             "use pgd or autoattack for a differentiable model; a defence with a non-differentiable "
-                             "part should define bpda_surrogate()")
-        return StraightThrough(target.module, surrogate())
+        surrogate = self.surrogate(target.module)
+        return target.module if surrogate is None else StraightThrough(target.module, surrogate)
+
+    def checks(self, target: Target, batch: Batch) -> list[str]:
+        notes = super().checks(target, batch)
+        if self.surrogate(target.module) is None:
+            notes.append(f"{type(target.module).__name__} names no differentiable surrogate (bpda_surrogate()), so "
+                         "pgd-bpda ran as plain PGD on it")
+        return notes
 
 
 class TransferParams(PGDParams):

@@ -18,10 +18,14 @@ FAMILY_CARDS: dict[str, dict] = {
     "latent-smoothing": {"cvae": "<cvae>", "sigma": 0.5, "n0": 10, "n": 30},
     "perturbed": {"pairs": {"kind": "rts", "rotation": 20}},
     "set-quality": {"eps": 1.0, "steps": 3},
+    "corruptions": {"suite": "cifar10-c", "corruptions": ["gaussian_noise", "contrast"], "severities": [1]},
+    "ood": {"shifts": ["darker", "noise"], "strengths": {"darker": [0.5], "noise": [0.1]}},
+    "pgd-bpda": {"norm": "Linf", "eps": 0.1, "steps": 3},
+    "pgd-transfer": {"norm": "Linf", "eps": 0.1, "steps": 3, "source": "<source>"},
 }
 PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-random", "learned-cvae-transfer", "latent-smoothing",
-              "perturbed"}
-GRADIENT = {"pgd", "learned-cvae"}
+              "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer"}
+GRADIENT = {"pgd", "learned-cvae", "pgd-bpda"}
 
 
 # --- hostile cards: file name -> (text, what the error says) ------------------------------------------

@@ -1,0 +1,57 @@
+"""The OOD-to-ID report's claim checks on made-up per-seed numbers: each claim passes, fails or is called
+untestable from its statistic, and the report renders every section."""
+from __future__ import annotations
+
+import copy
+
+from bench.families.ood_to_id.report import claims, render
+
+
+def _seed(clean=0.98, dark=(0.97, 0.5), sharp=(0.98,), defended_dark=(0.97, 0.9), contrast=0.5,
+          defended_contrast=0.8, worst=0.01) -> dict:
+    def cells(darker, contrast_acc):
+        return {"correct_darker_1": darker[0], "correct_darker_2": darker[1], "correct_sharper_1": sharp[0],
+                "correct_contrast_1": contrast_acc}
+
+    attacks = {"standard": {"pgd": 0.0, "autoattack": 0.0},
+               "defended": {"pgd": 0.4, "autoattack": worst, "transfer": 0.8},
+               "gated": {"pgd": 0.4, "autoattack": worst, "bpda": worst, "transfer": 0.8}}
+    return {"clean": {"standard": clean, "defended": clean - 0.002, "gated": clean},
+            "shifts": {"standard": cells(dark, contrast), "defended": cells(defended_dark, defended_contrast),
+                       "gated": cells(defended_dark, defended_contrast)},
+            "attacks": attacks, "worst": {"standard": 0.0, "defended": worst, "gated": worst},
+            "gate": {"clean": 0.05, "darker 0.4": 0.9}, "models": {}}
+
+
+def _verdicts(per_seed) -> dict[str, object]:
+    return {claim: holds for claim, holds, _ in claims(per_seed)}
+
+
+def test_claims_pass_fail_and_untestable_follow_their_statistic():
+    verdicts = _verdicts([_seed(), _seed()])
+    assert verdicts["defended: benign accuracy is kept within 1% point of the standard CNN"] is True
+    recover = "defended: recovers most (at least 50%) of the accuracy lost to darker/sharper (trained-on) inputs"
+    assert verdicts[recover] is True  # (0.4 of 0.47 lost) won back
+    assert verdicts["sharper inputs cost the standard CNN accuracy for the defence to recover"] is None
+    adaptive = [c for c in verdicts if c.startswith("defended: under adaptive attack")]
+    assert verdicts[adaptive[0]] is True
+
+    masked = [_seed(worst=0.4), _seed(worst=0.4)]  # the adaptive attacks leave 40%: not near the bare CNN's 0%
+    assert _verdicts(masked)[adaptive[0]] is False
+    hurt = [_seed(defended_dark=(0.95, 0.55)), _seed(defended_dark=(0.95, 0.55))]
+    assert _verdicts(hurt)[recover] is False
+    lossy = copy.deepcopy([_seed(), _seed()])
+    for s in lossy:
+        s["clean"]["defended"] = s["clean"]["standard"] - 0.03
+    assert _verdicts(lossy)["defended: benign accuracy is kept within 1% point of the standard CNN"] is False
+
+
+def test_the_report_states_every_verdict_and_section():
+    mnist_c = {"mnist-cnn-standard": {"clean": 0.98, "mean": 0.8, "cells": {"correct_fog_5": 0.3},
+                                      "mce": (1.0, 1.0, 1.0)}}
+    settings = {"command": "bench ood2id report", "n_eval": 10, "n_attack": 10, "n_mnist_c": 10, "device": "cpu",
+                "threads": 2}
+    text = render([_seed(), _seed(worst=0.4)], [0, 1], mnist_c, settings, 60.0)
+    for part in ("## Claims", "**NOT TESTABLE**", "**PASS**", "## Natural shifts", "worst adaptive", "## MNIST-C",
+                 "| mnist-cnn-standard | 98.0 | 80.0 | 1.000 [1.000, 1.000] | – | 30 |", "seed 1:"):
+        assert part in text, part
