@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.leaderboard.defences import defence_rows, render_defences
 from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
 from bench.store import STORE_VERSION, Store, StoreError
 from bench.threats.base import BoardRun
@@ -39,6 +40,7 @@ class Block:
 class Board:
     blocks: list[Block]
     warnings: list[str]
+    defences: list[dict] = field(default_factory=list)  # composed models by their worst adaptive attack
 
     def frame(self) -> pd.DataFrame:
         """Every block's rows as one table: one column per metric and interval end."""
@@ -131,7 +133,9 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
             row["flag"] = f"name used by {len(hashes[row['model']])} different models" \
                 if len(hashes[row["model"]]) > 1 else ""
     ordered = sorted(blocks.values(), key=lambda b: (b.dataset, b.threats[0], b.protocol))
-    return Board(ordered, warnings)
+    composed = {meta["key"]["model"][:12] for _, meta, _ in best.values()
+                if (meta.get("model_card") or {}).get("compose")}
+    return Board(ordered, warnings, defence_rows(ordered, params, composed))
 
 
 def _add_family_columns(block: Block, params: dict, runs: dict[str, BoardRun]) -> None:
@@ -188,8 +192,16 @@ def render(board: Board, fmt: str = "markdown") -> str:
             cells |= {"n": row["n"], "seed": row["seed"], "date": row["date"]}
             table.append(cells)
         direction = "higher" if headline.higher_is_better else "lower"
+        caveat = "" if _adaptive(block.family) else "non-adaptive: not a defence's robustness, see Defences; "
         out.append(f"### {block.dataset} / {' = '.join(block.threats)}  ({block.family}, protocol "
-                   f"{block.protocol[:12]}; ranked by {headline.label}, {direction} is better; "
+                   f"{block.protocol[:12]}; {caveat}ranked by {headline.label}, {direction} is better; "
                    f"{INTERVALS[headline.agg]} interval)\n\n" + pd.DataFrame(table).to_markdown(index=False)
                    + (f"\n\n{block.details}" if block.details else ""))
-    return "\n\n".join(out)
+    defences = render_defences(board.defences)
+    return "\n\n".join(out + ([defences] if defences else []))
+
+
+def _adaptive(family: str) -> bool:
+    from bench.threats.base import THREAT_FAMILIES
+
+    return family not in THREAT_FAMILIES or THREAT_FAMILIES.get(family).adaptive

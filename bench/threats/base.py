@@ -75,6 +75,8 @@ class Threat(ABC):
     Params: ClassVar[type[Params]] = Params
     metrics: ClassVar[tuple[Metric, ...]] = ()
     headline: ClassVar[str]
+    adaptive: ClassVar[bool] = True  # False: the attack ignores the evaluated model (e.g. transfer); never a
+    # defence's robustness ranking (the board ranks defences by their worst adaptive number)
 
     def __init__(self, params: Params):
         self.params = params

@@ -91,6 +91,7 @@ class PGDTransfer(_Crafted):
     Params = TransferParams
     params: TransferParams
     keep = "last"
+    adaptive = False
 
     def __init__(self, params: TransferParams):
         super().__init__(params)

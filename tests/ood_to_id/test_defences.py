@@ -163,3 +163,23 @@ def test_transfer_from_the_model_itself_is_never_stronger_than_white_box_pgd(dig
     robust_white, robust_transfer = rows[white.threat], rows[transfer.threat].loc[rows[white.threat].index]
     assert not (robust_white & ~robust_transfer).any() and np.isclose(transfer.clean_acc, white.clean_acc)
     assert transfer.robust_acc < transfer.clean_acc - 0.2
+
+
+def test_the_board_ranks_a_defence_by_its_worst_adaptive_attack_never_by_transfer(tmp_path, digits_card):
+    from bench.leaderboard.table import build_board, render
+
+    defence = _defence(tmp_path, digits_card, _write(tmp_path, TRANSLATOR))
+    params = {"norm": "Linf", "eps": 0.2, "steps": 5, "step_size": 0.05}
+    kw = dict(n=40, results=tmp_path / "res", progress=False)
+    pgd = bench.evaluate(defence, threat_card("pgd", **params), **kw)
+    bpda = bench.evaluate(defence, threat_card("pgd-bpda", **params), **kw)
+    transfer = bench.evaluate(defence, threat_card("pgd-transfer", **params, source=str(digits_card)), **kw)
+    bench.evaluate(str(digits_card), threat_card("pgd", **params), **kw)  # a bare model: not a defence
+    board = build_board(Store(tmp_path / "res"))
+    (row,) = board.defences
+    assert row["model"] == "digits-defence-0" and row["ball"].eps == 0.2
+    assert row["adaptive"][0] == min(pgd.robust_acc, bpda.robust_acc)
+    assert row["non_adaptive"] == (transfer.robust_acc, "test-pgd-transfer")
+    text = render(board)
+    assert "ranked by their worst adaptive attack" in text
+    assert "pgd-transfer, protocol" in text and "non-adaptive: not a defence's robustness" in text

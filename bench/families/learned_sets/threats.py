@@ -155,6 +155,7 @@ class LearnedCVAETransfer(CVAEThreat):
     classifies those points. It needs no gradient of the evaluated model at all."""
 
     Params = TransferParams
+    adaptive = False
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, x = self.params, batch.x
