@@ -7,6 +7,10 @@ for the whole batch on the CPU from one seeded generator (so a seed gives the sa
 device), and an ``apply`` step that runs on the images' own device. A batch equals the same images
 corrupted one at a time with the same draws. Images are float tensors (N, C, H, W) in [0, 1]; outputs are
 too. Where an operation differs from the reference generators it says so in its docstring.
+
+No kornia: the tests hold each operation to the reference generators' scipy/scikit-image semantics
+(boundary modes, kernel truncation, HSV round trips), which kornia does not promise, so the handful of
+operations needed are written here in plain torch.
 """
 from __future__ import annotations
 
