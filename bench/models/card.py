@@ -198,7 +198,7 @@ class ModelCard(CardSchema):
             raise CardError(f"model card {self.id} is not a composition", "give it a compose: block")
         from bench.models.compose import composition
 
-        return composition(self.compose, f"model card {self.id}", self.source_dir)
+        return composition(self.compose, f"model card {self.id}", self.source_dir, resolve_ref)
 
     @cached_property
     def hash(self) -> str:

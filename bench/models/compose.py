@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -50,10 +50,10 @@ class Composition:
                 "params": self.composer.params.model_dump(mode="json")}
 
 
-def composition(block: Compose, where: str, source_dir: str | None) -> Composition:
-    """Resolve a compose: block: its composer, one card of the right task per role, validated params."""
-    from bench.models.card import resolve_ref
-
+def composition(block: Compose, where: str, source_dir: str | None,
+                resolve_ref: Callable[[Any, str | None, str], CardRef]) -> Composition:
+    """Resolve a compose: block: its composer, one card of the right task per role (``resolve_ref(value,
+    source_dir, task)``, the card module's reference resolver), validated params."""
     cls = COMPOSERS.get(block.name, where)
     if set(block.parts) != set(cls.roles):
         raise CardError(f"{where}: composer {block.name} takes the parts {', '.join(sorted(cls.roles))}, "

@@ -19,7 +19,8 @@ from bench.families.corruptions.board import normalised_errors
 from bench.families.corruptions.files import LAYOUTS, CorruptedFiles
 from bench.families.corruptions.grid import Cell, CellGrid
 from bench.families.corruptions.shifts import SHIFTS
-from bench.families.corruptions.threats import SUITES, CorruptionParams
+from bench.families.corruptions.suites import SUITES
+from bench.families.corruptions.threats import CorruptionParams
 from bench.leaderboard.table import build_board, render
 from bench.run import batch_seed
 from bench.store import Store
@@ -210,7 +211,7 @@ def test_bench_data_make_writes_marked_files_that_runs_read_and_call_generated(t
     assert "NOT the published" in marker["warning"] and len(marker["corruptions"]) == 15
     stored = np.load(folder / "fog" / "test_images.npy")
     assert stored.shape == (24, 28, 28, 1) and stored.dtype == np.uint8
-    expected = SUITES["mnist-c"].corrupt("fog", small.x, 5, torch.Generator().manual_seed(0))
+    expected = SUITES["mnist-c"].corrupt("fog", small.x, 5, CellGrid.cell_generator(0, Cell("fog", 5)))
     assert np.array_equal(stored, torch.round(expected * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))

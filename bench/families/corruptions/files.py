@@ -111,6 +111,9 @@ class CorruptedFiles:
         paths |= {self.layout.labels_file(self.folder, c) for c in corruptions}
         return sorted(paths)
 
+    def present(self, corruptions: list[str]) -> bool:
+        return all(path.is_file() for path in self.files(corruptions))
+
     def digest(self, corruptions: list[str]) -> str:
         """One sha256 over the sha256 of every file the corruptions read (names relative to the folder)."""
         lines = []
@@ -155,8 +158,10 @@ def _save(path: Path, array: np.ndarray) -> None:
 def make_files(layout_name: str, *, root: Path | None = None, seed: int = 0, batch_size: int = 500,
                progress: bool = True) -> Path:
     """Write ``<data root>/<folder>-generated`` with bench's library: the layout's corruptions and
-    severities over the whole clean test split. Corruptions already written are kept (resumable)."""
-    from bench.families.corruptions.threats import SUITES
+    severities over the whole clean test split, each (corruption, severity, batch) with its own draws.
+    Corruptions already written are kept (resumable)."""
+    from bench.families.corruptions.grid import Cell, CellGrid
+    from bench.families.corruptions.suites import SUITES
 
     layout = LAYOUTS[layout_name]
     suite = SUITES[layout_name]
@@ -182,7 +187,7 @@ def make_files(layout_name: str, *, root: Path | None = None, seed: int = 0, bat
         for k, severity in enumerate(severities):
             for start in range(0, n, batch_size):
                 x = test.x[start:start + batch_size]
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+                gen = CellGrid.cell_generator(seed * 1_000_003 + start, Cell(name, severity))
                 corrupted = suite.corrupt(name, x, severity, gen)
                 rows = slice(k * n + start, k * n + start + len(x))
                 out[rows] = torch.round(corrupted * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

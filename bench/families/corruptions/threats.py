@@ -12,7 +12,6 @@ the same protocol (``board.py``). The baseline is not part of the protocol: it c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,42 +20,12 @@ from pydantic import model_validator
 from torch import Tensor
 
 from bench.errors import BenchError
+from bench.families.corruptions.board import cell_table, mce_columns
 from bench.families.corruptions.grid import Cell, CellGrid
-from bench.families.corruptions.library import CORRUPTIONS, Corruption
-from bench.families.corruptions.mnist_c import MNIST_C, MNIST_C_NAMES, MNIST_C_SEVERITY
+from bench.families.corruptions.suites import SUITES
 from bench.metrics import Metric
 from bench.params import Params
-from bench.registry import Registry
-from bench.families.corruptions.board import cell_table, mce_columns
 from bench.threats.base import THREAT_FAMILIES, Batch, BoardRun, Target
-
-CIFAR_15 = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-            "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
-CIFAR_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-
-
-@dataclass(frozen=True)
-class Suite:
-    """A set of corruptions with one constant table (``scale``) and its standard list."""
-
-    name: str
-    scale: str
-    registry: Registry[Corruption]
-    names: tuple[str, ...]
-    extra: tuple[str, ...] = ()
-    published: dict[str, int] = field(default_factory=dict)  # corruption -> the severity its published set used
-
-    def get(self, name: str) -> Corruption:
-        return self.registry.get(name, f"suite {self.name}")
-
-    def corrupt(self, name: str, x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
-        """The corrupted images, rounded to 8 bits as the published sets store them."""
-        return torch.round(self.get(name)(x, severity, gen, self.scale) * 255) / 255
-
-
-SUITES = {"cifar10-c": Suite("cifar10-c", "cifar", CORRUPTIONS, CIFAR_15, CIFAR_EXTRA),
-          "imagenet-c": Suite("imagenet-c", "imagenet", CORRUPTIONS, CIFAR_15, CIFAR_EXTRA),
-          "mnist-c": Suite("mnist-c", "mnist", MNIST_C, tuple(MNIST_C_NAMES), published=dict(MNIST_C_SEVERITY))}
 
 
 class CorruptionParams(Params):
@@ -144,11 +113,14 @@ class Corruptions(CellGrid):
 
     @classmethod
     def protocol(cls, params: CorruptionParams) -> dict:
-        """The cells and the source; for files, their sha256 instead of their path. Not the baseline."""
+        """The cells and the source; for files, their sha256 instead of their path (files not there yet: a
+        marker, so the card still lists; a run on it stops at its first batch, saying how to get them).
+        Not the baseline."""
         out = {"suite": params.suite, "cells": [[c.group, c.level] for c in params.cells()], "source": params.source}
         if params.source == "files":
             files = source_files(params)
-            out |= {"files_sha256": files.digest(params.names), "generated_files": files.generated is not None}
+            out |= {"files_sha256": files.digest(params.names) if files.present(params.names) else
+                    f"missing: {files.folder}", "generated_files": files.generated is not None}
         return out
 
 
