@@ -29,7 +29,7 @@ def _verdicts(per_seed) -> dict[str, object]:
 
 def test_claims_pass_fail_and_untestable_follow_their_statistic():
     verdicts = _verdicts([_seed(), _seed()])
-    assert verdicts["defended: benign accuracy is kept within 1% point of the standard CNN"] is True
+    assert verdicts["defended: benign accuracy is kept within 1 point of the standard CNN"] is True
     recover = "defended: recovers most (at least 50%) of the accuracy lost to darker/sharper (trained-on) inputs"
     assert verdicts[recover] is True  # (0.4 of 0.47 lost) won back
     assert verdicts["sharper inputs cost the standard CNN accuracy for the defence to recover"] is None
@@ -40,10 +40,20 @@ def test_claims_pass_fail_and_untestable_follow_their_statistic():
     assert _verdicts(masked)[adaptive[0]] is False
     hurt = [_seed(defended_dark=(0.95, 0.55)), _seed(defended_dark=(0.95, 0.55))]
     assert _verdicts(hurt)[recover] is False
+    assert _verdicts([_seed(), _seed(defended_dark=(0.95, 0.55))])[recover] == "mixed"  # the seeds disagree
+    safety = "defended: translating never costs more than 5 points on any shift cell (a safety check, not a paper claim)"
+    assert verdicts[safety] is True and _verdicts(hurt)[safety] is True
+    assert _verdicts([_seed(defended_contrast=0.3), _seed()])[safety] == "mixed"
+    check = "defended: AutoAttack is at least as strong as PGD (a check of the attacks, not a paper claim)"
+    assert verdicts[check] is True
+    weak = [_seed(), _seed()]
+    for s in weak:
+        s["attacks"]["defended"]["autoattack"] = 0.6
+    assert _verdicts(weak)[check] is False
     lossy = copy.deepcopy([_seed(), _seed()])
     for s in lossy:
         s["clean"]["defended"] = s["clean"]["standard"] - 0.03
-    assert _verdicts(lossy)["defended: benign accuracy is kept within 1% point of the standard CNN"] is False
+    assert _verdicts(lossy)["defended: benign accuracy is kept within 1 point of the standard CNN"] is False
 
 
 def test_the_report_states_every_verdict_and_section():
@@ -52,6 +62,6 @@ def test_the_report_states_every_verdict_and_section():
     settings = {"command": "bench ood2id report", "n_eval": 10, "n_attack": 10, "n_mnist_c": 10, "device": "cpu",
                 "threads": 2}
     text = render([_seed(), _seed(worst=0.4)], [0, 1], mnist_c, settings, 60.0)
-    for part in ("## Claims", "**NOT TESTABLE**", "**PASS**", "## Natural shifts", "worst adaptive", "## MNIST-C",
+    for part in ("## Claims", "**NOT TESTABLE**", "**PASS**", "**MIXED (the seeds disagree)**", "## Natural shifts", "worst adaptive", "## MNIST-C",
                  "| mnist-cnn-standard | 98.0 | 80.0 | 1.000 [1.000, 1.000] | – | 30 |", "seed 1:"):
         assert part in text, part
