@@ -256,10 +256,10 @@ def _mismatch_notes(store: Store, key: dict[str, Any]) -> list[str]:
 
 
 def _positions(data: Dataset, tensors: bool, n: int | None) -> Tensor:
-    """The evaluation points: the first n of the fixed subset of a split (default 1000), or of the caller's
-    tensors in their order (default all)."""
+    """The evaluation points: the first n of the fixed subset of a split (default 1000, or the whole split if
+    smaller), or of the caller's tensors in their order (default all)."""
     if not tensors:
-        return subset_indices(len(data), 1000 if n is None else n)
+        return subset_indices(len(data), min(1000, len(data)) if n is None else n)
     if n is None or 0 < n <= len(data):
         return torch.arange(len(data))[:n]
     raise BenchError(f"n={n} is not between 1 and the {len(data)} images in x", f"pass n={len(data)} or less")

@@ -108,3 +108,14 @@ def test_train_prints_the_weights_and_their_accuracy(cli, tmp_path):
     r = cli("train", card, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "sha256" in r.output and "clean_acc" in r.output
+
+
+def test_run_on_another_dataset_with_the_same_classes_takes_the_whole_smaller_split(cli, tmp_path):
+    r = cli("run", "--model", "mnist-cnn-pgd-at", "--threat", "clean", "--dataset", "digits28", "--results", tmp_path,
+            "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["dataset"] == "digits28" and summary["n"] == 500  # the default 1000 capped at the split
+    assert 0.5 < summary["clean_acc"] < 1
+    r = cli("run", "--model", "mnist-cnn-pgd-at", "--threat", "clean", "--dataset", "digits28", "--n", 600)
+    assert r.exit_code != 0 and "500" in r.output

@@ -29,7 +29,11 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
         threat: str = typer.Option(..., "--threat", "-t",
                                    help="Threat card id, path to a card YAML, or a threat family (its default card "
                                         "for the model's dataset)."),
-        n: int = typer.Option(1000, "--n", help="Evaluation points (a fixed subset of the test split)."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Test split to evaluate on [default: the "
+                                              "model card's dataset]; another with the same classes is a dataset "
+                                              "shift (e.g. digits28 for an MNIST model)."),
+        n: Optional[int] = typer.Option(None, "--n", help="Evaluation points (a fixed subset of the test split) "
+                                                           "[default: 1000, or the whole split if smaller]."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random choice in the attack."),
         device: str = DeviceOpt,
         batch_size: int = typer.Option(500, "--batch-size", help="Points per batch (one store shard each; part "
@@ -42,8 +46,8 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
 
     from bench.run import evaluate
 
-    summary = evaluate(model, threat, n=n, seed=seed, device=device, batch_size=batch_size, results=results,
-                       data_root=data_root, trust_code=tuple(trust_code),
+    summary = evaluate(model, threat, dataset=dataset, n=n, seed=seed, device=device, batch_size=batch_size,
+                       results=results, data_root=data_root, trust_code=tuple(trust_code),
                        progress=sys.stderr.isatty() or not json_out)
     typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else str(summary))
 
