@@ -6,4 +6,5 @@ which registers its entries into the core registries, and may name a ``COMMAND``
 live in its ``cli.py`` (`bench COMMAND ...`). See docs/architecture.md, "Adding a family".
 """
 
-PACKAGES = ("bench.families.learned_sets", "bench.families.corruptions", "bench.families.ood_to_id")
+PACKAGES = ("bench.families.learned_sets", "bench.families.corruptions", "bench.families.ood_to_id",
+            "bench.families.vae_robustness")

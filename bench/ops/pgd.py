@@ -15,7 +15,7 @@ from bench.ops.norms import normalized, project_l2
 NORMS = ("Linf", "L2")
 
 
-def _random_start(x: Tensor, norm: str, eps: float, gen: torch.Generator) -> Tensor:
+def random_delta(x: Tensor, norm: str, eps: float, gen: torch.Generator) -> Tensor:
     # Noise is drawn on the CPU so a seed gives the same start on every device.
     if norm == "Linf":
         delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
@@ -55,7 +55,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float, steps:
             clean = model(x)
 
     def start() -> Tensor:
-        return project(x + _random_start(x, norm, eps, gen), x, norm, eps) if random_start else x.clone()
+        return project(x + random_delta(x, norm, eps, gen), x, norm, eps) if random_start else x.clone()
 
     def ascend(x_adv: Tensor, track: tuple[Tensor, Tensor] | None) -> Tensor:
         """``steps`` ascent steps from x_adv; ``track=(best, fooled)`` records first successes in place."""

@@ -53,4 +53,17 @@ class Generative(Task):
                 "clean_recon": per_pixel_mse(reconstruct(model, x), x)}
 
 
+    def trained_summary(self, card, path, device: torch.device) -> dict[str, float]:
+        """Clean ELBO and reconstruction error on 1,000 test images (the first of the fixed subset)."""
+        from bench.data import load_dataset, subset_indices
+        from bench.models.assemble import from_file
+
+        model = from_file(card, path, device=device)
+        test = load_dataset(card.dataset, "test")
+        x = test.x[subset_indices(len(test), min(1000, len(test)))].to(device)
+        with torch.no_grad():
+            clean = self.clean_pass(model, x, None, None)
+        return {"clean_elbo": float(clean["clean_elbo"].mean()), "clean_recon": float(clean["clean_recon"].mean())}
+
+
 TASKS.register("generative", Generative())

@@ -22,6 +22,7 @@ FAMILY_CARDS: dict[str, dict] = {
     "ood": {"shifts": ["darker", "noise"], "strengths": {"darker": [0.5], "noise": [0.1]}},
     "pgd-bpda": {"norm": "Linf", "eps": 0.1, "steps": 3},
     "pgd-transfer": {"norm": "Linf", "eps": 0.1, "steps": 3, "source": "<source>"},
+    "vae-attack": {"objective": "elbo", "norm": "Linf", "eps": 0.1, "steps": 2},
 }
 PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-random", "learned-cvae-transfer", "latent-smoothing",
               "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer"}

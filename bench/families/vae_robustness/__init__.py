@@ -1,0 +1,14 @@
+"""VAE robustness (issue 12, first part): VAEs as first-class generative models, and attacks on them.
+
+- ``vae.py``: the ``conv-vae`` architecture (Bernoulli decoder for MNIST, Gaussian for CIFAR-10) and its
+  ELBO with common random numbers;
+- ``recipe.py``: the ``vae`` recipe (VAE, beta-VAE, beta-TCVAE);
+- ``attacks.py``: the ``vae-attack`` family (maximum damage, latent, ELBO-lowering PGD).
+
+Nothing here treats a VAE as a classifier: no labels are used, and no accuracy is reported.
+"""
+
+
+def register() -> None:
+    """Register the architecture, the recipe and the attack family."""
+    from bench.families.vae_robustness import attacks, recipe, vae  # noqa: F401
