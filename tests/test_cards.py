@@ -189,7 +189,8 @@ def test_bad_architecture_kwargs_are_a_card_error(tmp_path):
 
 def test_unknown_recipe_suggests_the_near_miss(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    card = load_model_card(_write(tmp_path / "recipe.yaml", _model(recipe={"name": "standrd", "params": {"epochs": 1}})))
+    bad_recipe = _model(recipe={"name": "standrd", "params": {"epochs": 1}})
+    card = load_model_card(_write(tmp_path / "recipe.yaml", bad_recipe))
     for action in (create, train):
         with pytest.raises(CardError) as err:
             action(card)

@@ -35,7 +35,8 @@ def _read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     ndim = 1 + len(shape)
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:4] != bytes([0, 0, 8, ndim]):
-        raise DataError(f"{path} is not an IDX file of {ndim}-d unsigned bytes", "replace it with the original MNIST file")
+        raise DataError(f"{path} is not an IDX file of {ndim}-d unsigned bytes",
+                        "replace it with the original MNIST file")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     if dims[1:] != shape or len(raw) != header + int(np.prod(dims)):
         raise DataError(f"{path} holds {dims} (and {len(raw) - header} data bytes), expected (N, *{shape})",

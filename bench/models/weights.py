@@ -48,7 +48,8 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise WeightsError(f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}",
-                           "the file is corrupted or not the one the card names; re-download it or fix the card's sha256")
+                           "the file is corrupted or not the one the card names; re-download it or fix the card's "
+                           "sha256")
 
 
 def download_timeout() -> float:

@@ -42,7 +42,8 @@ def cards(tmp_path_factory):
     common = {"epochs": 10, "batch_size": 64, "lr": 0.005, "train_subset": 600}
     recipes = {
         "standard": {"name": "standard", "params": common},
-        "rts-aug": {"name": "perturbation-aug", "params": {**common, "pairs": DIGITS_CVAE["recipe"]["params"]["pairs"]}},
+        "rts-aug": {"name": "perturbation-aug",
+                    "params": {**common, "pairs": DIGITS_CVAE["recipe"]["params"]["pairs"]}},
         "cvae-aug": {"name": "cvae-aug", "params": {**common, "cvae": f"{DIGITS_CVAE['id']}.yaml"}},
         "cvae-smoothing": {"name": "cvae-smoothing", "params": {**common, "cvae": cvae, "sigma": 0.5}},
         "cvae-adv": {"name": "cvae-adv", "params": {**common, "cvae": cvae, "eps": "p75", "steps": 3}},

@@ -41,7 +41,8 @@ def test_claims_pass_fail_and_untestable_follow_their_statistic():
     hurt = [_seed(defended_dark=(0.95, 0.55)), _seed(defended_dark=(0.95, 0.55))]
     assert _verdicts(hurt)[recover] is False
     assert _verdicts([_seed(), _seed(defended_dark=(0.95, 0.55))])[recover] == "mixed"  # the seeds disagree
-    safety = "defended: translating never costs more than 5 points on any shift cell (a safety check, not a paper claim)"
+    safety = ("defended: translating never costs more than 5 points on any shift cell (a safety check, not a "
+              "paper claim)")
     assert verdicts[safety] is True and _verdicts(hurt)[safety] is True
     assert _verdicts([_seed(defended_contrast=0.3), _seed()])[safety] == "mixed"
     check = "defended: AutoAttack is at least as strong as PGD (a check of the attacks, not a paper claim)"
@@ -62,6 +63,7 @@ def test_the_report_states_every_verdict_and_section():
     settings = {"command": "bench ood2id report", "n_eval": 10, "n_attack": 10, "n_mnist_c": 10, "device": "cpu",
                 "threads": 2}
     text = render([_seed(), _seed(worst=0.4)], [0, 1], mnist_c, settings, 60.0)
-    for part in ("## Claims", "**NOT TESTABLE**", "**PASS**", "**MIXED (the seeds disagree)**", "## Natural shifts", "worst adaptive", "## MNIST-C",
+    for part in ("## Claims", "**NOT TESTABLE**", "**PASS**", "**MIXED (the seeds disagree)**", "## Natural shifts",
+                 "worst adaptive", "## MNIST-C",
                  "| mnist-cnn-standard | 98.0 | 80.0 | 1.000 [1.000, 1.000] | – | 30 |", "seed 1:"):
         assert part in text, part

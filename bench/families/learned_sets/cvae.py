@@ -201,7 +201,8 @@ def small_cvae(kind: Literal["stn", "conv"], channels: int, side: int, latent: i
     """A CPU-sized CVAE: conv prior and posterior encoders, an STN (spatial) or conv (pixel) generator."""
     generator = (STNGenerator(channels, latent, transforms=transforms, width=width, warp=warp)
                  if kind == "stn" else ConvGenerator(channels, side, latent, width=2 * width))
-    return CVAE(ConvEncoder(channels, side, latent, width, depth), ConvEncoder(2 * channels, side, latent, width, depth),
+    return CVAE(ConvEncoder(channels, side, latent, width, depth),
+                ConvEncoder(2 * channels, side, latent, width, depth),
                 generator, likelihood)
 
 

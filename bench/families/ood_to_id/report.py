@@ -227,7 +227,8 @@ def render(per_seed: list[dict], seeds: list[int], mnist_c: dict, settings: dict
              "paper's code is not public): a residual U-Net trained by L1 on darker, sharper and FGSM "
              f"(against that seed's CNN) pairs (card `{TRANSLATOR}`).", "",
              f"Written by `{settings['command']}` on {settings['device']} ({settings['threads']} threads; this "
-             f"invocation {seconds / 60:.1f} min, reusing the runs and weights already stored); seeds {', '.join(map(str, seeds))} (recipe seed of the CNN and the "
+             f"invocation {seconds / 60:.1f} min, reusing the runs and weights already stored); seeds "
+             f"{', '.join(map(str, seeds))} (recipe seed of the CNN and the "
              "translator, and evaluation seed). Values are mean ± standard deviation over seeds. Accuracy is "
              f"plain accuracy on {settings['n_eval']} test points; robust accuracy counts a point when it is "
              f"right clean and under the attack, on {settings['n_attack']} test points. Rows: `standard` "
