@@ -3,7 +3,8 @@
 - ``vae.py``: the ``conv-vae`` architecture (Bernoulli decoder for MNIST, Gaussian for CIFAR-10) and its
   ELBO with common random numbers;
 - ``recipe.py``: the ``vae`` recipe (VAE, beta-VAE, beta-TCVAE);
-- ``attacks.py``: the ``vae-attack`` family (maximum damage, latent, ELBO-lowering PGD).
+- ``attacks.py``: the ``vae-attack`` family (maximum damage, latent, ELBO-lowering PGD);
+- ``margins.py``: the ``vae-margin`` family (r-robustness probability, first-order and empirical margins).
 
 Nothing here treats a VAE as a classifier: no labels are used, and no accuracy is reported.
 """
@@ -11,4 +12,4 @@ Nothing here treats a VAE as a classifier: no labels are used, and no accuracy i
 
 def register() -> None:
     """Register the architecture, the recipe and the attack family."""
-    from bench.families.vae_robustness import attacks, recipe, vae  # noqa: F401
+    from bench.families.vae_robustness import attacks, margins, recipe, vae  # noqa: F401
