@@ -132,3 +132,13 @@ def test_classifier_threats_refuse_a_vae_and_vae_attacks_refuse_a_classifier(tmp
         bench.evaluate(_card(tmp_path), "pgd-linf-0.3", dataset="digits", n=10, results=tmp_path, progress=False)
     with pytest.raises(BenchError, match="evaluates generative models"):
         _run(str(digits_card), tmp_path, objective="elbo", norm="Linf", eps=0.1)
+
+
+def test_provae_needs_its_radius_and_only_provae_takes_one(tmp_path):
+    from bench.errors import CardError
+    from bench.models import load_model_card
+
+    for params in ({"objective": "provae"}, {"objective": "elbo", "eps": 0.1}):
+        path = _card(tmp_path, recipe={**TINY["recipe"], "params": {**TINY["recipe"]["params"], **params}})
+        with pytest.raises(CardError, match="provae needs eps"):
+            load_model_card(path).make_recipe()

@@ -4,7 +4,8 @@
   ELBO with common random numbers;
 - ``recipe.py``: the ``vae`` recipe (VAE, beta-VAE, beta-TCVAE);
 - ``attacks.py``: the ``vae-attack`` family (maximum damage, latent, ELBO-lowering PGD);
-- ``margins.py``: the ``vae-margin`` family (r-robustness probability, first-order and empirical margins).
+- ``margins.py``: the ``vae-margin`` family (r-robustness probability, first-order and empirical margins);
+- ``ibp.py`` and ``certified.py``: interval bounds and the ``vae-certified-elbo`` family.
 
 Nothing here treats a VAE as a classifier: no labels are used, and no accuracy is reported.
 """
@@ -12,4 +13,4 @@ Nothing here treats a VAE as a classifier: no labels are used, and no accuracy i
 
 def register() -> None:
     """Register the architecture, the recipe and the attack family."""
-    from bench.families.vae_robustness import attacks, margins, recipe, vae  # noqa: F401
+    from bench.families.vae_robustness import attacks, certified, margins, recipe, vae  # noqa: F401

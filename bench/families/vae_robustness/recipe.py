@@ -7,6 +7,10 @@
   sampling (Chen et al., 2018). The estimate carries a constant offset in the dataset size, which changes no
   gradient.
 
+- ``objective: provae`` (Condessa & Kolter; schedule derived in the notes, section 6.2): maximise
+  kappa * ELBO + (1 - kappa) * certified ELBO at eps_t, with eps_t ramping from 0 to ``eps`` and kappa from 1
+  to ``kappa_end`` over the first ``ramp`` of training.
+
 One reparameterised sample per image and step, from the step's seeded generator.
 """
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from bench.families.vae_robustness.vae import gaussian_kl
@@ -39,8 +43,17 @@ def total_correlation(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) 
 
 
 class VAEParams(RecipeParams):
-    objective: Literal["elbo", "beta-tcvae"] = "elbo"
+    objective: Literal["elbo", "beta-tcvae", "provae"] = "elbo"
     beta: float = Field(1.0, ge=0)
+    eps: float = Field(0.0, ge=0)  # provae: the L-inf radius the certified ELBO is trained at
+    ramp: float = Field(0.5, gt=0, le=1)  # provae: fraction of training over which eps and kappa ramp
+    kappa_end: float = Field(0.5, ge=0, le=1)  # provae: the clean ELBO's final weight (from 1)
+
+    @model_validator(mode="after")
+    def _provae(self) -> "VAEParams":
+        if (self.objective == "provae") != (self.eps > 0):
+            raise ValueError("objective: provae needs eps > 0, and eps is only for provae")
+        return self
 
 
 @RECIPES.register("vae")
@@ -58,7 +71,21 @@ class VAETraining(Recipe):
         p = self.params
         if p.objective == "elbo":
             return (-ll + p.beta * kl).mean()
+        if p.objective == "provae":
+            return self._provae(model, batch, (ll - kl).mean())
         return (-ll + kl).mean() + (p.beta - 1) * total_correlation(z, mu, logvar, self.train_size)
+
+    def _provae(self, model: nn.Module, batch: Batch, elbo: Tensor) -> Tensor:
+        """-(kappa * ELBO + (1 - kappa) * certified ELBO at eps_t), both ramped over the first ``ramp`` of
+        training; the certificate uses one fresh noise vector per step."""
+        from bench.families.vae_robustness.certified import elbo_lower_bound
+
+        p = self.params
+        t = min(1.0, batch.progress / p.ramp)
+        kappa, eps = 1 - (1 - p.kappa_end) * t, p.eps * t
+        noise = torch.randn(1, model.latent, generator=batch.gen).to(batch.x.device)
+        robust = elbo_lower_bound(model, batch.x, eps, noise).mean()
+        return -(kappa * elbo + (1 - kappa) * robust)
 
     def positions(self, n_total: int) -> Tensor:
         chosen = super().positions(n_total)
