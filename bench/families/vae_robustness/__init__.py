@@ -5,10 +5,13 @@
 - ``recipe.py``: the ``vae`` recipe (VAE, beta-VAE, beta-TCVAE);
 - ``attacks.py``: the ``vae-attack`` family (maximum damage, latent, ELBO-lowering PGD);
 - ``margins.py``: the ``vae-margin`` family (r-robustness probability, first-order and empirical margins);
-- ``ibp.py`` and ``certified.py``: interval bounds and the ``vae-certified-elbo`` family.
+- ``ibp.py`` and ``certified.py``: interval bounds and the ``vae-certified-elbo`` family;
+- ``report.py`` and ``cli.py``: `bench vae report`, the MNIST reproduction report.
 
 Nothing here treats a VAE as a classifier: no labels are used, and no accuracy is reported.
 """
+
+COMMAND = "vae"
 
 
 def register() -> None:
