@@ -25,6 +25,7 @@ FAMILY_CARDS: dict[str, dict] = {
     "vae-attack": {"objective": "elbo", "norm": "Linf", "eps": 0.1, "steps": 2},
     "vae-margin": {"r": 1.0, "samples": 10, "bisection": 2, "steps": 2},
     "vae-certified-elbo": {"eps": 0.05, "steps": 2},
+    "vae-lipschitz-margin": {"r": 1.0},
 }
 PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-random", "learned-cvae-transfer", "latent-smoothing",
               "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer"}

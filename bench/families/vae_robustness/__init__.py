@@ -6,6 +6,7 @@
 - ``attacks.py``: the ``vae-attack`` family (maximum damage, latent, ELBO-lowering PGD);
 - ``margins.py``: the ``vae-margin`` family (r-robustness probability, first-order and empirical margins);
 - ``ibp.py`` and ``certified.py``: interval bounds and the ``vae-certified-elbo`` family;
+- ``lipschitz.py``: the ``lipschitz-vae`` architecture and the ``vae-lipschitz-margin`` certificate;
 - ``report.py`` and ``cli.py``: `bench vae report`, the MNIST reproduction report.
 
 Nothing here treats a VAE as a classifier: no labels are used, and no accuracy is reported.
@@ -16,4 +17,4 @@ COMMAND = "vae"
 
 def register() -> None:
     """Register the architecture, the recipe and the attack family."""
-    from bench.families.vae_robustness import attacks, certified, margins, recipe, vae  # noqa: F401
+    from bench.families.vae_robustness import attacks, certified, lipschitz, margins, recipe, vae  # noqa: F401

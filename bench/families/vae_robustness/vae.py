@@ -28,33 +28,17 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1)
 
 
-class ConvVAE(nn.Module):
-    """Encoder: two stride-2 convolutions and a linear layer to (mu, log sigma^2); decoder: the mirror."""
+class VAEMixin:
+    """What every bench VAE shares, given ``encode(x) -> (mu, logvar)``, ``decode(z)``, ``likelihood`` and
+    ``sigma``: the decoder mean, the log-likelihood, the deterministic reconstruction and the ELBO."""
 
-    def __init__(self, channels: int = 1, side: int = 28, latent: int = 16, width: int = 32,
-                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", sigma: float = 0.1, samples: int = 8):
-        super().__init__()
-        if side % 4:
-            raise BenchError(f"the VAE needs image sides divisible by 4, got {side}", "pad the images")
-        self.channels, self.side, self.latent, self.likelihood, self.sigma = channels, side, latent, likelihood, sigma
-        inner = 2 * width * (side // 4) ** 2
-        self.encoder = nn.Sequential(nn.Conv2d(channels, width, 4, 2, 1), nn.ReLU(),
-                                     nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU(), nn.Flatten())
-        self.heads = nn.Linear(inner, 2 * latent)
-        self.decoder = nn.Sequential(nn.Linear(latent, inner), nn.ReLU(),
-                                     nn.Unflatten(1, (2 * width, side // 4, side // 4)),
-                                     nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(),
-                                     nn.ConvTranspose2d(width, channels, 4, 2, 1))
+    likelihood: str
+    sigma: float
+    noise: Tensor
+
+    def init_noise(self, samples: int, latent: int) -> None:
         noise = torch.randn(samples, latent, generator=torch.Generator().manual_seed(NOISE_SEED))
         self.register_buffer("noise", noise, persistent=False)
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.heads(self.encoder(x)).chunk(2, dim=1)
-        return mu, logvar.clamp(-12, 8)
-
-    def decode(self, z: Tensor) -> Tensor:
-        """The decoder's output: Bernoulli logits, or the Gaussian mean's pre-sigmoid value."""
-        return self.decoder(z)
 
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)
@@ -82,6 +66,34 @@ class ConvVAE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct(x)
+
+
+class ConvVAE(VAEMixin, nn.Module):
+    """Encoder: two stride-2 convolutions and a linear layer to (mu, log sigma^2); decoder: the mirror."""
+
+    def __init__(self, channels: int = 1, side: int = 28, latent: int = 16, width: int = 32,
+                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", sigma: float = 0.1, samples: int = 8):
+        super().__init__()
+        if side % 4:
+            raise BenchError(f"the VAE needs image sides divisible by 4, got {side}", "pad the images")
+        self.channels, self.side, self.latent, self.likelihood, self.sigma = channels, side, latent, likelihood, sigma
+        inner = 2 * width * (side // 4) ** 2
+        self.encoder = nn.Sequential(nn.Conv2d(channels, width, 4, 2, 1), nn.ReLU(),
+                                     nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU(), nn.Flatten())
+        self.heads = nn.Linear(inner, 2 * latent)
+        self.decoder = nn.Sequential(nn.Linear(latent, inner), nn.ReLU(),
+                                     nn.Unflatten(1, (2 * width, side // 4, side // 4)),
+                                     nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(),
+                                     nn.ConvTranspose2d(width, channels, 4, 2, 1))
+        self.init_noise(samples, latent)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.heads(self.encoder(x)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The decoder's output: Bernoulli logits, or the Gaussian mean's pre-sigmoid value."""
+        return self.decoder(z)
 
 
 @architecture("conv-vae")
