@@ -66,3 +66,20 @@ def test_margins_end_to_end_and_zero_where_the_clean_probability_is_at_most_a_ha
     shaky = bench.evaluate(noisy, threat_card("vae-margin", **MARGIN), dataset="digits", task="generative", n=20,
                            results=tmp_path, progress=False)
     assert shaky.p0 < 0.1 and shaky.margin_est == 0 and shaky.margin_bound == 0
+
+
+def test_the_margin_attack_stays_in_each_points_own_ball():
+    from bench.families.vae_robustness.margins import max_damage
+
+    torch.manual_seed(0)
+    vae = ConvVAE(channels=1, side=8, latent=4, width=8).eval()
+    x = load_dataset("digits", "test").x[:12]
+    radius = torch.linspace(0.05, 2.0, 12)
+    with torch.no_grad():
+        centre = vae.reconstruct(x)
+    x_adv = max_damage(vae, x, centre, radius, 10, torch.Generator().manual_seed(0))
+    assert ((x_adv - x).flatten(1).norm(dim=1) <= radius * (1 + 1e-4) + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        damage = (vae.reconstruct(x_adv) - centre).flatten(1).norm(dim=1)
+    assert (damage > 0).all()

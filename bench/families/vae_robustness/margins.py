@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from bench.errors import BenchError
 from bench.families.vae_robustness.attacks import _check_vae
 from bench.metrics import Metric
 from bench.ops.gradients import input_gradient
@@ -95,12 +96,22 @@ def max_damage(model: nn.Module, x: Tensor, centre: Tensor, radius: Tensor, step
             better = value.detach() > best_value
             best[better], best_value[better] = x_adv.detach()[better], value.detach()[better]
         if step == steps:
-            return best
+            return _checked(x, best, radius)
         grad = input_gradient(value.sum(), x_adv)
         with torch.no_grad():
             moved = x_adv + 2.5 * r / steps * normalized(grad)
             x_adv = (x + project_l2(moved - x, r)).clamp(0, 1)
     return best
+
+
+def _checked(x: Tensor, x_adv: Tensor, radius: Tensor) -> Tensor:
+    """Refuse points outside their own L2 ball or the [0, 1] box (an attack bug, never a number)."""
+    distance = (x_adv - x).flatten(1).norm(dim=1)
+    if not torch.isfinite(x_adv).all() or bool((distance > radius * (1 + 1e-4) + 1e-6).any()) or \
+            bool(((x_adv < 0) | (x_adv > 1)).any()):
+        raise BenchError("vae-margin's attack returned points outside their L2 ball or [0, 1]",
+                         "this is a bug in the attack, not the model: report it with the model and threat")
+    return x_adv
 
 
 @THREAT_FAMILIES.register("vae-margin")
