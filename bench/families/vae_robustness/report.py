@@ -22,7 +22,8 @@ BETAS = (1, 2, 4, 8)
 FAMILIES = {"beta-VAE": {1: "mnist-vae", 2: "mnist-vae-beta2", 4: "mnist-vae-beta4", 8: "mnist-vae-beta8"},
             "beta-TCVAE": {1: "mnist-vae", 2: "mnist-tcvae-beta2", 4: "mnist-tcvae-beta4", 8: "mnist-tcvae-beta8"}}
 PROVAE = "mnist-provae"
-MARGIN = "vae-margin-r2"
+MARGINS = {2.0: "vae-margin-r2", 4.0: "vae-margin-r4", 6.0: "vae-margin-r6"}  # r -> card: one r for all models
+ACTIVE = 0.01  # a latent dimension is active when its mean varies across test points by more than this
 CERTIFIED = {0.01: "vae-certified-elbo-0.01", 0.05: "vae-certified-elbo-0.05", 0.1: "vae-certified-elbo-0.1"}
 VACUOUS, CLOSE = 2.0, 1.25  # certified / attacked ELBO: "vacuous" at >= 2x, "close" within 25%
 
@@ -31,13 +32,15 @@ def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, device: str) 
     runner = SeedRunner(seed, work, device)
     cards = {card_id: runner.card("model", card_id) for family in FAMILIES.values() for card_id in family.values()}
     cards[PROVAE] = runner.card("model", PROVAE)
-    out: dict = {"margins": {}, "certified": {}}
+    out: dict = {"margins": {r: {} for r in MARGINS}, "certified": {}, "latent": {}}
     for card_id, path in cards.items():
+        out["latent"][card_id] = latent_usage(path, n_elbo, device)
         if card_id == PROVAE:
             continue
-        run = runner.run(path, MARGIN, n_margin)
-        out["margins"][card_id] = {"margin_est": run.margin_est, "margin_bound": run.margin_bound,
-                                   "violation": run.violation, "p0": run.p0, "clean_elbo": run.clean_elbo}
+        for r, threat in MARGINS.items():
+            run = runner.run(path, threat, n_margin)
+            out["margins"][r][card_id] = {"margin_est": run.margin_est, "margin_bound": run.margin_bound,
+                                          "violation": run.violation, "p0": run.p0, "clean_elbo": run.clean_elbo}
     for card_id in (FAMILIES["beta-VAE"][1], PROVAE):
         out["certified"][card_id] = {}
         for eps, threat in CERTIFIED.items():
@@ -45,6 +48,21 @@ def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, device: str) 
             out["certified"][card_id][eps] = {"clean": run.clean_elbo, "attacked": run.adv_elbo,
                                               "certified": run.certified_elbo}
     return out
+
+
+@torch.no_grad()
+def latent_usage(card: Path, n: int, device: str) -> dict[str, float]:
+    """Mean KL and active latent dimensions on n test points: a collapsed posterior (no active dimension)
+    makes a VAE trivially robust, since its output ignores its input."""
+    from bench.data import load_dataset, subset_indices
+    from bench.families.vae_robustness.vae import gaussian_kl
+    from bench.models import create
+
+    model = create(str(card), device=device)
+    test = load_dataset("mnist", "test")
+    mu, logvar = model.encode(test.x[subset_indices(len(test), n)].to(device))
+    return {"kl": float(gaussian_kl(mu, logvar).mean()), "active": int((mu.var(0) > ACTIVE).sum()),
+            "latent": mu.shape[1]}
 
 
 def verdict(holds: list[bool]) -> bool | str:
@@ -59,17 +77,16 @@ def _fmt(values: list[float], digits: int = 2) -> str:
 
 def claims(per_seed: list[dict]) -> list[tuple[str, bool | str, str]]:
     out = []
-    for family, models in FAMILIES.items():
-        series = [[s["margins"][models[b]]["margin_est"] for b in BETAS] for s in per_seed]
-        grows = [all(b >= a for a, b in zip(m, m[1:])) and m[-1] > m[0] for m in series]
-        out.append((f"{family}: the median empirical margin grows with beta (1, 2, 4, 8)", verdict(grows),
-                    "median margins per seed: " + "; ".join(", ".join(f"{v:.3f}" for v in m) for m in series)))
-        bounds = [[s["margins"][models[b]]["margin_bound"] for b in BETAS] for s in per_seed]
-        grows = [all(b >= a for a, b in zip(m, m[1:])) and m[-1] > m[0] for m in bounds]
-        out.append((f"{family}: the median first-order margin estimate grows with beta", verdict(grows),
-                    "per seed: " + "; ".join(", ".join(f"{v:.4f}" for v in m) for m in bounds)))
-    less = [[s["margins"][FAMILIES["beta-TCVAE"][b]]["clean_elbo"] - s["margins"][FAMILIES["beta-VAE"][b]]["clean_elbo"]
-             for b in BETAS[1:]] for s in per_seed]
+    for r in MARGINS:
+        for family, models in FAMILIES.items():
+            for column, what, digits in (("margin_est", "median empirical margin", 3),
+                                         ("margin_bound", "median first-order margin estimate", 4)):
+                series = [[s["margins"][r][models[b]][column] for b in BETAS] for s in per_seed]
+                grows = [all(b >= a for a, b in zip(m, m[1:])) and m[-1] > m[0] for m in series]
+                out.append((f"r = {r:g}, {family}: the {what} grows with beta (1, 2, 4, 8)", verdict(grows),
+                            "per seed: " + "; ".join(", ".join(f"{v:.{digits}f}" for v in m) for m in series)))
+    less = [[s["margins"][2.0][FAMILIES["beta-TCVAE"][b]]["clean_elbo"]
+             - s["margins"][2.0][FAMILIES["beta-VAE"][b]]["clean_elbo"] for b in BETAS[1:]] for s in per_seed]
     out.append(("beta-TCVAE loses less ELBO than beta-VAE at equal beta (2, 4, 8)",
                 verdict([all(d > 0 for d in diffs) for diffs in less]),
                 "clean ELBO of beta-TCVAE minus beta-VAE (nats) at beta 2, 4, 8, per seed: "
@@ -82,6 +99,13 @@ def claims(per_seed: list[dict]) -> list[tuple[str, bool | str, str]]:
         out.append((f"at L-inf {eps}: the standard VAE's certified ELBO is vacuous (at least {VACUOUS:g}x its "
                     f"attacked ELBO) where proVAE's stays close (within {CLOSE - 1:.0%})", verdict(holds),
                     f"certified / attacked ELBO: VAE {_fmt(ratio[vae])}, proVAE {_fmt(ratio[pro])}"))
+    active = [s["latent"][pro]["active"] for s in per_seed]
+    out.append(("proVAE keeps a latent code (at least half its latent dimensions active), so its certificate is "
+                "not bought by ignoring the input", verdict([a >= s["latent"][pro]["latent"] / 2
+                                                            for a, s in zip(active, per_seed)]),
+                f"active dimensions per seed: {', '.join(map(str, active))} of {per_seed[0]['latent'][pro]['latent']}"
+                f" (mean KL {_fmt([s['latent'][pro]['kl'] for s in per_seed], 1)} nats, against "
+                f"{_fmt([s['latent'][vae]['kl'] for s in per_seed], 1)} for the VAE)"))
     return out
 
 
@@ -94,7 +118,8 @@ def render(per_seed: list[dict], seeds: list[int], settings: dict, seconds: floa
              f"Written by `{settings['command']}` on {settings['device']} ({settings['threads']} threads; this "
              f"invocation {seconds / 60:.1f} min, reusing stored runs and weights); seeds "
              f"{', '.join(map(str, seeds))} (recipe and evaluation seed). Values are mean ± standard deviation over "
-             f"seeds. Margins: card `{MARGIN}` on {settings['n_margin']} test points; ELBOs on {settings['n_elbo']}.",
+             f"seeds. Margins: cards {', '.join(f'`{c}`' for c in MARGINS.values())} (one r for every model) on "
+             f"{settings['n_margin']} test points; ELBOs and latent usage on {settings['n_elbo']}.",
              "", "## Claims", "", "Each claim is decided per seed: PASS in every seed, FAIL in none, MIXED "
              "otherwise.", ""]
     for claim, holds, statistic in claims(per_seed):
@@ -104,14 +129,18 @@ def render(per_seed: list[dict], seeds: list[int], settings: dict, seconds: floa
               "`margin_est`: median empirical margin (max-damage attack with bisection; an upper bound on the true "
               "margin). `margin_bound`: median first-order margin (an estimate, not a certificate). `violation`: "
               "share of points whose first-order margin exceeds the attack's.", "",
-              "| model | beta | clean ELBO | p0 | margin_est | margin_bound | violation (%) |",
-              "|---|---|---|---|---|---|---|"]
-    for family, models in FAMILIES.items():
-        for beta, card_id in models.items():
-            m = [s["margins"][card_id] for s in per_seed]
-            lines.append(f"| {family} | {beta} | {_fmt([v['clean_elbo'] for v in m], 1)} | "
-                         f"{_fmt([v['p0'] for v in m])} | {_fmt([v['margin_est'] for v in m], 3)} | "
-                         f"{_fmt([v['margin_bound'] for v in m], 4)} | {_fmt([100 * v['violation'] for v in m], 1)} |")
+              "| r | model | beta | clean ELBO | KL | active dims | p0 | margin_est | margin_bound | violation (%) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in MARGINS:
+        for family, models in FAMILIES.items():
+            for beta, card_id in models.items():
+                m = [s["margins"][r][card_id] for s in per_seed]
+                lat = [s["latent"][card_id] for s in per_seed]
+                lines.append(f"| {r:g} | {family} | {beta} | {_fmt([v['clean_elbo'] for v in m], 1)} | "
+                             f"{_fmt([v['kl'] for v in lat], 1)} | {_fmt([v['active'] for v in lat], 1)} | "
+                             f"{_fmt([v['p0'] for v in m])} | {_fmt([v['margin_est'] for v in m], 3)} | "
+                             f"{_fmt([v['margin_bound'] for v in m], 4)} | "
+                             f"{_fmt([100 * v['violation'] for v in m], 1)} |")
     lines += ["", "## Certified ELBO (nats, L-inf)", "",
               "Attacked: ELBO-lowering PGD-40. Certified: interval bound propagation through encoder and decoder "
               "with the ELBO's shared noise vectors (a lower bound on the ELBO of every input in the ball).", "",
