@@ -162,3 +162,18 @@ def test_a_selection_metric_needs_what_it_selects_on(tmp_path):
     with pytest.raises(CardError, match="select: pgd_acc needs an attack"):
         load_model_card(path).make_recipe()
     assert Store(tmp_path).root == tmp_path
+
+
+def test_a_model_trained_on_first_use_inside_no_grad_still_trains(tmp_path, monkeypatch):
+    import bench
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    card = tmp_path / "tiny.yaml"
+    card.write_text(yaml.safe_dump({"id": "tiny", "dataset": "digits", "architecture": {
+        "name": "small-cnn", "kwargs": {"input_size": 8}}, "recipe": {"name": "standard", "params": {
+            "epochs": 2, "batch_size": 64}}}))
+    with torch.no_grad():
+        model = bench.load_model(str(card))
+    test = load_dataset("digits", "test")
+    with torch.no_grad():
+        assert float((model(test.x).argmax(1) == test.y).float().mean()) > 0.5

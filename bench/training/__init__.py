@@ -37,8 +37,9 @@ def train(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", d
     recipe.prepare(device=torch.device(device), data_root=data_root)
     torch.manual_seed(card.recipe.seed)
     model = wrap(card, skeleton(card))
-    history = fit(model, recipe, load_dataset(card.dataset, "train", data_root), seed=card.recipe.seed,
-                  device=torch.device(device), checkpoint=checkpoint, desc=f"train {card.id}")
+    with torch.enable_grad():  # a model trained on first use may be asked for inside a caller's no_grad()
+        history = fit(model, recipe, load_dataset(card.dataset, "train", data_root), seed=card.recipe.seed,
+                      device=torch.device(device), checkpoint=checkpoint, desc=f"train {card.id}")
     tmp = target.with_suffix(".part")
     save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}, str(tmp))
     tmp.replace(target)

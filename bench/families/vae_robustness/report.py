@@ -24,7 +24,8 @@ FAMILIES = {"beta-VAE": {1: "mnist-vae", 2: "mnist-vae-beta2", 4: "mnist-vae-bet
 PROVAE = "mnist-provae"
 MARGINS = {2.0: "vae-margin-r2", 4.0: "vae-margin-r4", 6.0: "vae-margin-r6"}  # r -> card: one r for all models
 ACTIVE = 0.01  # a latent dimension is active when its mean varies across test points by more than this
-CERTIFIED = {0.01: "vae-certified-elbo-0.01", 0.05: "vae-certified-elbo-0.05", 0.1: "vae-certified-elbo-0.1"}
+CERTIFIED = {0.01: "vae-certified-elbo-0.01", 0.02: "vae-certified-elbo-0.02", 0.05: "vae-certified-elbo-0.05",
+             0.1: "vae-certified-elbo-0.1"}
 VACUOUS, CLOSE = 2.0, 1.25  # certified / attacked ELBO: "vacuous" at >= 2x, "close" within 25%
 
 
