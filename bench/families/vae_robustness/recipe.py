@@ -8,8 +8,8 @@
   gradient.
 
 - ``objective: provae`` (Condessa & Kolter; schedule derived in the notes, section 6.2): maximise
-  kappa * ELBO + (1 - kappa) * certified ELBO at eps_t, with eps_t ramping from 0 to ``eps`` and kappa from 1
-  to ``kappa_end`` over the first ``ramp`` of training.
+  kappa * ELBO + (1 - kappa) * certified ELBO at eps_t: the clean ELBO alone for the first ``warmup`` of
+  training, then eps_t ramping from 0 to ``eps`` and kappa from 1 to ``kappa_end`` over the next ``ramp``.
 
 One reparameterised sample per image and step, from the step's seeded generator.
 """
@@ -46,7 +46,8 @@ class VAEParams(RecipeParams):
     objective: Literal["elbo", "beta-tcvae", "provae"] = "elbo"
     beta: float = Field(1.0, ge=0)
     eps: float = Field(0.0, ge=0)  # provae: the L-inf radius the certified ELBO is trained at
-    ramp: float = Field(0.5, gt=0, le=1)  # provae: fraction of training over which eps and kappa ramp
+    warmup: float = Field(0.0, ge=0, lt=1)  # provae: fraction of training on the clean ELBO alone, first
+    ramp: float = Field(0.5, gt=0, le=1)  # provae: fraction of training over which eps and kappa then ramp
     kappa_end: float = Field(0.5, ge=0, le=1)  # provae: the clean ELBO's final weight (from 1)
 
     @model_validator(mode="after")
@@ -76,12 +77,12 @@ class VAETraining(Recipe):
         return (-ll + kl).mean() + (p.beta - 1) * total_correlation(z, mu, logvar, self.train_size)
 
     def _provae(self, model: nn.Module, batch: Batch, elbo: Tensor) -> Tensor:
-        """-(kappa * ELBO + (1 - kappa) * certified ELBO at eps_t), both ramped over the first ``ramp`` of
-        training; the certificate uses one fresh noise vector per step."""
+        """-(kappa * ELBO + (1 - kappa) * certified ELBO at eps_t), after ``warmup`` and ramped over ``ramp``;
+        the certificate uses one fresh noise vector per step."""
         from bench.families.vae_robustness.certified import elbo_lower_bound
 
         p = self.params
-        t = min(1.0, batch.progress / p.ramp)
+        t = min(1.0, max(0.0, batch.progress - p.warmup) / p.ramp)
         kappa, eps = 1 - (1 - p.kappa_end) * t, p.eps * t
         noise = torch.randn(1, model.latent, generator=batch.gen).to(batch.x.device)
         robust = elbo_lower_bound(model, batch.x, eps, noise).mean()
