@@ -13,15 +13,8 @@ from bench.families.vae_robustness.ibp import interval
 from bench.families.vae_robustness.vae import ConvVAE, gaussian_kl
 from bench.store import Store
 from bench.testing import threat_card
+from tiny_vae import TINY
 
-TINY = {"id": "tiny-vae", "dataset": "digits", "task": "generative",
-        "architecture": {"name": "conv-vae", "kwargs": {"channels": 1, "side": 8, "latent": 4, "width": 8}},
-        "recipe": {"name": "vae", "seed": 0, "params": {"epochs": 3, "batch_size": 64, "lr": 0.003}}}
-
-
-@pytest.fixture(autouse=True)
-def cache(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "vae-cache"))
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,6 @@ TINY = {"id": "tiny-lvae", "dataset": "digits", "task": "generative",
         "recipe": {"name": "vae", "seed": 0, "params": {"epochs": 5, "batch_size": 64, "lr": 0.003}}}
 
 
-@pytest.fixture(autouse=True)
-def cache(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "vae-cache"))
-
-
 def test_the_radius_is_the_root_of_the_markov_condition():
     # (b^2 + c^2) R^2 + 2 c s R + s^2 - r^2 / (2 a^2) at a = b = c = r = 1, s = 0.1: R = (-0.1 + sqrt(0.99)) / 2
     radius = certified_radius(torch.tensor([0.1, 0.7071, 1.0]), 1.0, 1.0, 1.0, 1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 import bench
 from bench.data import load_dataset
@@ -12,16 +11,9 @@ from bench.families.vae_robustness.margins import first_order_bound, jacobian_fr
 from bench.families.vae_robustness.vae import ConvVAE
 from bench.store import Store
 from bench.testing import threat_card
+from tiny_vae import write_card
 
-TINY = {"id": "tiny-vae", "dataset": "digits", "task": "generative",
-        "architecture": {"name": "conv-vae", "kwargs": {"channels": 1, "side": 8, "latent": 4, "width": 8}},
-        "recipe": {"name": "vae", "seed": 0, "params": {"epochs": 3, "batch_size": 64, "lr": 0.003}}}
 MARGIN = {"r": 1.0, "samples": 50, "max_radius": 2.0, "bisection": 4, "steps": 5}
-
-
-@pytest.fixture(autouse=True)
-def cache(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "vae-cache"))
 
 
 def test_the_first_order_bound_is_the_notes_worked_example():
@@ -42,15 +34,8 @@ def test_the_jacobian_norm_matches_torch_func():
         assert ours[i].item() == pytest.approx(float(jac.detach().norm()), rel=1e-4)
 
 
-def _card(folder, **changes) -> str:
-    data = {**TINY, **changes}
-    path = folder / f"{data['id']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
 def test_margins_end_to_end_and_zero_where_the_clean_probability_is_at_most_a_half(tmp_path):
-    card = _card(tmp_path)
+    card = write_card(tmp_path)
     summary = bench.evaluate(card, threat_card("vae-margin", **MARGIN), n=40, results=tmp_path, progress=False)
     rows = Store(tmp_path).read_run(summary.run_id).rows
     assert summary.headline == "margin_est" and not any("acc" in m for m in summary.metrics)

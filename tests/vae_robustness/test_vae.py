@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import bench
 from bench.data import load_dataset
@@ -16,22 +15,8 @@ from bench.families.vae_robustness.vae import ConvVAE
 from bench.leaderboard.table import build_board
 from bench.store import Store
 from bench.testing import threat_card
+from tiny_vae import TINY, write_card
 
-TINY = {"id": "tiny-vae", "dataset": "digits", "task": "generative",
-        "architecture": {"name": "conv-vae", "kwargs": {"channels": 1, "side": 8, "latent": 4, "width": 8}},
-        "recipe": {"name": "vae", "seed": 0, "params": {"epochs": 3, "batch_size": 64, "lr": 0.003}}}
-
-
-@pytest.fixture(autouse=True)
-def cache(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "vae-cache"))
-
-
-def _card(folder, **changes) -> str:
-    data = {**TINY, **changes}
-    path = folder / f"{data['id']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +58,13 @@ def test_total_correlation_is_larger_for_correlated_latents():
 
 
 def test_the_recipe_trains_a_vae_whose_elbo_beats_its_initialisation(tmp_path, digits):
-    card = bench.models.load_model_card(_card(tmp_path))
+    card = bench.models.load_model_card(write_card(tmp_path))
     trained = bench.load_model(card)
     torch.manual_seed(0)
     untrained = ConvVAE(channels=1, side=8, latent=4, width=8).eval()
     with torch.no_grad():
         assert trained.elbo(digits).mean() > untrained.elbo(digits).mean() + 5
-    tc = bench.load_model(_card(tmp_path, id="tiny-tcvae", recipe={**TINY["recipe"], "params": {
+    tc = bench.load_model(write_card(tmp_path, id="tiny-tcvae", recipe={**TINY["recipe"], "params": {
         **TINY["recipe"]["params"], "objective": "beta-tcvae", "beta": 4}}))
     with torch.no_grad():
         assert torch.isfinite(tc.elbo(digits)).all()
@@ -92,7 +77,7 @@ def _run(card: str, results, n=40, **params):
 @pytest.mark.parametrize("objective", ["max-damage", "latent", "elbo"])
 @pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
 def test_more_steps_never_find_less_and_nothing_is_an_accuracy(tmp_path, objective, norm, eps):
-    card = _card(tmp_path)
+    card = write_card(tmp_path)
     few = _run(card, tmp_path / "a", objective=objective, norm=norm, eps=eps, steps=2, step_size=eps / 4)
     many = _run(card, tmp_path / "b", objective=objective, norm=norm, eps=eps, steps=10, step_size=eps / 4)
     rows = {k: Store(tmp_path / k).read_run(s.run_id).rows.set_index("index") for k, s in (("a", few), ("b", many))}
@@ -106,7 +91,7 @@ def test_more_steps_never_find_less_and_nothing_is_an_accuracy(tmp_path, objecti
 
 
 def test_an_attack_is_deterministic_under_a_seed_and_stays_in_the_ball(tmp_path):
-    card = _card(tmp_path)
+    card = write_card(tmp_path)
     first = _run(card, tmp_path / "a", objective="max-damage", norm="L2", eps=0.5, steps=5, step_size=5.0)
     again = _run(card, tmp_path / "b", objective="max-damage", norm="L2", eps=0.5, steps=5, step_size=5.0)
     a = Store(tmp_path / "a").read_run(first.run_id).rows.drop(columns="seconds")
@@ -116,9 +101,9 @@ def test_an_attack_is_deterministic_under_a_seed_and_stays_in_the_ball(tmp_path)
 
 
 def test_the_board_ranks_vaes_by_the_attack_headline_in_its_direction(tmp_path):
-    steady = _card(tmp_path, id="steady-vae", recipe={**TINY["recipe"], "params": {**TINY["recipe"]["params"],
+    steady = write_card(tmp_path, id="steady-vae", recipe={**TINY["recipe"], "params": {**TINY["recipe"]["params"],
                                                                                    "beta": 8}})
-    plain = _card(tmp_path)
+    plain = write_card(tmp_path)
     for card in (steady, plain):
         _run(card, tmp_path / "res", objective="max-damage", norm="L2", eps=1.0, steps=5)
     (block,) = build_board(Store(tmp_path / "res")).blocks
@@ -129,7 +114,7 @@ def test_the_board_ranks_vaes_by_the_attack_headline_in_its_direction(tmp_path):
 
 def test_classifier_threats_refuse_a_vae_and_vae_attacks_refuse_a_classifier(tmp_path, digits_card):
     with pytest.raises(BenchError, match="generative model"):
-        bench.evaluate(_card(tmp_path), "pgd-linf-0.3", dataset="digits", n=10, results=tmp_path, progress=False)
+        bench.evaluate(write_card(tmp_path), "pgd-linf-0.3", dataset="digits", n=10, results=tmp_path, progress=False)
     with pytest.raises(BenchError, match="evaluates generative models"):
         _run(str(digits_card), tmp_path, objective="elbo", norm="Linf", eps=0.1)
 
@@ -139,6 +124,6 @@ def test_provae_needs_its_radius_and_only_provae_takes_one(tmp_path):
     from bench.models import load_model_card
 
     for params in ({"objective": "provae"}, {"objective": "elbo", "eps": 0.1}):
-        path = _card(tmp_path, recipe={**TINY["recipe"], "params": {**TINY["recipe"]["params"], **params}})
+        path = write_card(tmp_path, recipe={**TINY["recipe"], "params": {**TINY["recipe"]["params"], **params}})
         with pytest.raises(CardError, match="provae needs eps"):
             load_model_card(path).make_recipe()
