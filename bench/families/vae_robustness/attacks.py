@@ -16,7 +16,8 @@ higher means more robust), or mean ELBO under attack.
 """
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -63,6 +64,33 @@ class VAEAttackParams(Params):
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
 
+def maximise(value: Callable[[Tensor], Tensor], x: Tensor, *, norm: str, radius: Tensor, step_size: Tensor,
+             steps: int, restarts: int, gen: torch.Generator, include_clean: bool) -> Tensor:
+    """Per-point best iterate of PGD maximising ``value`` (one value per point) in per-point ``norm`` balls
+    of ``radius`` (N,) intersected with [0, 1], with per-point ``step_size`` (N,): random start in the ball,
+    best over every iterate of every restart (and over x itself with ``include_clean``)."""
+    shape = (-1, *([1] * (x.ndim - 1)))
+    eps, step_size = radius.view(shape), step_size.view(shape)
+    best = x.clone()
+    with torch.no_grad():
+        best_value = value(x) if include_clean else torch.full((len(x),), -math.inf, device=x.device)
+    for _ in range(restarts):
+        x_adv = project(x + random_delta(x, norm, eps.cpu(), gen), x, norm, eps)  # drawn on the CPU
+        for step in range(steps + 1):
+            x_adv.requires_grad_(True)
+            current = value(x_adv)
+            with torch.no_grad():
+                better = current.detach() > best_value
+                best[better], best_value[better] = x_adv.detach()[better], current.detach()[better]
+            if step == steps:
+                break
+            grad = input_gradient(current.sum(), x_adv)
+            with torch.no_grad():
+                direction = grad.sign() if norm == "Linf" else normalized(grad)
+                x_adv = project(x_adv.detach() + step_size * direction, x, norm, eps)
+    return best
+
+
 def _check_vae(model: nn.Module) -> None:
     if not all(callable(getattr(model, name, None)) for name in ("encode", "reconstruct", "elbo")):
         raise BenchError(f"{type(model).__name__} has no encode(x) -> (mu, logvar), reconstruct(x) and elbo(x)",
@@ -96,26 +124,13 @@ class VAEAttack(Threat):
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model, x = self.params, target.module, batch.x.detach()
         _check_vae(model)
-        gen = batch.generator()
         with torch.no_grad():
             recon, mu = model.reconstruct(x), model.encode(x)[0]
             target_mu = mu.roll(1, dims=0)
-            best = x.clone()
-            best_value = self.objective(model, x, recon, target_mu)
-        for _ in range(p.restarts):
-            x_adv = project(x + random_delta(x, p.norm, p.eps, gen), x, p.norm, p.eps)
-            for step in range(p.steps + 1):
-                x_adv.requires_grad_(True)
-                value = self.objective(model, x_adv, recon, target_mu)
-                with torch.no_grad():
-                    better = value.detach() > best_value
-                    best[better], best_value[better] = x_adv.detach()[better], value.detach()[better]
-                if step == p.steps:
-                    break
-                grad = input_gradient(value.sum(), x_adv)
-                with torch.no_grad():
-                    direction = grad.sign() if p.norm == "Linf" else normalized(grad)
-                    x_adv = project(x_adv.detach() + p.alpha * direction, x, p.norm, p.eps)
+        full = lambda value: torch.full((len(x),), value, device=x.device)  # noqa: E731
+        best = maximise(lambda x_adv: self.objective(model, x_adv, recon, target_mu), x, norm=p.norm,
+                        radius=full(p.eps), step_size=full(p.alpha), steps=p.steps, restarts=p.restarts,
+                        gen=batch.generator(), include_clean=True)
         check_points(x, best, p.norm, p.eps, "vae-attack")
         with torch.no_grad():
             adv_elbo = model.elbo(best)

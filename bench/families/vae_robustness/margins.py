@@ -23,10 +23,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from bench.errors import BenchError
-from bench.families.vae_robustness.attacks import _check_vae
+from bench.families.vae_robustness.attacks import _check_vae, maximise
 from bench.metrics import Metric
-from bench.ops.gradients import input_gradient
-from bench.ops.norms import normalized, project_l2
 from bench.params import Params
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 
@@ -83,25 +81,11 @@ def first_order_bound(p0: Tensor, sigma_min: Tensor, jacobian: Tensor, samples: 
 
 def max_damage(model: nn.Module, x: Tensor, centre: Tensor, radius: Tensor, steps: int,
                gen: torch.Generator) -> Tensor:
-    """PGD in per-point L2 balls of ``radius`` maximising ||g(mu(x')) - g(mu(x))||_2; the best iterate."""
-    shape = (-1, *([1] * (x.ndim - 1)))
-    r = radius.view(shape)
-    start = normalized(torch.randn(x.shape, generator=gen).to(x.device)) * r
-    x_adv = (x + start).clamp(0, 1)
-    best, best_value = x.clone(), torch.full((len(x),), -1.0, device=x.device)
-    for step in range(steps + 1):
-        x_adv.requires_grad_(True)
-        value = (model.reconstruct(x_adv) - centre).flatten(1).norm(dim=1)
-        with torch.no_grad():
-            better = value.detach() > best_value
-            best[better], best_value[better] = x_adv.detach()[better], value.detach()[better]
-        if step == steps:
-            return _checked(x, best, radius)
-        grad = input_gradient(value.sum(), x_adv)
-        with torch.no_grad():
-            moved = x_adv + 2.5 * r / steps * normalized(grad)
-            x_adv = (x + project_l2(moved - x, r)).clamp(0, 1)
-    return best
+    """The maximum-damage attack in per-point L2 balls of ``radius``: maximise ||g(mu(x')) - g(mu(x))||_2."""
+    best = maximise(lambda x_adv: (model.reconstruct(x_adv) - centre).flatten(1).norm(dim=1), x, norm="L2",
+                    radius=radius, step_size=2.5 * radius / steps, steps=steps, restarts=1, gen=gen,
+                    include_clean=False)
+    return _checked(x, best, radius)
 
 
 def _checked(x: Tensor, x_adv: Tensor, radius: Tensor) -> Tensor:
