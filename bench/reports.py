@@ -1,7 +1,8 @@
-"""What every reproduction report shares: per-seed copies of built-in cards, and a runner that puts one
-seed's runs into one resumable results folder."""
+"""What every reproduction report shares: per-seed copies of built-in cards, a runner that puts one seed's
+runs into one resumable results folder, per-seed verdicts, mean ± sd formatting and atomic writing."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import yaml
@@ -52,3 +53,29 @@ class SeedRunner:
         from bench.store import Store
 
         return Store(self.results).read_run(run_id).rows
+
+
+Verdict = bool | str | None  # True / False: every seed agrees; "mixed": the seeds disagree; None: untestable
+VERDICT_WORDS = {None: "NOT TESTABLE", "mixed": "MIXED (the seeds disagree)", True: "PASS", False: "FAIL"}
+
+
+def verdict(per_seed_holds: list[bool]) -> Verdict:
+    """A claim holds when it holds in every seed, fails when it fails in every seed, and is mixed otherwise."""
+    return True if all(per_seed_holds) else False if not any(per_seed_holds) else "mixed"
+
+
+def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """'mean ± sd' over seeds (just the value for one seed), both times ``scale`` (100 for percent)."""
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def write_report(out: Path, text: str) -> Path:
+    """Write a report atomically: an interrupted run never leaves a half-written file under its name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return out

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.cards import locate, read_card
 from bench.errors import BenchError, require
-from bench.reports import SeedRunner
+from bench.reports import SeedRunner, mean_sd, write_report
 
 ADVERSARIAL = "CVAE adversarial training"
 REAL = "real RTS augmentation"
@@ -171,11 +171,7 @@ def _curve_radii(stats) -> list[float]:
 
 
 def _fmt(values: list[float], percent: bool = True, digits: int = 1) -> str:
-    scale = 100 if percent else 1
-    mean = statistics.fmean(values) * scale
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+    return mean_sd(values, 100 if percent else 1, digits)
 
 
 def check_flags(robust: dict[str, float], beaten: dict[str, int]) -> list[str]:
@@ -365,7 +361,4 @@ def build_report(setting: Setting, seeds: list[int], out: Path, work: Path, *, n
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = plot_certificates(out.with_name(f"{out.stem}-certificates.svg"), per_seed, setting.name)
     settings = {"command": command, **sizes, "device": device, "threads": torch.get_num_threads(), "plot": plot.name}
-    tmp = out.with_suffix(".part")
-    tmp.write_text(render(setting, per_seed, seeds, settings, time.perf_counter() - start))
-    tmp.replace(out)
-    return out
+    return write_report(out, render(setting, per_seed, seeds, settings, time.perf_counter() - start))

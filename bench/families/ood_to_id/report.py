@@ -20,7 +20,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.families.corruptions.board import cell_columns, normalised_errors
-from bench.reports import SeedRunner
+from bench.reports import VERDICT_WORDS, SeedRunner, Verdict, mean_sd, verdict, write_report
 from bench.threats.base import BoardRun
 
 ROWS = {"standard": "mnist-cnn-standard", "defended": "mnist-cnn-ood2id", "gated": "mnist-cnn-ood2id-gated"}
@@ -124,10 +124,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _fmt(values: list[float], digits: int = 1) -> str:
-    mean = 100 * _mean(values)
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {100 * statistics.stdev(values):.{digits}f}"
+    return mean_sd(values, 100, digits)
 
 
 def material_cells(per_seed: list[dict], shifts: tuple[str, ...], inside: bool) -> list[str]:
@@ -147,14 +144,6 @@ def recovered_fraction(seed: dict, row: str, cells: list[str]) -> float:
     lost = sum(seed["clean"]["standard"] - standard[c] for c in cells)
     won = sum(defended[c] - standard[c] for c in cells)
     return won / lost if lost > 0 else float("nan")
-
-
-Verdict = bool | str | None  # True / False: every seed agrees; "mixed": the seeds disagree; None: untestable
-
-
-def verdict(per_seed_holds: list[bool]) -> Verdict:
-    """A claim holds when it holds in every seed, fails when it fails in every seed, and is mixed otherwise."""
-    return True if all(per_seed_holds) else False if not any(per_seed_holds) else "mixed"
 
 
 def _per_seed(values: list[float], digits: int = 1) -> str:
@@ -238,8 +227,7 @@ def render(per_seed: list[dict], seeds: list[int], mnist_c: dict, settings: dict
              "Each claim is decided per seed: PASS when it holds in every seed, FAIL when in none, MIXED "
              "otherwise. Points are percentage points.", ""]
     for claim, holds, statistic in claims(per_seed):
-        word = {None: "NOT TESTABLE", "mixed": "MIXED (the seeds disagree)", True: "PASS", False: "FAIL"}[holds]
-        lines.append(f"- **{word}**: {claim}. {statistic}.")
+        lines.append(f"- **{VERDICT_WORDS[holds]}**: {claim}. {statistic}.")
     lines += ["", "## Clean accuracy and the gate (%)", "", "| row | clean |", "|---|---|"]
     lines += [f"| {row} | {_fmt([s['clean'][row] for s in per_seed], 2)} |" for row in rows]
     gate = list(per_seed[0]["gate"])
@@ -292,8 +280,4 @@ def build_report(seeds: list[int], out: Path, work: Path, *, n_eval: int, n_atta
     mnist_c = mnist_c_table(work, n_mnist_c, device, Path(per_seed[0]["models"]["defended"]))
     settings = {"command": command, "n_eval": n_eval, "n_attack": n_attack, "n_mnist_c": n_mnist_c,
                 "device": device, "threads": torch.get_num_threads()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
-    tmp.write_text(render(per_seed, seeds, mnist_c, settings, time.perf_counter() - start))
-    tmp.replace(out)
-    return out
+    return write_report(out, render(per_seed, seeds, mnist_c, settings, time.perf_counter() - start))

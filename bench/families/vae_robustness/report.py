@@ -9,14 +9,13 @@ stated with its statistic.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from bench.errors import BenchError
-from bench.reports import SeedRunner
+from bench.reports import VERDICT_WORDS, SeedRunner, Verdict, mean_sd, verdict, write_report
 
 BETAS = (1, 2, 4, 8)
 FAMILIES = {"beta-VAE": {1: "mnist-vae", 2: "mnist-vae-beta2", 4: "mnist-vae-beta4", 8: "mnist-vae-beta8"},
@@ -66,17 +65,11 @@ def latent_usage(card: Path, n: int, device: str) -> dict[str, float]:
             "latent": mu.shape[1]}
 
 
-def verdict(holds: list[bool]) -> bool | str:
-    return True if all(holds) else False if not any(holds) else "mixed"
-
-
 def _fmt(values: list[float], digits: int = 2) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return mean_sd(values, 1, digits)
 
 
-def claims(per_seed: list[dict]) -> list[tuple[str, bool | str, str]]:
+def claims(per_seed: list[dict]) -> list[tuple[str, Verdict, str]]:
     out = []
     for r in MARGINS:
         for family, models in FAMILIES.items():
@@ -124,8 +117,7 @@ def render(per_seed: list[dict], seeds: list[int], settings: dict, seconds: floa
              "", "## Claims", "", "Each claim is decided per seed: PASS in every seed, FAIL in none, MIXED "
              "otherwise.", ""]
     for claim, holds, statistic in claims(per_seed):
-        word = {"mixed": "MIXED (the seeds disagree)", True: "PASS", False: "FAIL"}[holds]
-        lines.append(f"- **{word}**: {claim}. {statistic}.")
+        lines.append(f"- **{VERDICT_WORDS[holds]}**: {claim}. {statistic}.")
     lines += ["", "## Margins (L2, input space)", "",
               "`margin_est`: median empirical margin (max-damage attack with bisection; an upper bound on the true "
               "margin). `margin_bound`: median first-order margin (an estimate, not a certificate). `violation`: "
@@ -164,8 +156,4 @@ def build_report(seeds: list[int], out: Path, work: Path, *, n_margin: int, n_el
     per_seed = [run_seed(seed, work, n_margin=n_margin, n_elbo=n_elbo, device=device) for seed in seeds]
     settings = {"command": command, "n_margin": n_margin, "n_elbo": n_elbo, "device": device,
                 "threads": torch.get_num_threads()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
-    tmp.write_text(render(per_seed, seeds, settings, time.perf_counter() - start))
-    tmp.replace(out)
-    return out
+    return write_report(out, render(per_seed, seeds, settings, time.perf_counter() - start))
