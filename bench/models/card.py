@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SOURCES = ("file", "package_file", "url", "robustbench", "entry_point")
 PROSE = {"description", "paper", "license"}  # not part of any hash: editing prose re-runs nothing
+# Blocks added to the schema after cards already had hashes: left out of the hash while unset, so adding one
+# did not re-key every existing card's weights and results.
+LATER_BLOCKS = {"compose"}
 
 
 class Strict(BaseModel):
@@ -180,7 +183,8 @@ class ModelCard(CardSchema):
                             "a card cannot refer to itself, directly or through other cards")
         token = _hashing.set(stack + (key,))
         try:
-            data = self.model_dump(mode="json", include=include, exclude=PROSE)
+            unset = {name for name in LATER_BLOCKS if getattr(self, name) is None}
+            data = self.model_dump(mode="json", include=include, exclude=PROSE | unset)
             if "architecture" in data and data["architecture"] is not None and REVISIONS.get(self.architecture.name):
                 data["architecture"]["revision"] = REVISIONS[self.architecture.name]
             if data.get("recipe") is not None:

@@ -375,7 +375,7 @@ def test_missing_corruption_files_say_how_to_make_them(tmp_path):
         parse_pairs({"kind": "corruption-files", "root": str(tmp_path)}).build("train")
 
 
-def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6) -> dict:
+def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_worst: float = 0.5) -> dict:
     from bench.families.learned_sets.report import ADVERSARIAL, QUALITY, QUALITY_AFFINE, REAL, SETTINGS
 
     setting = SETTINGS["mnist-rts"]
@@ -396,7 +396,8 @@ def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6) -> dict:
         return out
 
     checks = {row: {"robust": {"latent PGD": 0.6, "strong": 0.59, "random": random, "transfer": 0.8},
-                    "beaten": {"latent PGD": 0, "random": 3 if random < 0.59 else 0, "transfer": 0}}
+                    "beaten": {"latent PGD": 0, "random": 3 if random < 0.59 else 0, "transfer": 0},
+                    "worst": adv_worst if row == ADVERSARIAL else 0.4}
               for row in setting.rows if row != "standard"}
     curve = {"radii": [0.0, 1.0, 2.0], "certified": [0.9, 0.6, 0.2], "empirical": [0.95, 0.8, 0.5], "n": 10000,
              "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
@@ -412,14 +413,30 @@ def test_report_checks_the_claims_against_the_numbers():
     from bench.families.learned_sets.report import SETTINGS, render
 
     good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], SETTINGS_SEEN, 60.0)
-    assert good.count("**holds**") == 16 and "does NOT" not in good and "75.0 ± 7.1" in good
+    assert good.count("**holds**") == 17 and "does NOT" not in good and "75.0 ± 7.1" in good
     assert "with 2 CPU threads" in good and "## Conventions" in good and "renorm" in good
-    bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012, random=0.3), _fake_seed(0.05, 0.012)], [0, 1],
-                 SETTINGS_SEEN, 60.0)
+    assert "10 restarts of 200 steps" in good
+    assert "| 60.0 ± 0.0 | 59.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 50.0 ± 0.0 |" in good  # worst case last
+    bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012, random=0.3), _fake_seed(0.05, 0.012, adv_worst=0.3)],
+                 [0, 1], SETTINGS_SEEN, 60.0)
     assert "**does NOT hold**: CVAE adversarial training has the highest" in bad
+    assert "**does NOT hold**: it stays the most robust row at p50 when each point must survive" in bad
     assert "**does NOT hold**: similarity warps, perturbed-shear: PGD AE clearly above" in bad
     assert "**does NOT hold**: no defended row's latent-PGD number is undercut" in bad
     assert "random beats the stronger attack (30.0% vs 59.0%" in bad
+
+
+def test_worst_case_counts_a_point_only_if_it_survives_every_attack():
+    import pandas as pd
+
+    from bench.errors import BenchError
+    from bench.families.learned_sets.report import worst_case
+
+    pgd = pd.Series([True, False, True, True], index=[7, 3, 9, 1])
+    strong = pd.Series([True, False, True, True], index=[3, 7, 9, 1])  # other row order, same points
+    assert worst_case({"latent PGD": pgd, "strong": strong}) == 0.5  # points 9 and 1 (by position: 0.75)
+    with pytest.raises(BenchError, match="different evaluation points"):
+        worst_case({"latent PGD": pgd, "strong": strong.rename(index={1: 2})})
 
 
 def test_check_flags_a_masked_row_that_latent_pgd_alone_would_pass():

@@ -53,6 +53,13 @@ def test_a_compose_cards_hash_folds_in_its_parts_and_params(tmp_path, digits_car
     assert other.hash != card.hash
 
 
+def test_an_unset_compose_block_leaves_a_cards_hash_as_it_was_before_compose_existed(digits_card):
+    """Cards without compose: hash what they hashed before the block was added, so their stored runs still
+    match; a composed card's hash does fold the block in."""
+    dumped = load_model_card(digits_card)._dump()
+    assert "compose" not in dumped and {"id", "dataset", "task", "architecture", "recipe"} <= set(dumped)
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"architecture": {"name": "small-cnn"}}, "built from its parts"),
     ({"compose": {"name": "translate-then-classify", "parts": {"classifier": "mnist-cnn-standard"}}},
