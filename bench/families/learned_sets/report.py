@@ -351,7 +351,8 @@ def render(setting: Setting, per_seed: list[dict], seeds: list[int], settings: d
               f"(`{setting.checks['random']}`, no gradients) and a transfer attack crafted on the standard "
               f"classifier (`{setting.checks['transfer']}`). `worst case` counts a point only if it survives all "
               "four: every attack gives an upper bound on a row's true robust accuracy, this is the tightest here "
-              "and the one to rank the rows on (the `robust @` columns above use the paper's weaker attack). A "
+              "and the one to rank the rows on (the `robust @` columns above use the paper's weaker attack); more "
+              "restarts may still find more, so compare rows under the same attacks, not with other tables. A "
               "row is flagged when a weaker attack finds more than the stronger one, or the stronger one finds "
               f"more than {MATERIAL:.0%} beyond latent PGD.", "",
               "| training | " + " | ".join(names) + " | worst case | flags |", "|---|" + "---|" * (len(names) + 2)]
