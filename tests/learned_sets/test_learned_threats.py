@@ -399,8 +399,8 @@ def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_wors
                     "beaten": {"latent PGD": 0, "random": 3 if random < 0.59 else 0, "transfer": 0},
                     "worst": adv_worst if row == ADVERSARIAL else 0.4}
               for row in setting.rows if row != "standard"}
-    curve = {"radii": [0.0, 1.0, 2.0], "certified": [0.9, 0.6, 0.2], "empirical": [0.95, 0.8, 0.5], "n": 10000,
-             "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
+    curve = {"radii": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], "certified": [0.9, 0.8, 0.6, 0.4, 0.2, 0.1],
+             "empirical": [0.95, 0.9, 0.8, 0.7, 0.5, 0.4], "n": 10000, "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
     return {"stats": {"n": 5000.0, "mean": 2.0, "p50": 2.0, "max": 4.0}, "quality": quality(QUALITY),
             "quality_affine": quality(QUALITY_AFFINE), "rows": rows, "checks": checks, "curve": curve}
 
@@ -415,7 +415,7 @@ def test_report_checks_the_claims_against_the_numbers():
     good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], SETTINGS_SEEN, 60.0)
     assert good.count("**holds**") == 17 and "does NOT" not in good and "75.0 ± 7.1" in good
     assert "with 2 CPU threads" in good and "## Conventions" in good and "renorm" in good
-    assert "10 restarts of 200 steps" in good
+    assert "10 restarts of 200 steps" in good and "](x.svg)" in good  # the plot is embedded
     assert "| 60.0 ± 0.0 | 59.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 50.0 ± 0.0 |" in good  # worst case last
     bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012, random=0.3), _fake_seed(0.05, 0.012, adv_worst=0.3)],
                  [0, 1], SETTINGS_SEEN, 60.0)
@@ -548,6 +548,20 @@ def test_the_decaying_step_is_at_least_as_strong_on_the_same_points(cards, tmp_p
     strong = bench.evaluate(cards["cvae-adv"], learned_threat(cards["cvae"], eps="p75", steps=40, restarts=3,
                                                              decay=0.01), **kw)
     assert strong.robust_acc <= plain.robust_acc + 0.02
+
+
+def test_certificate_columns_line_up_seeds_whose_quartiles_differ():
+    """Seeds with their own quartiles and grid lengths: grid radii only where every seed has them, and each
+    quartile column at each seed's own quartile (a positional mean would mix radii)."""
+    from bench.families.learned_sets.report import curve_columns
+
+    a = {"curve": {"radii": [0.0, 0.5, 1.0, 1.2, 1.5, 1.7, 1.9], "markers": {"p25": 1.2, "p50": 1.7, "p75": 1.9}}}
+    b = {"curve": {"radii": [0.0, 0.5, 1.0, 1.3, 1.5, 2.0, 2.1, 2.3],
+                   "markers": {"p25": 1.3, "p50": 2.1, "p75": 2.3}}}
+    columns = curve_columns([a, b])
+    assert [label for label, _, _ in columns] == ["0.00", "0.50", "1.00", "p25 (1.25)", "1.50", "p50 (1.90)",
+                                                 "p75 (2.10)"]
+    assert dict((label, at) for label, _, at in columns)["p50 (1.90)"] == [5, 6]
 
 
 def test_the_certificate_plot_is_an_svg(tmp_path):

@@ -188,6 +188,20 @@ def _curve_radii(stats) -> list[float]:
                                                                       for q in ("p25", "p50", "p75"))})
 
 
+def curve_columns(per_seed: list[dict]) -> list[tuple[str, float, list[int]]]:
+    """The certificate curve's columns across seeds, as (label, mean radius, index into each seed's curve):
+    every grid radius all seeds share, and p25 / p50 / p75 at each seed's own value. Each seed's statistics
+    give it its own quartiles and grid length, so the seeds' curves do not line up by position."""
+    curves = [s["curve"] for s in per_seed]
+    marks = [{round(v, 3) for v in c["markers"].values()} for c in curves]
+    shared = set.intersection(*({r for r in c["radii"] if r not in m} for c, m in zip(curves, marks)))
+    columns = [(f"{r:.2f}", r, [c["radii"].index(r) for c in curves]) for r in shared]
+    for name in ("p25", "p50", "p75"):
+        at = statistics.fmean(c["markers"][name] for c in curves)
+        columns.append((f"{name} ({at:.2f})", at, [c["radii"].index(round(c["markers"][name], 3)) for c in curves]))
+    return sorted(columns, key=lambda column: column[1])
+
+
 def _fmt(values: list[float], percent: bool = True, digits: int = 1) -> str:
     return mean_sd(values, 100 if percent else 1, digits)
 
@@ -272,12 +286,12 @@ def plot_certificates(path: Path, per_seed: list[dict], setting_name: str) -> Pa
     matplotlib = require("matplotlib", "the report's certificate plot", "pip install 'bench[report]'")
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", "the report's certificate plot", "pip install 'bench[report]'")
-    radii = per_seed[0]["curve"]["radii"]
+    columns = curve_columns(per_seed)
     figure, axes = plt.subplots(figsize=(6, 3.6))
     for key, label in (("certified", "certified (smoothed classifier)"),
                        ("empirical", "latent PGD (base classifier)")):
-        values = np.mean([s["curve"][key] for s in per_seed], axis=0) * 100
-        axes.plot(radii, values, marker="o", label=label)
+        values = [100 * statistics.fmean(s["curve"][key][i] for s, i in zip(per_seed, at)) for _, _, at in columns]
+        axes.plot([radius for _, radius, _ in columns], values, marker="o", label=label)
     for name in ("p25", "p50", "p75"):
         at = statistics.fmean(s["curve"]["markers"][name] for s in per_seed)
         axes.axvline(at, color="grey", linestyle=":", linewidth=1)
@@ -361,18 +375,19 @@ def render(setting: Setting, per_seed: list[dict], seeds: list[int], settings: d
         flags = sorted({flag for c in checks for flag in check_flags(c["robust"], c["beaten"])})
         lines.append(f"| {row} | " + " | ".join(_fmt([c["robust"][n] for c in checks]) for n in names)
                      + f" | {_fmt([c['worst'] for c in checks])} | {'; '.join(flags) or 'none'} |")
-    curve = per_seed[0]["curve"]
+    curve, radius_columns = per_seed[0]["curve"], curve_columns(per_seed)
     lines += ["", "## Certificates over radius (latent-smoothing training, %)", "",
               f"Certified accuracy of the smoothed classifier (card `{setting.curve}`: n = {curve['n']:,} estimation "
               f"samples on {settings['n_certify']} points, so radii up to σ·Φ⁻¹(α^(1/n)) can be certified) beside "
               "the empirical robust accuracy of its base classifier under latent PGD (50 steps of ε/20) at the same "
-              "radii, an upper bound that the checks above show to be loose; p25 / p50 / p75 of the set are "
-              f"marked. Plot: `{settings['plot']}`.", "",
-              "| radius | " + " | ".join(f"{r:.2f}" for r in curve["radii"]) + " |",
-              "|---|" + "---|" * len(curve["radii"])]
+              "radii, an upper bound that the checks above show to be loose. The p25 / p50 / p75 columns are at each "
+              "seed's own quartile (their mean in brackets); the other radii are shared by every seed.", "",
+              f"![certified and empirical accuracy over latent radius]({settings['plot']})", "",
+              "| radius | " + " | ".join(label for label, _, _ in radius_columns) + " |",
+              "|---|" + "---|" * len(radius_columns)]
     for key, label in (("certified", "certified"), ("empirical", "latent PGD")):
-        lines.append(f"| {label} | " + " | ".join(_fmt([s["curve"][key][i] for s in per_seed])
-                                                 for i in range(len(curve["radii"]))) + " |")
+        lines.append(f"| {label} | " + " | ".join(_fmt([s["curve"][key][i] for s, i in zip(per_seed, at)])
+                                                 for _, _, at in radius_columns) + " |")
     lines += ["", "## Per seed", ""]
     for seed, s in zip(seeds, per_seed):
         lines += [f"Seed {seed}:", "", "| training | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
