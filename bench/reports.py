@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.files import atomic_write
+
 from bench.cards import locate, read_card
 
 
@@ -75,7 +77,5 @@ def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def write_report(out: Path, text: str) -> Path:
     """Write a report atomically: an interrupted run never leaves a half-written file under its name."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: tmp.write_text(text))
     return out

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.errors import BenchError
+from bench.files import atomic_write
 
 try:
     import fcntl
@@ -47,15 +48,6 @@ class StoreError(BenchError):
 def results_root(results: str | os.PathLike | None = None) -> Path:
     """The argument, else $BENCH_RESULTS, else ./bench-results."""
     return Path(results if results is not None else os.environ.get("BENCH_RESULTS", "bench-results")).expanduser()
-
-
-def atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass

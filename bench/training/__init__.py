@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bench.files import atomic_write
 from bench.models.assemble import skeleton, trained_path, unwrap, wrap
 from bench.models.card import ModelCard, as_card
 from bench.models.weights import sha256_file
@@ -40,9 +41,8 @@ def train(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", d
     with torch.enable_grad():  # a model trained on first use may be asked for inside a caller's no_grad()
         history = fit(model, recipe, load_dataset(card.dataset, "train", data_root), seed=card.recipe.seed,
                       device=torch.device(device), checkpoint=checkpoint, desc=f"train {card.id}")
-    tmp = target.with_suffix(".part")
-    save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}, str(tmp))
-    tmp.replace(target)
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    atomic_write(target, lambda tmp: save_file(state, str(tmp)))
     record = {"card": card.id, "training_hash": card.training_hash, "sha256": sha256_file(target),
               "device": str(device), "threads": torch.get_num_threads(), "history": history,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

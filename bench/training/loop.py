@@ -6,7 +6,6 @@ finished epoch and ends with exactly the weights an uninterrupted run would have
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -15,13 +14,8 @@ from tqdm.auto import tqdm
 
 from bench.data import Dataset, subset_indices
 from bench.errors import WeightsError
+from bench.files import atomic_write
 from bench.training.recipe import Batch, Recipe
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict:
@@ -98,8 +92,9 @@ def fit(model: nn.Module, recipe: Recipe, train: Dataset, *, seed: int, device: 
             bar.write(f"{desc} epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                                                  if k != "epoch"))
         history.append(record)
-        _save_atomic({"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                      "recipe": recipe.state_dict(), "epoch": epoch + 1, "history": history, "best": best}, checkpoint)
+        state = {"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                 "recipe": recipe.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
+        atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
     bar.close()
     if best is not None:
         model.load_state_dict(best["model"])

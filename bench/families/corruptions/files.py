@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from bench.data import MAKERS, data_root, load_dataset
 from bench.errors import DataError
+from bench.files import atomic_write
 
 MARKER = "GENERATED.json"
 
@@ -148,11 +148,12 @@ class CorruptedFiles:
 
 def _save(path: Path, array: np.ndarray) -> None:
     """Write atomically: an interrupted make never leaves a half-written file that looks complete."""
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save would add .npy to a name
+            np.save(f, array, allow_pickle=False)
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 def make_files(layout_name: str, *, root: Path | None = None, seed: int = 0, batch_size: int = 500,

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.cards import locate, read_card
 from bench.errors import BenchError, require
+from bench.files import atomic_write
 from bench.reports import SeedRunner, mean_sd, write_report
 
 if TYPE_CHECKING:
@@ -300,10 +301,8 @@ def plot_certificates(path: Path, per_seed: list[dict], setting_name: str) -> Pa
              title=f"{setting_name}: latent-smoothing training, mean of {len(per_seed)} seeds")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.part")
-    figure.savefig(tmp, format="svg")
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="svg"))
     plt.close(figure)
-    tmp.replace(path)
     return path
 
 

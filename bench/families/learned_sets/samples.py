@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import BenchError, require
+from bench.files import atomic_write
 
 FORMATS = (".png", ".jpg", ".jpeg")
 
@@ -46,7 +47,7 @@ def sample_grid(cvae: str | Path, out: str | Path, *, n: int = 8, draws: int = 4
         rows += [model.perturb(x, project_l2(torch.randn(mu_p.shape, generator=gen).to(mu_p), radius))
                  for _ in range(draws)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
-    save_image(torch.cat(rows).cpu(), tmp, nrow=len(index), pad_value=0.5)
-    tmp.replace(out)
+    grid = torch.cat(rows).cpu()
+    atomic_write(out, lambda tmp: save_image(grid, tmp, format=out.suffix.lstrip(".") or "png", nrow=len(index),
+                                             pad_value=0.5))
     return out

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from bench.errors import BenchError, CardError
 from bench.families.learned_sets.cvae import CVAE
+from bench.files import atomic_write
 from bench.models.card import ModelCard, load_model_card, model_ref
 from bench.tasks import TASKS, Task
 
@@ -124,10 +125,9 @@ def latent_stats(card: ModelCard, *, device: str | torch.device = "cpu", data_ro
                 x = train.x[idx].to(device)
                 distances.append(cvae.standardized_distance(x, source(x, idx, gen)).cpu())
     r = torch.cat(distances).double().numpy()
-    tmp = path.with_suffix(".part")
-    tmp.write_text(json.dumps({"card": card.id, "card_hash": card.hash, "passes": params.stats_passes,
-                               "distances": r.tolist()}))
-    tmp.replace(path)
+    text = json.dumps({"card": card.id, "card_hash": card.hash, "passes": params.stats_passes,
+                       "distances": r.tolist()})
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return LatentStats(r)
 
 
