@@ -570,6 +570,8 @@ def test_the_certificate_plot_is_an_svg(tmp_path):
     seeds = [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)]
     path = plot_certificates(tmp_path / "certificates.svg", seeds, "mnist-rts")
     assert path.read_text().lstrip().startswith("<?xml") and "<svg" in path.read_text()
+    again = plot_certificates(tmp_path / "again.svg", seeds, "mnist-rts")
+    assert again.read_bytes() == path.read_bytes()  # a re-rendered report changes no byte of its plot
     assert not list(tmp_path.glob(".*part"))
 
 

@@ -301,7 +301,8 @@ def plot_certificates(path: Path, per_seed: list[dict], setting_name: str) -> Pa
              title=f"{setting_name}: latent-smoothing training, mean of {len(per_seed)} seeds")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="svg"))
+    with matplotlib.rc_context({"svg.hashsalt": setting_name}):  # no random ids or date: same numbers, same file
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="svg", metadata={"Date": None}))
     plt.close(figure)
     return path
 
