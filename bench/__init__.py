@@ -18,9 +18,9 @@ from bench.errors import BenchError
 def load_model(card, *, device="cpu", trust_code=()):
     """Build a model card's model (eval mode, normalisation inside), training it first if needed; a card
     built by Python code (an entry point) runs only if its package is in ``trust_code``."""
-    from bench.models import create
+    from bench.training import build_trained
 
-    return create(card, device=device, trust_code=trust_code)
+    return build_trained(card, device=device, trust_code=tuple(trust_code))
 
 
 def load_data(name: str, *, split: str = "test", n: int | None = None, root=None):

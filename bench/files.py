@@ -1,10 +1,18 @@
-"""Atomic file writes: an interrupted run never leaves a half-written file under the final name."""
+"""What every writer of files shares: atomic writes (an interrupted run never leaves a half-written file under
+the final name), advisory locks (two processes never compute the same thing at once) and safe file names."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -15,3 +23,28 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an advisory lock on ``lock_file`` (created if missing): True while held; with ``wait=False``,
+    False at once when another process holds it. The lock dies with its process, so a killed holder never
+    blocks the others. Where the system has no advisory locks, always True."""
+    if fcntl is None:
+        yield True
+        return
+    with open(lock_file, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def safe_filename(name: str) -> str:
+    """A card id as a file name: ids may contain '/', file names may not."""
+    return re.sub(r"[^\w.-]", "_", name)

@@ -29,15 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.errors import BenchError
-from bench.files import atomic_write
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; readers still count each point once
-    fcntl = None
+from bench.files import atomic_write, exclusive, safe_filename
 
 META_KEY = b"bench"
-STORE_VERSION = 2
+STORE_VERSION = 3  # 3: run keys hold numerics, implementation identity and trained weights
 VOLATILE = {"seconds", "shard", "run_id"}  # columns that may differ between two computations of one point
 
 
@@ -99,19 +94,8 @@ class Store:
         """Hold shard k for computing: True when this process should compute it (nobody else is, and its
         file is missing or unreadable), False when it is done or (with ``wait=False``) busy elsewhere."""
         path = self.shard_path(run_id, shard)
-        if fcntl is None:
-            yield not self.shard_done(run_id, shard)
-            return
-        with open(path.with_name(f".{path.stem}.lock"), "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield not self.shard_done(run_id, shard)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive(path.with_name(f".{path.stem}.lock"), wait=wait) as held:
+            yield held and not self.shard_done(run_id, shard)
 
     def shard_done(self, run_id: str, shard: int) -> bool:
         """Whether shard k's file is there and sound; an unsound one is moved aside to be recomputed."""
@@ -133,8 +117,6 @@ class Store:
 
     def write_training(self, card_id: str, training_hash: str, history: list[dict[str, float]]) -> Path:
         """Per-epoch metrics of one trained card (replacing an earlier record of the same training)."""
-        from bench.models.weights import safe_filename
-
         folder = self.root / "training"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{safe_filename(card_id)}-{training_hash[:16]}.parquet"

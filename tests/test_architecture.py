@@ -112,7 +112,7 @@ def test_every_registry_is_one_implementation():
     from bench.registry import Registry
     from bench.tasks import TASKS
     from bench.threats import THREAT_FAMILIES
-    from bench.training.recipe import RECIPES
+    from bench.recipes.base import RECIPES
 
     registries = [DATASETS, PAIR_SOURCES, CORRUPTIONS, ARCHITECTURES, LOSSES, TASKS, THREAT_FAMILIES, RECIPES]
     assert all(type(r) is Registry for r in registries)

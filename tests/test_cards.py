@@ -15,7 +15,7 @@ from bench.data import names as dataset_names
 from bench.errors import CardError
 from bench.models import create, load_model_card
 from bench.models.archs import build
-from bench.training import train
+from bench.training import build_trained, train
 from bench.models.wrapper import Normalized
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "mnist42": (1, 42, 42), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
@@ -175,7 +175,7 @@ def test_unknown_architecture_suggests_the_near_miss(tmp_path):
     card = load_model_card(_write(tmp_path / "arch.yaml",
                                   _model(architecture={"name": "small-cn", "kwargs": {"input_size": 8}})))
     with pytest.raises(CardError) as err:
-        create(card)
+        build_trained(card)
     assert "model card test-model" in err.value.problem
     assert "unknown architecture 'small-cn'" in err.value.problem
     assert "did you mean 'small-cnn'?" in err.value.fix
@@ -184,7 +184,7 @@ def test_unknown_architecture_suggests_the_near_miss(tmp_path):
 def test_bad_architecture_kwargs_are_a_card_error(tmp_path):
     card = load_model_card(_write(tmp_path / "kw.yaml", _model(architecture={"name": "lenet", "kwargs": {"widht": 3}})))
     with pytest.raises(CardError, match="bad kwargs for architecture 'lenet'"):
-        create(card)
+        build_trained(card)
 
 
 def test_unknown_recipe_suggests_the_near_miss(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import yaml
 from bench.errors import CardError
 from bench.models import load_model_card, model_ref
 from bench.threats import load_threat_card
-from bench.training.recipe import RECIPES, Recipe, RecipeParams
+from bench.recipes.base import RECIPES, Recipe, RecipeParams
 
 CVAE = {"id": "ref-cvae", "dataset": "digits", "task": "perturbation-set",
         "architecture": {"name": "cvae-stn", "kwargs": {"channels": 1, "side": 8, "latent": 4, "width": 4}},

@@ -16,9 +16,13 @@ import torch
 
 from bench.errors import BenchError
 from bench.leaderboard import build_board, leaderboard, render
-from bench.run import evaluate, summarize
+from bench.run import evaluate
+from bench.summary import summarize
 from bench.stats import wilson_interval
+from bench.implementation import CORE_REVISION
+from bench.spec import RunSpec
 from bench.store import Store, StoreError
+from bench.threats.pgd import PGD
 from conftest import threat, write_threat
 
 KW = dict(dataset="digits", batch_size=30, progress=False)
@@ -125,8 +129,12 @@ def test_empty_store_is_a_clear_error(tmp_path):
 def test_run_metadata_records_identity_metrics_and_versions(filled):
     root, weak, *_ = filled
     meta = Store(root).run_meta(weak.run_id)
-    assert meta["key"] == {"model": weak.model_hash, "protocol": weak.protocol, "dataset": "digits", "n": 60,
-                           "seed": 0, "batch_size": 30, "device": "cpu"}
+    assert meta["key"] == {"model": weak.model_hash, "weights": {}, "protocol": weak.protocol, "dataset": "digits",
+                           "n": 60, "seed": 0, "batch_size": 30,
+                           "numerics": {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads()},
+                           "implementation": {"core": CORE_REVISION, "task": {"name": "classifier", "revision": 1},
+                                              "family": {"name": "pgd", "revision": PGD.revision}}}
+    assert RunSpec.from_dict(meta["spec"]).run_id == weak.run_id  # the spec in run.json is the run
     assert [m["name"] for m in meta["metrics"]] == ["clean_acc", "robust_acc"] and meta["headline"] == "robust_acc"
     assert {"torch", "python"} <= set(meta["versions"]) and meta["threads"] >= 1
 

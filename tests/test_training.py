@@ -21,7 +21,7 @@ from bench.ops.pgd import pgd
 from bench.store import Store
 from bench.training import train
 from bench.training.loop import fit
-from bench.training.recipe import ParamGroup, Recipe, RecipeParams
+from bench.recipes.base import ParamGroup, Recipe, RecipeParams
 from conftest import threat
 
 

@@ -20,8 +20,8 @@ from bench.models import create, load_model_card, trained_path
 from bench.models.archs.small import small_cnn
 from bench.models.weights import load_state_dict, sha256_file
 from bench.models.wrapper import Normalized
-from bench.training import train
-from bench.training.standard import Standard
+from bench.training import build_trained, train
+from bench.recipes.standard import Standard
 
 ARCH = {"name": "small-cnn", "kwargs": {"input_size": 8, "width": 4, "hidden": 16}}
 
@@ -425,14 +425,15 @@ def trainable_card(folder: Path, epochs: int = 1, name: str = "digits-trained") 
                               "params": {"epochs": epochs, "batch_size": 128, "lr": 0.01}})
 
 
-def test_a_recipe_card_is_trained_on_first_use_and_cached(tmp_path, private_cache, monkeypatch, one_thread):
+def test_a_recipe_card_is_trained_once_by_the_separate_step_and_cached(tmp_path, private_cache, monkeypatch,
+                                                                      one_thread):
     card = load_model_card(trainable_card(tmp_path))
     target = trained_path(card)
     assert target.parent == private_cache / "models" and not target.exists()
     with pytest.raises(WeightsError, match="no trained weights yet"):
-        create(card, train_if_missing=False)
+        create(card)  # building never trains: that is ensure_trained's job, a step of its own
 
-    model = create(card)
+    model = build_trained(card)
     assert target.is_file()
     assert target.with_suffix(".json").is_file()
     assert not target.with_suffix(".ckpt.pt").exists(), "the checkpoint goes once training finished"
@@ -444,10 +445,10 @@ def test_a_recipe_card_is_trained_on_first_use_and_cached(tmp_path, private_cach
     mtime = target.stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
-        raise AssertionError("create() retrained a cached model")
+        raise AssertionError("a cached model was trained again")
 
-    monkeypatch.setattr(bench.training, "train", no_training)
-    again = create(card)
+    monkeypatch.setattr(bench.training, "_fit", no_training)
+    again = build_trained(card)
     assert target.stat().st_mtime_ns == mtime
     assert_same_weights(again, state_of(model))
 
@@ -455,7 +456,7 @@ def test_a_recipe_card_is_trained_on_first_use_and_cached(tmp_path, private_cach
 def test_a_model_id_with_a_slash_trains_into_a_flat_cache(tmp_path, private_cache, one_thread):
     card = write_card(tmp_path, None, name="nested", id="team/digits-cnn",
                       recipe={"name": "standard", "seed": 0, "params": {"epochs": 1, "batch_size": 64}})
-    create(card)
+    build_trained(card)
     assert [p.name.startswith("team_digits-cnn-") for p in (private_cache / "models").glob("*.safetensors")] == [True]
 
 
@@ -489,7 +490,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     with monkeypatch.context() as patch:
         patch.setattr(Standard, "inputs", interrupt_in_epoch_two)
         with pytest.raises(KeyboardInterrupt):
-            create(card)
+            build_trained(card)
     assert not target.exists()
     assert checkpoint.is_file()
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
@@ -501,7 +502,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
         return real_inputs(self, model, batch)
 
     monkeypatch.setattr(Standard, "inputs", record)
-    model = create(card)
+    model = build_trained(card)
     assert min(resumed_progress) == 0.5, "the rerun starts at epoch 2, not from scratch"
     assert not checkpoint.exists()
     resumed = load_state_dict(target)

@@ -7,12 +7,56 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from bench.cli.common import DataRootOpt, DeviceOpt, ListingFormatOpt, ResultsOpt, TrustCodeOpt, console, debug, \
-    friendly, print_listing
+    friendly, print_listing, warn_broken_families
 from bench.errors import BenchError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+
+class _RootCommands(TyperGroup):
+    """The built-in commands, and each method family's `bench COMMAND ...` from the family index: a family's
+    commands are imported only when used (or listed by --help), and a family that cannot be imported gets a
+    command that says why instead of breaking the others."""
+
+    def list_commands(self, ctx) -> list[str]:
+        from bench.registry import families
+
+        return [*super().list_commands(ctx), *(f.command for f in families() if f.command)]
+
+    def get_command(self, ctx, name: str):
+        from bench.registry import families
+
+        command = super().get_command(ctx, name)
+        family = next((f for f in families() if f.command == name), None)
+        if command is None and family is not None:
+            command = self.commands[name] = _family_command(family)
+        return command
+
+
+def _family_command(family) -> object:
+    """The click command of a family's typer app, or one that reports the family's import error."""
+    try:
+        command = typer.main.get_group(importlib.import_module(f"{family.package}.cli").app)
+    except Exception as err:  # noqa: BLE001  (any import failure makes only this family's commands unusable)
+        problem = f"{type(err).__name__}: {err}"
+        sub = typer.Typer(add_completion=False)
+
+        @sub.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                     help=f"(unavailable: the family {family.name} cannot be imported)")
+        def unavailable() -> None:
+            console.print(f"[bold red]error:[/] the method family {family.name} cannot be imported ({problem})",
+                          highlight=False, markup=True, soft_wrap=True)
+            console.print("  [bold]fix:[/] install what it needs, or fix it; every other command still works",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+        command = typer.main.get_command(sub)
+    command.name = family.command
+    return command
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_RootCommands,
                   help="bench: robustness evaluation of image classifiers and generative models.")
 data_app = typer.Typer(no_args_is_help=True, help="List and fetch datasets.")
 app.add_typer(data_app, name="data")
@@ -38,6 +82,13 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
         device: str = DeviceOpt,
         batch_size: int = typer.Option(500, "--batch-size", help="Points per batch (one store shard each; part "
                                                                   "of the run's identity)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (part of the run's "
+                                              "numerics) [default: torch's, or the cores shared by --workers]."),
+        executor: str = typer.Option("local", "--executor", help="Where shards run: local (this process), processes "
+                                     "(one worker per GPU, or --workers CPU workers) or ray (a Ray cluster)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes for --executor processes."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster for --executor ray: auto or "
+                                              "HOST:PORT [default: a local cluster]."),
         results: Optional[Path] = ResultsOpt, data_root: Optional[Path] = DataRootOpt,
         trust_code: list[str] = TrustCodeOpt,
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
@@ -47,7 +98,8 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
     from bench.run import evaluate
 
     summary = evaluate(model, threat, dataset=dataset, n=n, seed=seed, device=device, batch_size=batch_size,
-                       results=results, data_root=data_root, trust_code=tuple(trust_code),
+                       threads=threads, executor=executor, workers=workers, address=address, results=results,
+                       data_root=data_root, trust_code=tuple(trust_code),
                        progress=sys.stderr.isatty() or not json_out)
     typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else str(summary))
 
@@ -58,9 +110,9 @@ def train(card: str = typer.Argument(..., help="Model card id or path."), device
           fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted run's checkpoint."),
           data_root: Optional[Path] = DataRootOpt, results: Optional[Path] = ResultsOpt) -> None:
     """Train a card's recipe into the cache; compare with the weights the card ships, if any."""
-    from bench.models import load_model_card
+    from bench.models import from_file, load_model_card
     from bench.models.weights import sha256_file
-    from bench.run import resolve_device
+    from bench.devices import resolve_device
     from bench.tasks import TASKS
     from bench.training import train as train_card
 
@@ -69,9 +121,10 @@ def train(card: str = typer.Argument(..., help="Model card id or path."), device
     path = train_card(model_card, device=dev, data_root=data_root, fresh=fresh, results=results)
     typer.echo(f"trained weights  {path}\nsha256           {sha256_file(path)}")
     task = TASKS.get(model_card.task)
-    rows = [("trained", task.trained_summary(model_card, path, dev))]
+    rows = [("trained", task.trained_summary(model_card, from_file(model_card, path, device=dev), dev))]
     if model_card.weights_path is not None and model_card.weights_path.is_file():
-        rows.append(("shipped", task.trained_summary(model_card, model_card.weights_path, dev)))
+        shipped = from_file(model_card, model_card.weights_path, device=dev)
+        rows.append(("shipped", task.trained_summary(model_card, shipped, dev)))
     for name, metrics in rows:
         typer.echo(f"{name:8s}         " + "   ".join(
             f"{k} {v:.2%}" if k.endswith("_acc") else f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -124,6 +177,7 @@ def models(task: Optional[str] = typer.Option(None, "--task", help="Only cards o
                      c.description or ""])
     rows += [[path.stem, "", "", "", "", f"invalid: {err.problem}"] for path, err in found.invalid.items()]
     print_listing("model cards", ["id", "task", "dataset", "architecture", "weights", "description"], rows, fmt)
+    warn_broken_families()
 
 
 @app.command()
@@ -154,6 +208,7 @@ def threats(task: Optional[str] = typer.Option(None, "--task", help="Only threat
     if fmt == "table":
         families = [name for name, cls in THREAT_FAMILIES.items() if task is None or task in cls.tasks]
         typer.echo(f"\nfamilies (`bench run --threat FAMILY` runs its default card): {', '.join(families)}")
+    warn_broken_families()
 
 
 @data_app.command("list")
@@ -200,19 +255,6 @@ def data_make(name: str = typer.Argument(..., help="What to generate: cifar10-c 
 
     folder = MAKERS.get(name, "bench data make")(root=data_root, seed=seed, progress=True)
     typer.echo(f"generated (not the published files) in {folder}")
-
-
-def _add_family_commands() -> None:
-    """Each method family that has commands adds them as `bench <COMMAND> ...` (its ``cli.app``)."""
-    from bench.registry import family_packages
-
-    for package in family_packages():
-        command = getattr(package, "COMMAND", None)
-        if command is not None:
-            app.add_typer(importlib.import_module(f"{package.__name__}.cli").app, name=command)
-
-
-_add_family_commands()
 
 
 def main() -> None:

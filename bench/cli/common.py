@@ -72,3 +72,12 @@ def print_listing(title: str, columns: list[str], rows: list[list[str]], fmt: st
         from tabulate import tabulate
 
         typer.echo(tabulate(rows, headers=columns, tablefmt="plain", disable_numparse=True))
+
+
+def warn_broken_families() -> None:
+    """Say which method families failed to import (on stderr, so a piped listing stays clean)."""
+    from bench.registry import broken_families
+
+    for name, error in broken_families().items():
+        console.print(f"warning: the method family {name} cannot be imported ({error}); its cards are listed as "
+                      "invalid and every other family works", highlight=False, soft_wrap=True)

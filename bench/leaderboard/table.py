@@ -1,22 +1,30 @@
 """Leaderboard tables from the results store, generic over tasks and metrics.
 
-One block per (dataset, protocol): every threat card id that ran that protocol is named in its title,
-so one protocol is one table. Models are identified by their hash (a name used by two different
-models is flagged), and each model shows its largest complete run of the protocol (then the latest):
-a small smoke run never replaces a larger one. Blocks are ranked by the family's headline metric in
-its direction; every metric comes with its 95% interval.
+The board reads each complete run's ``summary.json`` (one small file per run) and goes to the rows only for
+families whose board hooks need them (the corruptions family's mCE). One block per (dataset, protocol):
+every threat card id that ran that protocol is named in its title, so one protocol is one table. Models
+are identified by their hash (a name used by two different models is flagged), and each model shows its
+best run of the protocol: one made by the current code first, then the largest, then the latest, so a
+small smoke run never replaces a larger one. A run made by other code than the current (another revision
+of its family, task or core, or another backend version) is flagged stale; runs whose numerics differ
+(threads, device, torch) are said to differ under their table. Blocks are ranked by the family's headline
+metric in its direction; every metric comes with its 95% interval.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.implementation import differences
 from bench.leaderboard.defences import defence_rows, render_defences
 from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
 from bench.store import STORE_VERSION, Store, StoreError
+from bench.summary import read_summary, summarize, summary_record
 from bench.threats.base import BoardRun
 
 FORMATS = ("markdown", "csv", "json")
@@ -34,6 +42,7 @@ class Block:
     headline: str
     rows: list[dict] = field(default_factory=list)
     details: str = ""  # the family's markdown under the table (e.g. a per-cell breakdown)
+    notes: list[str] = field(default_factory=list)  # e.g. runs computed with different numerics
 
 
 @dataclass
@@ -52,10 +61,71 @@ class Board:
         return pd.DataFrame.from_records(records)
 
 
-def _protocols_named(threat: str, metas: list[dict]) -> set[str]:
+def complete_runs(store: Store, warnings: list[str]) -> list[dict[str, Any]]:
+    """The summary of every complete run (incomplete runs have none yet and are left out). A run whose shard
+    files changed after its summary was written (a copy appeared, one was damaged or removed) is summarised
+    again from its rows, and left out with a warning where they no longer add up."""
+    found = []
+    for run_id in store.run_ids():
+        try:
+            summary = read_summary(store, run_id)
+            if summary is None:
+                if store.run_meta(run_id).get("store_version") != STORE_VERSION:
+                    warnings.append(f"skipped run {run_id}: written by an older bench (rerun its command to redo it)")
+                continue
+            if _files(store, run_id) != summary["shards"]:
+                fresh = summarize(store, run_id)
+                if not fresh.complete:
+                    raise StoreError(f"shards of run {run_id} went missing", "rerun its command to recompute them")
+                summary = summary_record(store, fresh, summary.get("wall_seconds"))
+        except StoreError as err:
+            warnings.append(f"skipped run {run_id}: {err.problem}")
+            continue
+        found.append(summary)
+    return found
+
+
+def _files(store: Store, run_id: str) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in store.shard_files(run_id)}
+
+
+class _CurrentCode:
+    """The implementation identity the current code gives each protocol (None where it cannot be told, e.g. a
+    family that no longer loads), computed once per protocol and task."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], dict | None] = {}
+
+    def __call__(self, summary: dict[str, Any]) -> dict | None:
+        from bench.implementation import implementation
+        from bench.tasks import TASKS
+        from bench.threats import ThreatCard, make_threat
+
+        spec = summary["spec"]
+        key = (summary["key"]["protocol"], spec["model"]["task"])
+        if key not in self._known:
+            try:
+                card, threat = make_threat(ThreatCard.model_validate({**spec["threat"]["card"],
+                                                                     "source_dir": spec["threat"]["source_dir"]}))
+                self._known[key] = implementation(card.family, threat, TASKS.get(spec["model"]["task"]))
+            except BenchError:
+                self._known[key] = None
+        return self._known[key]
+
+
+def _stale(summary: dict[str, Any], current: _CurrentCode) -> str:
+    """Why a run was made by other code than the current one ('' when it was not)."""
+    now = current(summary)
+    if now is None:
+        return f"code unknown here (family {summary['family']} does not load)"
+    why = differences(summary["key"]["implementation"], now, ("in the run", "now"))
+    return f"stale: made by other code ({'; '.join(why)})" if why else ""
+
+
+def _protocols_named(threat: str, summaries: list[dict]) -> set[str]:
     """Protocols a threat filter selects: those any run recorded under this card id or family ran, and the
     one the card of that id names now."""
-    protocols = {m["key"]["protocol"] for m in metas if threat in (m["threat_id"], m["family"])}
+    protocols = {s["key"]["protocol"] for s in summaries if threat in (s["threat"], s["family"])}
     try:
         from bench.threats import load_threat_card
 
@@ -65,94 +135,109 @@ def _protocols_named(threat: str, metas: list[dict]) -> set[str]:
     return protocols
 
 
+def _needs_rows(family: str) -> bool:
+    """Whether the family's board hooks read stored rows (only they make the board open shard files)."""
+    from bench.threats.base import THREAT_FAMILIES, Threat
+
+    if family not in THREAT_FAMILIES:
+        return False
+    cls = THREAT_FAMILIES.get(family)
+    return any(getattr(cls, hook).__func__ is not getattr(Threat, hook).__func__
+               for hook in ("board_columns", "board_details"))
+
+
 def build_board(store: Store, dataset: str | None = None, threat: str | None = None) -> Board:
     if not store.run_ids():
         raise BenchError(f"no results under {store.root}", "run `bench run --model M --threat T` first, "
                          "or point --results / $BENCH_RESULTS at a results folder")
     warnings: list[str] = []
-    metas = []
-    for run_id in store.run_ids():
-        try:
-            meta = store.run_meta(run_id)
-        except StoreError as err:
-            warnings.append(f"skipped run {run_id}: {err.problem}")
-            continue
-        if meta.get("store_version") != STORE_VERSION:
-            warnings.append(f"skipped run {run_id}: written by an older bench (rerun its command to redo it)")
-            continue
-        metas.append(meta)
+    summaries = complete_runs(store, warnings)
     names: dict[str, set[str]] = {}  # protocol -> every threat id recorded for it
-    for meta in metas:
-        names.setdefault(meta["key"]["protocol"], set()).add(meta["threat_id"])
-    wanted = None if threat is None else _protocols_named(threat, metas)
+    for s in summaries:
+        names.setdefault(s["key"]["protocol"], set()).add(s["threat"])
+    wanted = None if threat is None else _protocols_named(threat, summaries)
+    current = _CurrentCode()
     best: dict[tuple, tuple] = {}
-    for meta in metas:
-        key = meta["key"]
-        if (dataset is not None and dataset not in (meta["dataset"], key["dataset"])) or \
+    for s in summaries:
+        key = s["key"]
+        if (dataset is not None and dataset not in (s["dataset"], key["dataset"])) or \
                 (wanted is not None and key["protocol"] not in wanted):
             continue
-        try:
-            run = store.read_run(meta["run_id"])
-        except StoreError as err:
-            warnings.append(f"skipped run {meta['run_id']}: {err.problem}")
-            continue
-        if run.unreadable:
-            warnings.append(f"skipped run {meta['run_id']}: shard {next(iter(run.unreadable))} cannot be read "
-                            "(rerun its command to recompute it)")
-            continue
-        if len(run.rows) != key["n"]:
-            continue  # incomplete
+        stale = _stale(s, current)
         group = (key["model"], key["protocol"], key["dataset"])
-        rank = (key["n"], meta["created"])
+        rank = (not stale, key["n"], s["created"])
         if group not in best or rank > best[group][0]:
-            best[group] = (rank, meta, run.rows)
+            best[group] = (rank, s, stale)
     blocks: dict[tuple, Block] = {}
-    runs: dict[tuple, dict[str, BoardRun]] = {}
-    params: dict[tuple, dict] = {}
-    for (model_hash, protocol, data_key), (_, meta, rows) in sorted(best.items(), key=lambda kv: kv[0]):
-        specs = [Metric.from_dict(m) for m in meta["metrics"]]
+    chosen: dict[tuple, list[dict]] = {}
+    for (model_hash, protocol, data_key), (_, s, stale) in sorted(best.items(), key=lambda kv: kv[0]):
+        specs = [Metric.from_dict(m) for m in s["specs"]]
         block = blocks.setdefault((data_key, protocol), Block(  # user data shows its content hash: name@hash
-            data_key, protocol, meta["family"], sorted(names[protocol]), specs, meta["headline"]))
-        runs.setdefault((data_key, protocol), {})[meta["run_id"]] = BoardRun(meta["model_id"], rows)
-        params[(data_key, protocol)] = meta["threat_card"].get("params", {})
-        row = {"model": meta["model_id"], "model_hash": model_hash[:12]}
+            data_key, protocol, s["family"], sorted(names[protocol]), specs, s["headline"]))
+        chosen.setdefault((data_key, protocol), []).append(s)
+        row = {"model": s["model"], "model_hash": model_hash[:12]}
         for spec in specs:
-            value = spec.compute(rows[spec.column].to_numpy())
-            row |= {spec.name: value.value, f"{spec.name}_ci_low": value.low, f"{spec.name}_ci_high": value.high}
-        row |= {"n": meta["key"]["n"], "seed": meta["key"]["seed"], "date": meta["created"][:16].replace("T", " "),
-                "run_id": meta["run_id"]}
+            value = s["metrics"].get(spec.name, {"value": math.nan, "low": math.nan, "high": math.nan})
+            row |= {spec.name: value["value"], f"{spec.name}_ci_low": value["low"],
+                    f"{spec.name}_ci_high": value["high"]}
+        row |= {"n": s["n"], "seed": s["seed"], "date": s["created"][:16].replace("T", " "), "run_id": s["run_id"],
+                "stale": stale}
         block.rows.append(row)
     for key, block in blocks.items():
-        _add_family_columns(block, params[key], runs[key])
+        runs = chosen[key]
+        if _needs_rows(block.family):
+            _add_family_columns(store, block, runs, warnings)
+        block.notes += _numerics_notes(runs)
         headline = next(m for m in block.metrics if m.name == block.headline)
-        block.rows.sort(key=lambda r: (rank_key(headline, r[headline.name]), r["model"]))
+        block.rows.sort(key=lambda r: (bool(r["stale"]), rank_key(headline, r[headline.name]), r["model"]))
         hashes: dict[str, set[str]] = {}
         for row in block.rows:
             hashes.setdefault(row["model"], set()).add(row["model_hash"])
         for row in block.rows:
-            row["flag"] = f"name used by {len(hashes[row['model']])} different models" \
-                if len(hashes[row["model"]]) > 1 else ""
+            flags = [f"name used by {len(hashes[row['model']])} different models"] \
+                if len(hashes[row["model"]]) > 1 else []
+            row["flag"] = "; ".join(flags + ([row["stale"]] if row["stale"] else []))
     ordered = sorted(blocks.values(), key=lambda b: (b.dataset, b.threats[0], b.protocol))
-    composed = {meta["key"]["model"][:12] for _, meta, _ in best.values()
-                if (meta.get("model_card") or {}).get("compose")}
+    composed = {s["key"]["model"][:12] for _, s, _ in best.values()
+                if (s["spec"]["model"]["card"] or {}).get("compose")}
+    params = {key: runs[0]["spec"]["threat"]["card"].get("params", {}) for key, runs in chosen.items()}
     return Board(ordered, warnings, defence_rows(ordered, params, composed))
 
 
-def _add_family_columns(block: Block, params: dict, runs: dict[str, BoardRun]) -> None:
-    """The metrics and details the block's family derives from all its runs (a family no longer installed
-    derives nothing: its stored metrics still show)."""
+def _numerics_notes(runs: list[dict]) -> list[str]:
+    """Say when the block's runs were computed with different numerics (their last digits may differ)."""
+    groups: dict[str, list[str]] = {}
+    for s in runs:
+        numerics = s["key"]["numerics"]
+        groups.setdefault(json.dumps(numerics, sort_keys=True), []).append(s["model"])
+    if len(groups) < 2:
+        return []
+    parts = [", ".join(f"{k} {v}" for k, v in json.loads(text).items()) + f" ({', '.join(sorted(models))})"
+             for text, models in sorted(groups.items())]
+    return ["these runs were computed with different numerics, so their last digits may differ: " + "; ".join(parts)]
+
+
+def _add_family_columns(store: Store, block: Block, runs: list[dict], warnings: list[str]) -> None:
+    """The metrics and details the block's family derives from all its runs' rows."""
     from bench.threats.base import THREAT_FAMILIES
 
-    if block.family not in THREAT_FAMILIES:
-        return
+    board_runs = {}
+    for s in runs:
+        rows = store.read_run(s["run_id"])
+        if rows.unreadable:
+            warnings.append(f"run {s['run_id']}: shard {next(iter(rows.unreadable))} cannot be read, so the "
+                            f"{block.family} columns leave it out (rerun its command to recompute it)")
+            continue
+        board_runs[s["run_id"]] = BoardRun(s["model"], rows.rows)
     family = THREAT_FAMILIES.get(block.family)
-    specs, values = family.board_columns(params, runs)
+    params = runs[0]["spec"]["threat"]["card"].get("params", {})
+    specs, values = family.board_columns(params, board_runs)
     block.metrics += list(specs)
     for row in block.rows:
         for spec in specs:
             value = values.get(row["run_id"], {}).get(spec.name) or MetricValue(math.nan, math.nan, math.nan, 0)
             row |= {spec.name: value.value, f"{spec.name}_ci_low": value.low, f"{spec.name}_ci_high": value.high}
-    block.details = family.board_details(params, runs)
+    block.details = family.board_details(params, board_runs)
 
 
 def leaderboard(store: Store, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:
@@ -193,10 +278,10 @@ def render(board: Board, fmt: str = "markdown") -> str:
             table.append(cells)
         direction = "higher" if headline.higher_is_better else "lower"
         caveat = "" if _adaptive(block.family) else "non-adaptive: not a defence's robustness, see Defences; "
+        extra = "".join(f"\n\nnote: {note}" for note in block.notes) + (f"\n\n{block.details}" if block.details else "")
         out.append(f"### {block.dataset} / {' = '.join(block.threats)}  ({block.family}, protocol "
                    f"{block.protocol[:12]}; {caveat}ranked by {headline.label}, {direction} is better; "
-                   f"{INTERVALS[headline.agg]} interval)\n\n" + pd.DataFrame(table).to_markdown(index=False)
-                   + (f"\n\n{block.details}" if block.details else ""))
+                   f"{INTERVALS[headline.agg]} interval)\n\n" + pd.DataFrame(table).to_markdown(index=False) + extra)
     defences = render_defences(board.defences)
     return "\n\n".join(out + ([defences] if defences else []))
 

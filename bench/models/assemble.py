@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.errors import WeightsError
+from bench.files import safe_filename
 from bench.models import weights as W
 from bench.models.archs import build as build_arch
 from bench.models.card import ModelCard
@@ -29,7 +31,22 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def trained_path(card: ModelCard) -> Path:
     """Where `bench train` puts this card's weights: keyed by the training hash."""
-    return W.cache_dir("models") / f"{W.safe_filename(card.id)}-{card.training_hash[:16]}.safetensors"
+    return W.cache_dir("models") / f"{safe_filename(card.id)}-{card.training_hash[:16]}.safetensors"
+
+
+def trained_weights(cards: list[ModelCard], *, missing_ok: bool = False) -> dict[str, str]:
+    """``"<card id>@<training hash>"`` -> sha256 of the trained weight file, for each card whose weights come
+    from its recipe (shipped weights are pinned by the sha256 in the card itself)."""
+    out = {}
+    for card in cards:
+        if card.weights is None and card.compose is None:
+            path = trained_path(card)
+            if not path.is_file():
+                if missing_ok:
+                    continue
+                raise WeightsError(f"model card {card.id} has no trained weights yet", f"run `bench train {card.id}`")
+            out[f"{card.id}@{card.training_hash[:16]}"] = W.sha256_cached(path)
+    return out
 
 
 def from_file(card: ModelCard, path: Path, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -1,5 +1,6 @@
-"""``create(card)``: the one way to get a card's model. Trainable cards without shipped weights are
-trained on first use and cached by the hash of what defines the training."""
+"""``create(card)``: the one way to get a card's model. It never trains: a trainable card's weights come
+from the cache (keyed by its training hash), put there by ``bench.training.ensure_trained``, which the
+run driver, `bench train` and ``bench.load_model`` call first."""
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -28,26 +29,22 @@ def _weights_file(card: ModelCard) -> Path:
     return path
 
 
-def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", train_if_missing: bool = True,
-           results: str | Path | None = None, trust_code: Collection[str] = ()) -> nn.Module:
-    """Build the card's model in eval mode on ``device`` (training it first if it has no weights yet;
-    the training's per-epoch metrics go to the results store ``results``). An ``entry_point`` card runs
-    only if its package is in ``trust_code`` or $BENCH_TRUST_CODE."""
+def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
+           trust_code: Collection[str] = ()) -> nn.Module:
+    """Build the card's model in eval mode on ``device``. An ``entry_point`` card runs only if its package
+    is in ``trust_code`` or $BENCH_TRUST_CODE."""
     card = as_card(card)
     if card.compose is not None:
         from bench.models.compose import build_composed
 
-        return build_composed(card, torch.device(device), lambda part: create(
-            part, device=device, train_if_missing=train_if_missing, results=results, trust_code=trust_code))
+        return build_composed(card, torch.device(device), lambda part: create(part, device=device,
+                                                                               trust_code=trust_code))
     w = card.weights
     if w is None:
         path = trained_path(card)
         if not path.is_file():
-            if not train_if_missing:
-                raise WeightsError(f"model card {card.id} has no trained weights yet", f"run `bench train {card.id}`")
-            from bench.training import train
-
-            train(card, device=device, results=results)
+            raise WeightsError(f"model card {card.id} has no trained weights yet",
+                               f"run `bench train {card.id}` (`bench run` trains what it needs first)")
         return from_file(card, path, device=device)
     if w.source == "entry_point":
         net = W.load_entry_point(w.entry_point, card.architecture.kwargs if card.architecture else {},

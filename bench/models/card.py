@@ -24,7 +24,7 @@ from bench.tasks import TASKS
 
 if TYPE_CHECKING:
     from bench.models.compose import Composition
-    from bench.training.recipe import Recipe
+    from bench.recipes.base import Recipe
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SOURCES = ("file", "package_file", "url", "robustbench", "entry_point")
@@ -165,7 +165,7 @@ class ModelCard(CardSchema):
 
     @cached_property
     def _recipe(self) -> Recipe:
-        from bench.training.recipe import make_recipe
+        from bench.recipes.base import make_recipe
 
         return make_recipe(self.recipe.name, self.recipe.params, f"model card {self.id}",
                            context={"source_dir": self.source_dir})
@@ -285,3 +285,46 @@ def model_ref(task: str | None = None):
         return resolve_ref(value, (info.context or {}).get("source_dir"), task)
 
     return Annotated[CardRef, PlainValidator(check), PlainSerializer(lambda ref: ref.hash, when_used="json")]
+
+
+def references(value: Any) -> list[ModelCard]:
+    """The model cards that validated params (or any value holding them) refer to, in order, each once."""
+    found: dict[str, ModelCard] = {}
+
+    def walk(item: Any) -> None:
+        if isinstance(item, CardRef):
+            found.setdefault(item.hash, item.card)
+        elif isinstance(item, BaseModel):
+            for name in type(item).model_fields:
+                walk(getattr(item, name))
+        elif isinstance(item, dict):
+            for inner in item.values():
+                walk(inner)
+        elif isinstance(item, (list, tuple)):
+            for inner in item:
+                walk(inner)
+
+    walk(value)
+    return list(found.values())
+
+
+def card_references(card: ModelCard) -> list[ModelCard]:
+    """The cards a model card is built from: its composed parts and its recipe's referenced cards."""
+    if card.compose is not None:
+        return references(card.composition.parts)
+    return references(card.make_recipe().params) if card.recipe is not None else []
+
+
+def closure(cards: list[ModelCard]) -> list[ModelCard]:
+    """The cards and every card they are built from, transitively, each once (references before referrers)."""
+    out: dict[str, ModelCard] = {}
+
+    def visit(card: ModelCard) -> None:
+        if card.hash not in out:
+            for ref in card_references(card):
+                visit(ref)
+            out[card.hash] = card
+
+    for card in cards:
+        visit(card)
+    return list(out.values())

@@ -23,11 +23,6 @@ from torch import nn
 from bench.errors import WeightsError
 
 
-def safe_filename(card_id: str) -> str:
-    """A card id as a file name: ids may contain '/', file names may not."""
-    return re.sub(r"[^\w.-]", "_", card_id)
-
-
 def cache_dir(kind: str) -> Path:
     """$BENCH_CACHE/<kind>, default ~/.cache/bench/<kind>."""
     root = os.environ.get("BENCH_CACHE")
@@ -42,6 +37,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256 of a file, remembered per process while its path, size and modification time stay the same."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
 
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from bench.ops.draws import Draws, as_draws
 from bench.ops.gradients import input_gradient
 from bench.ops.losses import LOSSES, NEEDS_CLEAN
 from bench.ops.norms import normalized, project_l2
@@ -15,13 +16,15 @@ from bench.ops.norms import normalized, project_l2
 NORMS = ("Linf", "L2")
 
 
-def random_delta(x: Tensor, norm: str, eps: float, gen: torch.Generator) -> Tensor:
-    # Noise is drawn on the CPU so a seed gives the same start on every device.
+def random_delta(x: Tensor, norm: str, eps: float | Tensor, gen: torch.Generator | Draws) -> Tensor:
+    """A random start in the ball: uniform for L-inf; a uniform direction at radius eps * U^(1/d) for L2.
+    Drawn on the CPU (``bench.ops.draws``), so a seed gives the same start on every device."""
+    draws = as_draws(gen, len(x))
     if norm == "Linf":
-        delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+        delta = (draws.rand(x.shape[1:]) * 2 - 1) * eps
     else:
-        direction = normalized(torch.randn(x.shape, generator=gen))
-        radius = torch.rand(len(x), generator=gen) ** (1.0 / x[0].numel())
+        direction = normalized(draws.randn(x.shape[1:]))
+        radius = draws.rand() ** (1.0 / x[0].numel())
         delta = direction * eps * radius.view(-1, *([1] * (x.ndim - 1)))
     return delta.to(x.device, x.dtype)
 
@@ -37,9 +40,9 @@ def project(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> Tensor:
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float, steps: int, step_size: float,
-        restarts: int = 1, random_start: bool = True, gen: torch.Generator, keep: str = "first_success",
+        restarts: int = 1, random_start: bool = True, gen: torch.Generator | Draws, keep: str = "first_success",
         loss: str = "ce") -> Tensor:
-    """Maximise ``loss`` in the ball.
+    """Maximise ``loss`` in the ball (random starts from ``gen``, a generator or per-point ``Draws``).
 
     ``keep="first_success"`` (evaluation) returns, per example, the first iterate found that is
     misclassified, else the last iterate of the last restart. ``keep="last"`` (adversarial

@@ -8,7 +8,6 @@ pair before anything is built or trained. Core tasks: ``classifier`` (logits ove
 from __future__ import annotations
 
 from abc import ABC
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from bench.metrics import Metric
@@ -25,6 +24,7 @@ class Task(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     clean_metrics: ClassVar[tuple[Metric, ...]] = ()  # what the clean pass reports
+    revision: ClassVar[int] = 1  # bump whenever the clean pass's numbers may change (see bench.implementation)
     uses_labels: ClassVar[bool] = True
 
     def clean_pass(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int | None) -> dict[str, Tensor]:
@@ -35,8 +35,8 @@ class Task(ABC):
         """Outputs that fingerprint a bare module's behaviour on a few points (None: no fingerprint)."""
         return None
 
-    def trained_summary(self, card: ModelCard, path: Path, device: torch.device) -> dict[str, float]:
-        """What `bench train` prints about freshly trained weights."""
+    def trained_summary(self, card: ModelCard, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """What `bench train` prints about a card's model built from freshly trained (or shipped) weights."""
         return {}
 
 

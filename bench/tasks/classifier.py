@@ -6,7 +6,6 @@ argmax of NaN logits is class 0, which would rank a broken model at chance level
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -59,14 +58,12 @@ class Classifier(Task):
     def probe(self, model: nn.Module, x: Tensor) -> Tensor:
         return logits(model, x)
 
-    def trained_summary(self, card, path: Path, device: torch.device) -> dict[str, float]:
+    def trained_summary(self, card, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Clean accuracy on the whole test split; for recipes that attack during training, also PGD-40
         accuracy at the recipe's eps on the first 1,000 points of the evaluation subset."""
         from bench.data import load_dataset, subset_indices
-        from bench.models.assemble import from_file
         from bench.ops.pgd import pgd
 
-        model = from_file(card, path, device=device)
         test = load_dataset(card.dataset, "test")
         correct = sum(int((predict(model, test.x[i:i + 1000].to(device)) == test.y[i:i + 1000].to(device)).sum())
                       for i in range(0, len(test), 1000))

@@ -53,12 +53,9 @@ class Generative(Task):
                 "clean_recon": per_pixel_mse(reconstruct(model, x), x)}
 
 
-    def trained_summary(self, card, path, device: torch.device) -> dict[str, float]:
+    def trained_summary(self, card, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Clean ELBO and reconstruction error on 1,000 test images (the first of the fixed subset)."""
         from bench.data import load_dataset, subset_indices
-        from bench.models.assemble import from_file
-
-        model = from_file(card, path, device=device)
         test = load_dataset(card.dataset, "test")
         x = test.x[subset_indices(len(test), min(1000, len(test)))].to(device)
         with torch.no_grad():

@@ -14,11 +14,13 @@ from typing import Literal
 import torch
 from pydantic import model_validator
 
+from torch import Tensor
+
 from bench.errors import BenchError, require
+from bench.ops.draws import Draws
 from bench.params import Eps, Params, check_linf_eps
-from bench.tasks.classifier import predict
-from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
-from bench.threats.checks import check_points
+from bench.threats.base import THREAT_FAMILIES, Batch, Target
+from bench.threats.step import Candidates, PerturbStep
 
 AttackName = Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
 _PERTURBED = re.compile(r"^(\S+) - \d+/\d+ - (\d+) out of \d+ successfully perturbed")
@@ -53,13 +55,30 @@ class _Capture(logging.Handler):
 
 
 @THREAT_FAMILIES.register("autoattack")
-class AutoAttack(ClassifierAttack):
-    Params = AutoAttackParams
+class AutoAttack(PerturbStep):
+    """Attacks every point of a batch (AutoAttack skips those it gets wrong clean by itself), seeded with the
+    batch's seed: its randomness is the package's own, not per point."""
 
-    def attack(self, target: Target, batch: Batch) -> Outcome:
+    Params = AutoAttackParams
+    params: AutoAttackParams
+    aligned_draws = False
+
+    @classmethod
+    def backends(cls) -> dict[str, str]:
+        from importlib import metadata
+
+        try:
+            return {"pyautoattack": metadata.version("pyautoattack")}
+        except metadata.PackageNotFoundError:
+            return {"pyautoattack": "not installed"}
+
+    def attacked(self, batch: Batch) -> Tensor:
+        return torch.ones_like(batch.clean["clean_correct"])
+
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
         package = require("pyautoattack", "the autoattack threat", "pip install pyautoattack==0.2.0")
         checks = require("pyautoattack.checks", "the autoattack threat", "pip install pyautoattack==0.2.0")
-        p, model, x, y = self.params, target.module, batch.x, batch.y
+        p, model = self.params, target.module
         if (p.version != "custom" or set(p.attacks) - {"square"}) and not _carries_gradient(model, x):
             raise BenchError("the model's outputs carry no gradient (detached or computed without autograd), so "
                              "AutoAttack's gradient attacks cannot run: this is gradient masking by construction",
@@ -72,19 +91,17 @@ class AutoAttack(ClassifierAttack):
         logger.addHandler(capture)
         logger.setLevel(logging.DEBUG)
         try:
-            aa = package.AutoAttack(model, eps=p.eps, norm=p.norm, seed=batch.seed, version=p.version,
+            aa = package.AutoAttack(model, eps=p.eps, norm=p.norm, seed=draws.seed, version=p.version,
                                     attacks=p.attacks, device=x.device)
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
         finally:
             logger.removeHandler(capture)
             logger.setLevel(old_level)
-        check_points(x, x_adv, p.norm, p.eps, "AutoAttack")
-        correct = batch.clean["clean_correct"]
-        adv_pred = torch.where(correct, predict(model, x_adv, target.num_classes), batch.clean["clean_pred"])
         stats: dict[str, int] = {}
         for record in capture.records:
             match = _PERTURBED.match(record.getMessage())
             if match:
                 stats[f"broken_by:{match[1]}"] = stats.get(f"broken_by:{match[1]}", 0) + int(match[2])
         notes = [f"AutoAttack check: {r.getMessage()}" for r in capture.records if r.levelno >= logging.WARNING]
-        return Outcome(values=self.scored(batch, adv_pred), stats=stats, notes=notes)
+        return Candidates(x_adv, stats=stats, notes=notes)
+

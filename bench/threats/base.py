@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from bench.models.card import ModelCard
     from bench.tasks import Task
+    from bench.threats.card import ThreatCard
 
 
 @dataclass
@@ -77,9 +78,25 @@ class Threat(ABC):
     headline: ClassVar[str]
     adaptive: ClassVar[bool] = True  # False: the attack ignores the evaluated model (e.g. transfer); never a
     # defence's robustness ranking (the board ranks defences by their worst adaptive number)
+    revision: ClassVar[int] = 1  # bump whenever the family's numbers may change; its fingerprint test says when
 
     def __init__(self, params: Params):
         self.params = params
+
+    @classmethod
+    def backends(cls) -> dict[str, str]:
+        """Packages outside bench that compute this family's numbers, with their versions (none by default)."""
+        return {}
+
+    def implementation(self) -> dict:
+        """This family's part of a run's implementation identity (``bench.implementation``)."""
+        backends = self.backends()
+        return {"revision": self.revision, **({"backends": backends} if backends else {})}
+
+    def member_cards(self) -> list[ThreatCard]:
+        """Threat cards this one runs as parts of itself (an ensemble's members), checked against the run's task
+        and dataset like the card itself (none by default)."""
+        return []
 
     def metrics_for(self, task: Task) -> tuple[Metric, ...]:
         """Every metric a run of this family on a model of ``task`` reports: the clean pass's, then its own
@@ -117,7 +134,8 @@ class Threat(ABC):
 
 THREAT_FAMILIES: Registry[type[Threat]] = Registry(
     "threat family",
-    providers=("bench.threats.clean", "bench.threats.pgd", "bench.threats.autoattack", "bench.threats.surrogate"),
+    providers=("bench.threats.clean", "bench.threats.pgd", "bench.threats.autoattack", "bench.threats.surrogate",
+               "bench.threats.ensemble"),
     hint="`bench threats` lists them")
 
 ROBUST_ACC = Metric("robust_acc", "robust", "robust accuracy", agg="rate")

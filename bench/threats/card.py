@@ -1,13 +1,16 @@
-"""The threat card schema: which family, with which parameters, on which datasets."""
+"""The threat card schema: which family, with which parameters, on which datasets; and references from one
+threat card to another (``threat_ref``), as an ensemble names its members."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, PlainSerializer, PlainValidator, ValidationInfo
 
 from bench.cards import canonical_hash, locate, read_card, validate
+from bench.errors import CardError
 from bench.params import CardSchema, Params
 
 
@@ -48,3 +51,40 @@ def load_threat_card(name: str | Path) -> ThreatCard:
     data = read_card(path)
     data.setdefault("id", path.stem)
     return validate(ThreatCard, {**data, "source_dir": str(path.parent)}, f"threat card {path}")
+
+
+# --- references between threat cards ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThreatRef:
+    """A threat card named by another threat card (an ensemble's member): ``name`` as written there, ``card``
+    as resolved, and its protocol hash, which is what the referring card's protocol holds."""
+
+    name: str
+    card: ThreatCard
+    hash: str
+
+
+def resolve_threat_ref(value: Any, source_dir: str | None) -> ThreatRef:
+    """A threat card id, or a path relative to the referring card's folder (absolute paths as they are)."""
+    if isinstance(value, ThreatRef):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a threat card reference is a threat card id or a path to a card file, got {value!r}")
+    target = value
+    if value.endswith((".yaml", ".yml")) and not Path(value).expanduser().is_absolute() and source_dir is not None:
+        target = str(Path(source_dir) / value)
+    try:
+        card = load_threat_card(target)
+        return ThreatRef(value, card, card.hash)
+    except CardError as err:
+        raise ValueError(err.problem) from None
+
+
+def threat_ref():
+    """The field type of a reference to a threat card, for threat params (it serialises as the protocol hash)."""
+    def check(value: Any, info: ValidationInfo) -> ThreatRef:
+        return resolve_threat_ref(value, (info.context or {}).get("source_dir"))
+
+    return Annotated[ThreatRef, PlainValidator(check), PlainSerializer(lambda ref: ref.hash, when_used="json")]

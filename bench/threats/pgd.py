@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from torch import Tensor
+
+from bench.ops.draws import Draws
 from bench.ops.losses import LossName
 from bench.ops.pgd import pgd
 from bench.params import Eps, Norm, Params, check_linf_eps
-from bench.tasks.classifier import predict
-from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
-from bench.threats.checks import check_points
+from bench.threats.base import THREAT_FAMILIES, Target
+from bench.threats.step import Candidates, PerturbStep
 
 
 class PGDParams(Params):
@@ -31,18 +33,12 @@ class PGDParams(Params):
 
 
 @THREAT_FAMILIES.register("pgd")
-class PGD(ClassifierAttack):
+class PGD(PerturbStep):
     Params = PGDParams
+    params: PGDParams
     gradient_based = True
 
-    def attack(self, target: Target, batch: Batch) -> Outcome:
-        p, model = self.params, target.module
-        correct = batch.clean["clean_correct"]
-        adv_pred = batch.clean["clean_pred"].clone()
-        if correct.any():
-            x = batch.x[correct]
-            x_adv = pgd(model, x, batch.y[correct], norm=p.norm, eps=p.eps, steps=p.steps, step_size=p.alpha,
-                        restarts=p.restarts, random_start=p.random_start, gen=batch.generator(), loss=p.loss)
-            check_points(x, x_adv, p.norm, p.eps, "PGD")
-            adv_pred[correct] = predict(model, x_adv, target.num_classes)
-        return Outcome(values=self.scored(batch, adv_pred))
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
+        p = self.params
+        return Candidates(pgd(target.module, x, y, norm=p.norm, eps=p.eps, steps=p.steps, step_size=p.alpha,
+                              restarts=p.restarts, random_start=p.random_start, gen=draws, loss=p.loss))

@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from bench.models.card import model_ref
+from bench.ops.draws import Draws
 from bench.ops.pgd import pgd
-from bench.tasks.classifier import predict
-from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
-from bench.threats.checks import check_points
+from bench.threats.base import THREAT_FAMILIES, Batch, Target
 from bench.threats.pgd import PGDParams
+from bench.threats.step import Candidates, PerturbStep
 
 
 class StraightThrough(nn.Module):
@@ -35,7 +35,7 @@ class StraightThrough(nn.Module):
         return approx + (exact - approx).detach()
 
 
-class _Crafted(ClassifierAttack):
+class _Crafted(PerturbStep):
     """PGD on ``crafting_model``, scored on the evaluated model, for the points it gets right clean."""
 
     params: PGDParams
@@ -44,18 +44,11 @@ class _Crafted(ClassifierAttack):
     def crafting_model(self, target: Target, x: Tensor) -> nn.Module:
         raise NotImplementedError
 
-    def attack(self, target: Target, batch: Batch) -> Outcome:
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
         p = self.params
-        correct = batch.clean["clean_correct"]
-        adv_pred = batch.clean["clean_pred"].clone()
-        if correct.any():
-            x = batch.x[correct]
-            x_adv = pgd(self.crafting_model(target, x), x, batch.y[correct], norm=p.norm, eps=p.eps, steps=p.steps,
-                        step_size=p.alpha, restarts=p.restarts, random_start=p.random_start, gen=batch.generator(),
-                        loss=p.loss, keep=self.keep)
-            check_points(x, x_adv, p.norm, p.eps, type(self).__name__)
-            adv_pred[correct] = predict(target.module, x_adv, target.num_classes)
-        return Outcome(values=self.scored(batch, adv_pred))
+        return Candidates(pgd(self.crafting_model(target, x), x, y, norm=p.norm, eps=p.eps, steps=p.steps,
+                              step_size=p.alpha, restarts=p.restarts, random_start=p.random_start, gen=draws,
+                              loss=p.loss, keep=self.keep))
 
 
 @THREAT_FAMILIES.register("pgd-bpda")

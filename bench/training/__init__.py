@@ -1,8 +1,10 @@
-"""Training a model card's recipe into the weight cache: ``train(card)``.
+"""Training a model card's recipe into the weight cache: ``train(card)``, and ``ensure_trained(card)``, the
+separate step that trains whatever a card depends on before anything is built from it.
 
 Recipes live in ``recipe.py`` (the base and the registry) and ``standard.py`` (the core ones); method
-families register their own. The weights are cached by the card's training hash; the per-epoch
-history goes into the weights' training record and into the results store.
+families register their own. The weights are cached by the card's training hash; the per-epoch history
+goes into the weights' training record and into the results store. Training holds a lock beside the
+weights, so two processes that need one card train it once: the second waits and uses the result.
 """
 from __future__ import annotations
 
@@ -12,26 +14,63 @@ from pathlib import Path
 
 import torch
 
-from bench.files import atomic_write
+from bench.files import atomic_write, exclusive
 from bench.models.assemble import skeleton, trained_path, unwrap, wrap
-from bench.models.card import ModelCard, as_card
+from bench.models.card import ModelCard, as_card, card_references
 from bench.models.weights import sha256_file
 
-__all__ = ["train"]
+__all__ = ["build_trained", "ensure_trained", "needs_training", "train"]
+
+
+def needs_training(card: ModelCard) -> bool:
+    """Whether the card's own weights come from its recipe and are not in the cache yet."""
+    return card.weights is None and card.compose is None and not trained_path(card).is_file()
+
+
+def ensure_trained(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
+                   data_root: str | None = None, results: str | Path | None = None) -> None:
+    """Train every card ``card`` is built from that has no weights yet, then the card itself: references
+    first (a CVAE before the classifier trained in its set, parts before their composition)."""
+    card = as_card(card)
+    for ref in card_references(card):
+        ensure_trained(ref, device=device, data_root=data_root, results=results)
+    if needs_training(card):
+        train(card, device=device, data_root=data_root, results=results, if_missing=True)
+
+
+def build_trained(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
+                  trust_code: tuple[str, ...] = ()) -> torch.nn.Module:
+    """The card's model (eval mode, on ``device``), after training whatever it needs: for commands and
+    reports that use a model outside a run."""
+    from bench.models.build import create
+
+    ensure_trained(card, device=device)
+    return create(card, device=device, trust_code=trust_code)
 
 
 def train(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", data_root: str | None = None,
-          fresh: bool = False, results: str | Path | None = None) -> Path:
-    """Train the card's recipe into the cache (resuming an interrupted run unless ``fresh``)."""
+          fresh: bool = False, results: str | Path | None = None, if_missing: bool = False) -> Path:
+    """Train the card's recipe into the cache (resuming an interrupted run unless ``fresh``), after the cards it
+    refers to; with ``if_missing``, weights another process finished meanwhile are kept, not trained again."""
+    card = as_card(card)
+    card.make_recipe()  # a card without a recipe of its own (weights only, or composed) says so here
+    for ref in card_references(card):
+        ensure_trained(ref, device=device, data_root=data_root, results=results)
+    target = trained_path(card)
+    with exclusive(target.with_name(f".{target.name}.lock")):
+        if if_missing and target.is_file():
+            return target
+        return _fit(card, target, device=device, data_root=data_root, fresh=fresh, results=results)
+
+
+def _fit(card: ModelCard, target: Path, *, device, data_root, fresh: bool, results) -> Path:
     from safetensors.torch import save_file
 
     from bench.data import load_dataset
     from bench.store import Store
     from bench.training.loop import fit
 
-    card = as_card(card)
     recipe = card.make_recipe()
-    target = trained_path(card)
     checkpoint = target.with_suffix(".ckpt.pt")
     if fresh:
         checkpoint.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from bench.data import Dataset, subset_indices
 from bench.errors import WeightsError
 from bench.files import atomic_write
-from bench.training.recipe import Batch, Recipe
+from bench.recipes.base import Batch, Recipe
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict:

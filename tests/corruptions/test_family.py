@@ -15,14 +15,14 @@ import bench
 from bench.cli import app
 from bench.data import load_dataset, subset_indices
 from bench.errors import BenchError, CardError, DataError
-from bench.families.corruptions.board import normalised_errors
+from bench.threats.grid_board import normalised_errors
 from bench.families.corruptions.files import LAYOUTS, CorruptedFiles
-from bench.families.corruptions.grid import Cell, CellGrid
-from bench.families.corruptions.shifts import SHIFTS
+from bench.threats.grid import Cell, CellGrid
+from bench.ops.shifts import SHIFTS
 from bench.families.corruptions.suites import SUITES
 from bench.families.corruptions.threats import CorruptionParams
 from bench.leaderboard.table import build_board, render
-from bench.run import batch_seed
+from bench.shards import batch_seed
 from bench.store import Store
 from bench.tasks.classifier import predict
 from bench.testing import threat_card, tiny_digits_model

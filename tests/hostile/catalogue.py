@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 # --- a cheap card per threat family, on digits -------------------------------------------------------
-# "<cvae>" is replaced by a tiny CVAE card trained once per test session, "<source>" by a digits classifier card.
+# "<cvae>" is replaced by a tiny CVAE card trained once per test session, "<source>" by a digits classifier card,
+# "<pgd-card>" and "<learned-cvae-card>" by card files holding this catalogue's pgd and learned-cvae cards.
 FAMILY_CARDS: dict[str, dict] = {
     "clean": {},
     "pgd": {"norm": "Linf", "eps": 0.1, "steps": 3},
@@ -26,10 +27,11 @@ FAMILY_CARDS: dict[str, dict] = {
     "vae-margin": {"r": 1.0, "samples": 10, "bisection": 2, "steps": 2},
     "vae-certified-elbo": {"eps": 0.05, "steps": 2},
     "vae-lipschitz-margin": {"r": 1.0},
+    "ensemble": {"members": ["<pgd-card>", "<learned-cvae-card>"]},
 }
 PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-random", "learned-cvae-transfer", "latent-smoothing",
-              "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer"}
-GRADIENT = {"pgd", "learned-cvae", "pgd-bpda"}
+              "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer", "ensemble"}
+GRADIENT = {"pgd", "learned-cvae", "pgd-bpda", "ensemble"}
 
 
 # --- hostile cards: file name -> (text, what the error says) ------------------------------------------

@@ -42,12 +42,25 @@ def refs(tmp_path_factory, digits_card) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("hostile-cvae")
     path = folder / "hostile-cvae.yaml"
     path.write_text(yaml.safe_dump(TINY_CVAE))
-    return {"<cvae>": str(path), "<source>": str(digits_card)}
+    out = {"<cvae>": str(path), "<source>": str(digits_card)}
+    for family in ("pgd", "learned-cvae"):
+        member = folder / f"member-{family}.yaml"
+        member.write_text(yaml.safe_dump({"id": f"member-{family}", "family": family,
+                                          "params": _filled(FAMILY_CARDS[family], out)}))
+        out[f"<{family}-card>"] = str(member)
+    return out
+
+
+def _filled(params, refs: dict[str, str]):
+    if isinstance(params, dict):
+        return {k: _filled(v, refs) for k, v in params.items()}
+    if isinstance(params, list):
+        return [_filled(v, refs) for v in params]
+    return refs.get(params, params) if isinstance(params, str) else params
 
 
 def family_card(family: str, refs: dict[str, str]) -> ThreatCard:
-    params = {k: refs.get(v, v) if isinstance(v, str) else v for k, v in FAMILY_CARDS[family].items()}
-    return ThreatCard(id=f"hostile-{family}", family=family, params=params)
+    return ThreatCard(id=f"hostile-{family}", family=family, params=_filled(FAMILY_CARDS[family], refs))
 
 
 def test_every_threat_family_is_in_the_hostile_catalogue():

@@ -14,7 +14,8 @@ import bench
 from bench.threats import make_threat
 from bench.families.learned_sets.smoothing import class_counts, clopper_pearson_lower
 from bench.errors import BenchError, CardError
-from bench.models import create, load_model_card
+from bench.models import load_model_card
+from bench.training import build_trained
 from bench.families.learned_sets.sets import latent_stats, parse_eps, radius_option
 
 DIGITS_CVAE = {
@@ -66,7 +67,7 @@ def learned_threat(cvae: str, **params):
 
 def test_cvae_card_trains_resumably_and_gives_ordered_statistics(cards):
     card = load_model_card(cards["cvae"])
-    model = create(card)
+    model = build_trained(card)
     assert not model.training
     stats = latent_stats(card)
     assert len(stats.distances) == 100 * 2
@@ -117,7 +118,7 @@ def test_cli_samples_draws_the_set_as_an_image_grid(cards, tmp_path):
 
 def test_downstream_recipes_train_and_the_cvae_hash_is_part_of_their_identity(cards, tmp_path):
     for name in ("standard", "rts-aug", "cvae-aug", "cvae-smoothing", "cvae-adv"):
-        model = create(cards[name])
+        model = build_trained(cards[name])
         x, y = bench.load_data("digits", n=200)
         with torch.no_grad():
             assert (model(x).argmax(1) == y).float().mean() > 0.3, name
@@ -133,11 +134,11 @@ def test_downstream_recipes_train_and_the_cvae_hash_is_part_of_their_identity(ca
 
 
 def test_adversarial_loss_is_at_least_the_clean_loss(cards):
-    from bench.training.recipe import Batch
+    from bench.recipes.base import Batch
 
     recipe = load_model_card(cards["cvae-adv"]).make_recipe()
     recipe.prepare(device=torch.device("cpu"), data_root=None)
-    model = create(cards["standard"])
+    model = build_trained(cards["standard"])
     x, y = bench.load_data("digits", split="train", n=64)
     batch = Batch(x, y, torch.arange(64), 0.5, 1, torch.Generator().manual_seed(0))
     clean = torch.nn.functional.cross_entropy(model(x), y)
@@ -237,7 +238,7 @@ def test_smoothing_votes_are_seeded(cards):
     from bench.families.learned_sets.sets import load_cvae
 
     cvae = load_cvae(load_model_card(cards["cvae"]))
-    model = create(cards["cvae-smoothing"])
+    model = build_trained(cards["cvae-smoothing"])
     x, _ = bench.load_data("digits", n=8)
     counts = [class_counts(cvae, model, x, sigma=0.5, samples=50, num_classes=10, chunk=64,
                            gen=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
@@ -475,7 +476,7 @@ def test_report_settings_use_one_cvae_throughout(name):
 def test_schedules_interpolate_between_knots_and_validate():
     from pydantic import ValidationError
 
-    from bench.training.recipe import Schedule
+    from bench.recipes.base import Schedule
 
     beta = Schedule(knots=[0, 10, 50], values=[0.0, 0.01, 1.0])
     assert beta.at(0) == 0 and beta.at(5) == pytest.approx(0.005) and beta.at(30) == pytest.approx(0.505)
@@ -520,7 +521,7 @@ class Rounding(torch.nn.Module):
 def test_gradient_free_and_transfer_checks_see_through_gradient_masking(cards, tmp_path):
     """At a radius where the set matters (3.0; this tiny set's own max is far smaller), latent PGD on the
     masked model makes no progress past its random start, while sampling and transfer find what it misses."""
-    masked = Rounding(create(cards["standard"]))
+    masked = Rounding(build_trained(cards["standard"]))
     kw = dict(dataset="digits", n=80, device="cpu", results=tmp_path, progress=False)
     pgd = bench.evaluate(masked, learned_threat(cards["cvae"], eps=3.0, steps=20), **kw)
     assert any("input gradient is exactly zero" in note for note in pgd.notes)

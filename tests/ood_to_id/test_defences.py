@@ -12,7 +12,7 @@ import bench
 from bench.cli import app
 from bench.data import load_dataset, subset_indices
 from bench.errors import CardError
-from bench.families.corruptions.shifts import SHIFTS
+from bench.ops.shifts import SHIFTS
 from bench.families.ood_to_id.defence import TranslateThenClassify
 from bench.models import load_model_card
 from bench.store import Store

@@ -161,7 +161,7 @@ def make_files(layout_name: str, *, root: Path | None = None, seed: int = 0, bat
     """Write ``<data root>/<folder>-generated`` with bench's library: the layout's corruptions and
     severities over the whole clean test split, each (corruption, severity, batch) with its own draws.
     Corruptions already written are kept (resumable)."""
-    from bench.families.corruptions.grid import Cell, CellGrid
+    from bench.threats.grid import Cell, CellGrid
     from bench.families.corruptions.suites import SUITES
 
     layout = LAYOUTS[layout_name]

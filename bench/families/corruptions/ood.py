@@ -11,9 +11,9 @@ import torch
 from pydantic import model_validator
 from torch import Tensor
 
-from bench.families.corruptions.board import cell_table
-from bench.families.corruptions.grid import Cell, CellGrid
-from bench.families.corruptions.shifts import SHIFTS
+from bench.threats.grid_board import cell_table
+from bench.threats.grid import Cell, CellGrid
+from bench.ops.shifts import SHIFTS
 from bench.metrics import Metric
 from bench.params import Params
 from bench.threats.base import THREAT_FAMILIES, Batch, BoardRun

@@ -20,8 +20,8 @@ from pydantic import model_validator
 from torch import Tensor
 
 from bench.errors import BenchError
-from bench.families.corruptions.board import cell_table, mce_columns
-from bench.families.corruptions.grid import Cell, CellGrid
+from bench.threats.grid_board import cell_table, mce_columns
+from bench.threats.grid import Cell, CellGrid
 from bench.families.corruptions.suites import SUITES
 from bench.metrics import Metric
 from bench.params import Params

@@ -10,8 +10,6 @@ certificates act in its latent ball.
 - ``samples.py``, ``report.py`` and ``cli.py``: `bench perturbation ...`.
 """
 
-COMMAND = "perturbation"
-
 
 def register() -> None:
     """Register the family's architectures, pair sources, task, recipes and threat families."""

@@ -24,9 +24,12 @@ def stats(card: str = typer.Argument(..., help="CVAE model card id or path."), d
     import json
 
     from bench.families.learned_sets.sets import cvae_card, latent_stats
-    from bench.run import resolve_device
+    from bench.devices import resolve_device
+    from bench.training import ensure_trained
 
-    summary = latent_stats(cvae_card(card, "bench perturbation stats"), device=resolve_device(device)).summary()
+    cvae, dev = cvae_card(card, "bench perturbation stats"), resolve_device(device)
+    ensure_trained(cvae, device=dev)
+    summary = latent_stats(cvae, device=dev).summary()
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -69,7 +72,7 @@ def report(setting: str = typer.Option("mnist-rts", "--setting",
     """Reproduce the MNIST-RTS learned-perturbation-set results and write the markdown report."""
     from bench.families.learned_sets.report import build_report
     from bench.families.learned_sets.report import setting as find_setting
-    from bench.run import resolve_device
+    from bench.devices import resolve_device
 
     chosen = find_setting(setting)
     if len(seeds) < 2:

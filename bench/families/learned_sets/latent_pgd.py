@@ -13,19 +13,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.families.learned_sets.cvae import CVAE
+from bench.ops.draws import Draws, as_draws
 from bench.ops.gradients import input_gradient
 from bench.ops.norms import normalized, project_l2
 
 
-def random_start(shape: torch.Size, eps: float, gen: torch.Generator) -> Tensor:
+def random_start(shape: torch.Size, eps: float, draws: Draws) -> Tensor:
     """A random direction at a radius drawn uniformly from [0, eps] (the paper's start, not uniform in the ball)."""
-    direction = normalized(torch.randn(shape, generator=gen))
-    radius = torch.rand(shape[0], generator=gen).view(-1, *([1] * (len(shape) - 1))) * eps
+    direction = normalized(draws.randn(shape[1:]))
+    radius = draws.rand().view(-1, *([1] * (len(shape) - 1))) * eps
     return direction * radius
 
 
 def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int,
-               step_size: float, restarts: int = 1, gen: torch.Generator, decay: float = 1.0,
+               step_size: float, restarts: int = 1, gen: torch.Generator | Draws, decay: float = 1.0,
                until_fooled: bool = True) -> tuple[Tensor, Tensor]:
     """Return (x_adv, u) with every |u|_2 <= eps.
 
@@ -34,6 +35,7 @@ def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: 
     latent point that fools the classifier and keeps it, else the last iterate of the last restart; without
     it (crafting points to transfer to another model), every example ascends for all steps and the last
     iterate is returned."""
+    draws = as_draws(gen, len(x))
     with torch.no_grad():
         mu_p, logvar_p = cvae.prior(x)
         sigma_p = (0.5 * logvar_p).exp()
@@ -44,7 +46,7 @@ def latent_pgd(cvae: CVAE, classifier: nn.Module, x: Tensor, y: Tensor, *, eps: 
     best = torch.zeros_like(mu_p)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(restarts):
-        u = random_start(mu_p.shape, eps, gen).to(mu_p)
+        u = random_start(mu_p.shape, eps, draws).to(mu_p)
         for step_index in range(steps + 1):  # evaluates u_0 .. u_steps, updates between them
             u.requires_grad_(True)
             logits = classifier(decode(u))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from bench.families.learned_sets.latent_pgd import latent_pgd
 from bench.families.learned_sets.pairs import Pairs
 from bench.families.learned_sets.sets import CVAERef, Radius, load_cvae, resolve_radius
-from bench.training.recipe import RECIPES, Batch, Recipe, RecipeParams, Schedule
+from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams, Schedule
 
 
 class CVAEParams(RecipeParams):

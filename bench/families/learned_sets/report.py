@@ -117,14 +117,14 @@ def run_seed(setting: Setting, seed: int, work: Path, *, n_eval: int, n_quality:
              n_certify: int, n_check: int, device: str) -> dict:
     """Train and evaluate everything for one seed; every result also lands in ``work/results``."""
     from bench.families.learned_sets.sets import cvae_card, latent_stats
-    from bench.models import create
+    from bench.training import ensure_trained
     from bench.threats import ThreatCard
 
     runner = _Runner(seed, work, device)
     cvae_path = runner.card("model", setting.cvae)
     affine_path = runner.card("model", setting.cvae_affine)
     card = cvae_card(str(cvae_path), "report")
-    create(card, device=device)
+    ensure_trained(card, device=device)
     stats = latent_stats(card, device=device)
     out = {"stats": stats.summary(), "quality": runner.quality(cvae_path, QUALITY, n_quality),
            "quality_affine": runner.quality(affine_path, QUALITY_AFFINE, n_quality)}

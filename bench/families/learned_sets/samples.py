@@ -22,7 +22,8 @@ def sample_grid(cvae: str | Path, out: str | Path, *, n: int = 8, draws: int = 4
     from bench.data import load_dataset, subset_indices
     from bench.families.learned_sets.sets import cvae_card, load_cvae, radius_option, resolve_radius
     from bench.ops.norms import project_l2
-    from bench.run import resolve_device
+    from bench.devices import resolve_device
+    from bench.training import ensure_trained
 
     save_image = require("torchvision.utils", "bench perturbation samples", "pip install 'bench[vision]'").save_image
 
@@ -34,6 +35,7 @@ def sample_grid(cvae: str | Path, out: str | Path, *, n: int = 8, draws: int = 4
     eps = radius_option(eps)
     dev = resolve_device(device)
     card = cvae_card(cvae, "bench perturbation samples")
+    ensure_trained(card, device=dev)
     model = load_cvae(card, dev)
     radius = resolve_radius(card, eps, device=dev)
     data = load_dataset(card.dataset, "test")

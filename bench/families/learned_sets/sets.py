@@ -64,7 +64,7 @@ def cvae_card(ref: str | Path, where: str) -> ModelCard:
 
 
 def load_cvae(card: ModelCard, device: str | torch.device = "cpu") -> CVAE:
-    """The card's CVAE in eval mode with frozen weights (trained first if needed)."""
+    """The card's CVAE in eval mode with frozen weights (trained beforehand: ``ensure_trained``)."""
     from bench.models.build import create
 
     model = create(card, device=device)
@@ -98,7 +98,8 @@ def resolve_radius(card: ModelCard, eps: float | str, *, device: str | torch.dev
 
 
 def _stats_path(card: ModelCard) -> Path:
-    from bench.models.weights import cache_dir, safe_filename
+    from bench.files import safe_filename
+    from bench.models.weights import cache_dir
 
     return cache_dir("perturbation-stats") / f"{safe_filename(card.id)}-{card.hash[:16]}.json"
 
@@ -145,7 +146,7 @@ class PerturbationSet(Task):
         mu_p, _ = model.prior(x)
         return model.perturb(x, torch.zeros_like(mu_p))  # the prior-mean member of each set
 
-    def trained_summary(self, card: ModelCard, path: Path, device: torch.device) -> dict[str, float]:
+    def trained_summary(self, card: ModelCard, model: CVAE, device: torch.device) -> dict[str, float]:
         """The latent distance statistics of held-out pairs, from which eps percentiles are read."""
         return latent_stats(card, device=device).summary()
 

@@ -20,7 +20,9 @@ from bench.models.card import model_ref
 from bench.ops.norms import normalized
 from bench.params import Params
 from bench.tasks.classifier import predict
+from bench.ops.draws import Draws
 from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
+from bench.threats.step import Candidates, PerturbStep, StepResult
 
 
 ClassifierRef = model_ref("classifier")
@@ -64,6 +66,20 @@ class CVAEThreat(ClassifierAttack):
                              f"evaluate on {self.card.dataset} (the threat card's datasets should say so)") from err
 
 
+class CVAEStep(CVAEThreat, PerturbStep):
+    """A perturb step in a CVAE's latent ball. Its candidates are the set's members, checked against the ball by
+    the attack itself (``check`` here only refuses non-finite or misshapen images)."""
+
+    def check(self, x: Tensor, candidates: Candidates) -> None:
+        if candidates.x.shape != x.shape or not torch.isfinite(candidates.x).all():
+            raise BenchError(f"{type(self).__name__} returned non-finite points (NaN or inf) or points of the wrong "
+                             "shape", "this is a bug in the attack, not the model: report it with the model and threat")
+
+    def step(self, target: Target, batch: Batch, survivors: Tensor | None = None) -> StepResult:
+        self.check_input(batch.x)
+        return super().step(target, batch, survivors)
+
+
 class LearnedCVAEParams(CVAEThreatParams):
     eps: Radius
     steps: int = Field(50, gt=0)
@@ -76,33 +92,33 @@ class LearnedCVAEParams(CVAEThreatParams):
 
 
 @THREAT_FAMILIES.register("learned-cvae")
-class LearnedCVAE(CVAEThreat):
+class LearnedCVAE(CVAEStep):
     Params = LearnedCVAEParams
     gradient_based = True
 
-    def attack(self, target: Target, batch: Batch) -> Outcome:
-        p, model, x = self.params, target.module, batch.x
-        self.check_input(x)
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
+        p = self.params
         eps = self.radius(p.eps, x.device)
-        correct = batch.clean["clean_correct"]
-        adv_pred = batch.clean["clean_pred"].clone()
-        latent_norm = torch.zeros(len(x))
-        if correct.any():
-            x_adv, u = latent_pgd(self.cvae(x.device), model, x[correct], batch.y[correct], eps=eps, steps=p.steps,
-                                  step_size=p.step(eps), restarts=p.restarts, gen=batch.generator(), decay=p.decay)
-            adv_pred[correct] = predict(model, x_adv, target.num_classes)
-            latent_norm[correct.cpu()] = u.flatten(1).norm(dim=1).cpu()
+        x_adv, u = latent_pgd(self.cvae(x.device), target.module, x, y, eps=eps, steps=p.steps, step_size=p.step(eps),
+                              restarts=p.restarts, gen=draws, decay=p.decay)
+        latent_norm = u.flatten(1).norm(dim=1)
         if bool((latent_norm > eps * (1 + 1e-5)).any()) or not torch.isfinite(latent_norm).all():
             raise BenchError(f"latent PGD left the ball of radius {eps:.4g} (largest norm {latent_norm.max():.4g})",
                              "this is a bug in the attack, not the model: report it with the model and threat")
-        return Outcome(values=self.scored(batch, adv_pred, latent_norm=latent_norm,
-                                          eps=torch.full((len(x),), eps)))
+        return Candidates(x_adv, columns={"latent_norm": latent_norm})
+
+    def attack(self, target: Target, batch: Batch) -> Outcome:
+        out = super().attack(target, batch)
+        out.values["eps"] = torch.full((len(batch.x),), self.radius(self.params.eps, batch.x.device))
+        return out
 
 
-def uniform_in_ball(count: int, dim: int, eps: float, gen: torch.Generator) -> Tensor:
-    """``count`` points uniform in the L2 ball of radius eps in ``dim`` dimensions."""
-    direction = normalized(torch.randn(count, dim, generator=gen))
-    return direction * eps * torch.rand(count, 1, generator=gen) ** (1 / dim)
+def uniform_in_ball(rounds: int, dim: int, eps: float, draws: Draws) -> Tensor:
+    """``rounds`` points per drawn point, uniform in the L2 ball of radius eps in ``dim`` dimensions:
+    shape (rounds, points, dim)."""
+    direction = normalized(draws.randn((dim,), lead=(rounds,)).flatten(0, 1))
+    radius = eps * draws.rand((1,), lead=(rounds,)).flatten(0, 1) ** (1 / dim)
+    return (direction * radius).view(rounds, -1, dim)
 
 
 class RandomSamplesParams(CVAEThreatParams):
@@ -112,34 +128,41 @@ class RandomSamplesParams(CVAEThreatParams):
 
 
 @THREAT_FAMILIES.register("learned-cvae-random")
-class LearnedCVAERandom(CVAEThreat):
+class LearnedCVAERandom(CVAEStep):
     """Gradient-free check: a point survives only if all of ``samples`` latent points drawn uniformly in
     the ball are classified correctly. Weaker than PGD on an honest model, but blind to gradient masking:
-    where it breaks points that PGD leaves robust, PGD's number is not to be trusted."""
+    where it breaks points that PGD leaves robust, PGD's number is not to be trusted. It draws for every
+    point of the batch (the rounds are sized by the batch), so its draws are per point of the whole batch."""
 
     Params = RandomSamplesParams
 
-    def attack(self, target: Target, batch: Batch) -> Outcome:
-        p, model, x = self.params, target.module, batch.x
-        self.check_input(x)
-        eps, cvae, gen = self.radius(p.eps, x.device), self.cvae(x.device), batch.generator()
-        adv_pred = batch.clean["clean_pred"].clone()
+    def attacked(self, batch: Batch) -> Tensor:
+        return torch.ones_like(batch.clean["clean_correct"])
+
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
+        """The first sample that fools each point (the point itself where none does), with its prediction."""
+        p, model = self.params, target.module
+        eps, cvae = self.radius(p.eps, x.device), self.cvae(x.device)
+        pred = y.clone()  # until a sample fools the point (a point wrong clean keeps its clean prediction)
+        found = x.clone()
         with torch.no_grad():
             mu_p, logvar_p = cvae.prior(x)
             sigma_p = (0.5 * logvar_p).exp()
-            per_round = max(1, p.chunk // len(x))
+            per_round = max(1, p.chunk // draws.total)
             done = 0
             while done < p.samples:
                 k = min(per_round, p.samples - done)
-                u = uniform_in_ball(k * len(x), mu_p.shape[1], eps, gen).to(mu_p).view(k, len(x), -1)
+                u = uniform_in_ball(k, mu_p.shape[1], eps, draws).to(mu_p)
                 images = cvae.generator(x.repeat(k, 1, 1, 1), (mu_p + sigma_p * u).flatten(0, 1))
                 votes = predict(model, images, target.num_classes).view(k, len(x))
-                wrong = votes != batch.y
+                wrong = votes != y
                 first = wrong.float().argmax(0)  # the first draw that fools each point
-                hit = wrong.any(0) & (adv_pred == batch.y)
-                adv_pred[hit] = votes[first, torch.arange(len(x), device=x.device)][hit]
+                hit = wrong.any(0) & (pred == y)
+                points = torch.arange(len(x), device=x.device)
+                pred[hit] = votes[first, points][hit]
+                found[hit] = images.view(k, *x.shape)[first, points][hit]
                 done += k
-        return Outcome(values=self.scored(batch, adv_pred))
+        return Candidates(found, pred=pred)
 
 
 class TransferParams(CVAEThreatParams):
@@ -150,26 +173,20 @@ class TransferParams(CVAEThreatParams):
 
 
 @THREAT_FAMILIES.register("learned-cvae-transfer")
-class LearnedCVAETransfer(CVAEThreat):
+class LearnedCVAETransfer(CVAEStep):
     """Transfer check: latent PGD on ``source`` (all steps, maximising its loss), then the evaluated model
     classifies those points. It needs no gradient of the evaluated model at all."""
 
     Params = TransferParams
     adaptive = False
 
-    def attack(self, target: Target, batch: Batch) -> Outcome:
-        p, x = self.params, batch.x
-        self.check_input(x)
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
+        p = self.params
         eps = self.radius(p.eps, x.device)
         if str(x.device) not in self._sources:
             from bench.models.build import create
 
             self._sources[str(x.device)] = create(p.source.card, device=x.device).requires_grad_(False)
-        correct = batch.clean["clean_correct"]
-        adv_pred = batch.clean["clean_pred"].clone()
-        if correct.any():
-            x_adv, _ = latent_pgd(self.cvae(x.device), self._sources[str(x.device)], x[correct], batch.y[correct],
-                                  eps=eps, steps=p.steps, step_size=p.step_size or eps / 20, gen=batch.generator(),
-                                  until_fooled=False)
-            adv_pred[correct] = predict(target.module, x_adv, target.num_classes)
-        return Outcome(values=self.scored(batch, adv_pred))
+        x_adv, _ = latent_pgd(self.cvae(x.device), self._sources[str(x.device)], x, y, eps=eps, steps=p.steps,
+                              step_size=p.step_size or eps / 20, gen=draws, until_fooled=False)
+        return Candidates(x_adv)

@@ -12,8 +12,6 @@ A defence is never ranked on non-adaptive numbers: its cards are attacked end to
 ``autoattack``), through the gate's surrogate (``pgd-bpda``) and by transfer (``pgd-transfer``).
 """
 
-COMMAND = "ood2id"
-
 
 def register() -> None:
     """Register the translator task and architecture, its recipe and the composer."""

@@ -23,7 +23,7 @@ def report(seeds: list[int] = typer.Option([0, 1], "--seed", help="Seeds (repeat
     """Train, attack and write the MNIST report: standard vs defended under shifts, transfer and adaptive
     attacks, with every claim checked; and the MNIST-C table of the shipped MNIST models."""
     from bench.families.ood_to_id.report import build_report
-    from bench.run import resolve_device
+    from bench.devices import resolve_device
 
     command = ("bench ood2id report " + " ".join(f"--seed {s}" for s in seeds)
                + f" --n-eval {n_eval} --n-attack {n_attack} --n-mnist-c {n_mnist_c}")

@@ -12,11 +12,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from bench.families.corruptions.shifts import SHIFTS
+from bench.ops.shifts import SHIFTS
 from bench.models.card import model_ref
 from bench.ops.pgd import pgd
 from bench.params import Eps, Params
-from bench.training.recipe import RECIPES, Batch, Recipe, RecipeParams
+from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams
 
 
 class ShiftRange(Params):

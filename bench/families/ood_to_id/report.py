@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from bench.errors import BenchError
-from bench.families.corruptions.board import cell_columns, normalised_errors
+from bench.threats.grid_board import cell_columns, normalised_errors
 from bench.reports import VERDICT_WORDS, SeedRunner, Verdict, mean_sd, verdict, write_report
 from bench.threats.base import BoardRun
 
@@ -50,10 +50,10 @@ def gate_rates(gated_card: Path, n: int, device: str) -> dict[str, float]:
     """How often the gate sends an image through the translator: clean test points and each trained shift at
     the middle of its card strengths."""
     from bench.data import load_dataset, subset_indices
-    from bench.families.corruptions.shifts import SHIFTS as SHIFT_FNS
-    from bench.models import create
+    from bench.ops.shifts import SHIFTS as SHIFT_FNS
+    from bench.training import build_trained
 
-    model = create(str(gated_card), device=device)
+    model = build_trained(str(gated_card), device=device)
     test = load_dataset("mnist", "test")
     x = test.x[subset_indices(len(test), n)].to(device)
     inputs = {"clean": x, "darker 0.4": SHIFT_FNS.get("darker")(x, 0.4, None),

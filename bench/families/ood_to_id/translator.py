@@ -7,7 +7,6 @@ has to learn.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -44,12 +43,9 @@ class Translator(Task):
     def probe(self, model: nn.Module, x: Tensor) -> Tensor:
         return translate(model, x)
 
-    def trained_summary(self, card, path: Path, device: torch.device) -> dict[str, float]:
+    def trained_summary(self, card, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Mean |T(s(x)) - x| on 1,000 test images for identity and for each shift the recipe trains on."""
         from bench.data import load_dataset, subset_indices
-        from bench.models.assemble import from_file
-
-        model = from_file(card, path, device=device)
         test = load_dataset(card.dataset, "test")
         x = test.x[subset_indices(len(test), min(1000, len(test)))].to(device)
         recipe = card.make_recipe()

@@ -12,8 +12,6 @@
 Nothing here treats a VAE as a classifier: no labels are used, and no accuracy is reported.
 """
 
-COMMAND = "vae"
-
 
 def register() -> None:
     """Register the architecture, the recipe and the attack family."""

@@ -22,7 +22,7 @@ def report(seeds: list[int] = typer.Option([0, 1], "--seed", help="Seeds (repeat
     """Train the VAEs, beta-VAEs, beta-TCVAEs and proVAE for each seed, measure margins and certified ELBOs,
     and write the report with every claim checked."""
     from bench.families.vae_robustness.report import build_report
-    from bench.run import resolve_device
+    from bench.devices import resolve_device
 
     command = ("bench vae report " + " ".join(f"--seed {s}" for s in seeds)
                + f" --n-margin {n_margin} --n-elbo {n_elbo}")

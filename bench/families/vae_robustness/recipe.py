@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from bench.families.vae_robustness.vae import gaussian_kl
-from bench.training.recipe import RECIPES, Batch, Recipe, RecipeParams
+from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams
 
 
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

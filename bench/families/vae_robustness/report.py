@@ -56,9 +56,9 @@ def latent_usage(card: Path, n: int, device: str) -> dict[str, float]:
     makes a VAE trivially robust, since its output ignores its input."""
     from bench.data import load_dataset, subset_indices
     from bench.families.vae_robustness.vae import gaussian_kl
-    from bench.models import create
+    from bench.training import build_trained
 
-    model = create(str(card), device=device)
+    model = build_trained(str(card), device=device)
     test = load_dataset("mnist", "test")
     mu, logvar = model.encode(test.x[subset_indices(len(test), n)].to(device))
     return {"kl": float(gaussian_kl(mu, logvar).mean()), "active": int((mu.var(0) > ACTIVE).sum()),

@@ -5,7 +5,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from bench.ops.pgd import pgd
-from bench.training.recipe import RECIPES, Attack, Batch, Recipe, RecipeParams
+from bench.recipes.base import RECIPES, Attack, Batch, Recipe, RecipeParams
 
 
 @RECIPES.register("standard")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.data import load_dataset
-from bench.families.corruptions.shifts import SHIFTS
+from bench.ops.shifts import SHIFTS
 
 NAMES = SHIFTS.names()
 

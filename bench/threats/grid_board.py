@@ -1,5 +1,5 @@
-"""What the board derives for a grid family: errors normalised by a baseline (mCE, relative mCE) and the
-per-cell accuracy table.
+"""What the board derives for a grid family (``bench.threats.grid``): errors normalised by a baseline (mCE,
+relative mCE) and the per-cell accuracy table.
 
 Hendrycks & Dietterich (2019): CE_c = sum_s E(c, s) / sum_s E_base(c, s), mCE the mean of CE_c over
 corruptions; relative CE_c = sum_s (E(c, s) - E(clean)) / sum_s (E_base(c, s) - E_base(clean)). Both are

@@ -1,6 +1,6 @@
 """Training recipes: a params schema plus what a recipe trains on, with which loss and which parameters.
 
-The loop in ``loop.py`` (optimisers, schedule, checkpoints, validation, progress) is shared by all of
+The loop in ``bench.training.loop`` (optimisers, schedule, checkpoints, validation, progress) is shared by all of
 them. What a recipe can say beyond the default (cross-entropy on clean inputs, one optimiser over the
 model's parameters):
 
@@ -194,7 +194,7 @@ class Recipe:
         return out
 
 
-RECIPES: Registry[type[Recipe]] = Registry("recipe", providers=("bench.training.standard",))
+RECIPES: Registry[type[Recipe]] = Registry("recipe", providers=("bench.recipes.standard",))
 
 
 def make_recipe(name: str, params: dict, where: str, context: dict | None = None) -> Recipe:

@@ -1,4 +1,5 @@
-"""Named natural distribution shifts at graded strengths, for the ``ood`` threat family.
+"""Named natural distribution shifts at graded strengths: the ``ood`` threat family evaluates under them, and
+the OOD-to-ID translator is trained to undo them.
 
 A ``Shift`` maps a batch of float images (N, C, H, W) in [0, 1] to the shifted batch at a ``strength``; the
 output is clamped to [0, 1]. Every shift runs on the images' own device; the one random shift (``noise``)
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.families.corruptions.library import gaussian_blur
+from bench.ops.filters import gaussian_blur
 from bench.registry import Registry
 
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights

@@ -1,0 +1,119 @@
+"""Fingerprints of the threat families: what each family's card under ``cards/`` computes on a tiny model with
+committed weights (``models/``), recorded in ``<family>.json`` with the implementation identity it was made
+under.
+
+A fingerprint holds the run's stored rows and a trace of every top-level module call the run made (the
+module's class, and the sum and sum of squares of its input), so a change to an attack's step, a start, a
+schedule or a clean pass shows even where no stored row moves. ``test_fingerprints.py`` recomputes them:
+outputs that changed under an unchanged identity mean a forgotten revision bump.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FOLDER = Path(__file__).resolve().parent
+N, BATCH = 24, 12  # two shards: the per-shard seeds are part of what is fingerprinted
+VOLATILE = {"seconds", "run_id", "shard"}
+RTOL, ATOL = 1e-5, 1e-6
+MODELS = {"classifier": "digits-cnn", "perturbation-set": "digits-cvae", "generative": "digits-vae"}
+MODEL_OF = {"vae-lipschitz-margin": "digits-lipschitz-vae"}  # families that need a model of their own kind
+
+
+def model_card(family: str) -> Path:
+    from bench.threats import THREAT_FAMILIES
+
+    name = MODEL_OF.get(family) or MODELS[THREAT_FAMILIES.get(family).tasks[0]]
+    return FOLDER / "models" / f"{name}.yaml"
+
+
+@contextlib.contextmanager
+def traced() -> Any:
+    """Record every top-level module call (a call made while no other module call is running)."""
+    calls: list[list] = []
+    depth = [0]
+
+    def before(module, args):
+        if depth[0] == 0:
+            x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if x is not None and x.is_floating_point():
+                flat = x.detach().double()
+                calls.append([type(module).__name__, int(x.numel()), float(flat.sum()), float((flat * flat).sum())])
+        depth[0] += 1
+
+    def after(module, args, output):
+        depth[0] -= 1
+
+    handles = [torch.nn.modules.module.register_module_forward_pre_hook(before),
+               torch.nn.modules.module.register_module_forward_hook(after)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def compute(family: str, results: Path) -> dict[str, Any]:
+    """The family's fingerprint, computed now (one CPU thread, seed 0)."""
+    import bench
+    from bench.implementation import implementation
+    from bench.store import Store
+    from bench.tasks import TASKS
+    from bench.threats import load_threat_card, make_threat
+
+    card, threat = make_threat(load_threat_card(FOLDER / "cards" / f"{family}.yaml"))
+    model = model_card(family)
+    with traced() as calls:
+        summary = bench.evaluate(str(model), card, dataset="digits", n=N, batch_size=BATCH, seed=0, threads=1,
+                                 results=results, progress=False)
+    rows = Store(results).read_run(summary.run_id).rows.drop(columns=list(VOLATILE), errors="ignore")
+    rows = rows.sort_values("index").reset_index(drop=True)
+    return {"family": family, "implementation": implementation(family, threat, TASKS.get(summary.task)),
+            "card": card.model_dump(mode="json", exclude={"description"}), "model": model.stem, "n": N,
+            "rows": {c: rows[c].tolist() for c in rows.columns}, "calls": calls}
+
+
+def _close(a: float, b: float) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and (math.isnan(a) or math.isnan(b)):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= ATOL + RTOL * abs(b)
+
+
+def compare(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Where the current outputs differ from the recorded ones (empty: the same, to float tolerance)."""
+    problems = []
+    old, new = recorded["rows"], current["rows"]
+    if set(old) != set(new):
+        problems.append(f"columns {sorted(old)} recorded, {sorted(new)} now")
+    for column in sorted(set(old) & set(new)):
+        a, b = old[column], new[column]
+        differ = len(a) != len(b) or any(
+            not _close(float(u), float(v)) if isinstance(u, float) or isinstance(v, float) else u != v
+            for u, v in zip(a, b))
+        if differ:
+            problems.append(f"column {column} changed")
+    calls_old, calls_new = recorded["calls"], current["calls"]
+    if len(calls_old) != len(calls_new):
+        problems.append(f"{len(calls_old)} model calls recorded, {len(calls_new)} now")
+    else:
+        first = next((i for i, (a, b) in enumerate(zip(calls_old, calls_new))
+                      if a[:2] != b[:2] or not (_close(a[2], b[2]) and _close(a[3], b[3]))), None)
+        if first is not None:
+            problems.append(f"model call {first} ({calls_new[first][0]}) sees other inputs than recorded")
+    return problems
+
+
+def write(fingerprint: dict[str, Any]) -> Path:
+    path = FOLDER / f"{fingerprint['family']}.json"
+    path.write_text(json.dumps(fingerprint, indent=1) + "\n")
+    return path
+
+
+def read(family: str) -> dict[str, Any] | None:
+    path = FOLDER / f"{family}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,87 @@
+"""Record the families' fingerprints after a revision bump, or make the tiny models they run on.
+
+    python tests/fingerprints/update.py FAMILY [FAMILY ...]   # after bumping FAMILY's revision
+    python tests/fingerprints/update.py --all                # e.g. after bumping the core's or a task's
+    python tests/fingerprints/update.py --models             # retrain the tiny models (then --all)
+
+Only record a fingerprint for a family whose revision you bumped (or that is new): recording over a changed
+output under the same revision hides exactly what the fingerprint test exists to catch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fingerprint import FOLDER, compute, read, write  # noqa: E402
+
+TINY = {  # card -> what it trains (weights are committed, so training need not be bit-reproducible elsewhere)
+    "digits-cnn": {"task": "classifier", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}},
+                   "recipe": {"name": "standard", "seed": 0, "params": {"epochs": 3, "batch_size": 64}}},
+    "digits-cnn-b": {"task": "classifier", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}},
+                     "recipe": {"name": "standard", "seed": 1, "params": {"epochs": 3, "batch_size": 64}}},
+    "digits-cvae": {"task": "perturbation-set",
+                    "architecture": {"name": "cvae-stn", "kwargs": {"channels": 1, "side": 8, "latent": 4,
+                                                                     "width": 4}},
+                    "recipe": {"name": "cvae", "seed": 0, "params": {
+                        "epochs": 2, "batch_size": 64, "train_subset": 512, "val_size": 64, "stats_passes": 1,
+                        "pairs": {"kind": "rts", "rotation": 20}, "beta": {"knots": [0], "values": [1.0]}}}},
+    "digits-vae": {"task": "generative",
+                   "architecture": {"name": "conv-vae", "kwargs": {"channels": 1, "side": 8, "latent": 4, "width": 8}},
+                   "recipe": {"name": "vae", "seed": 0, "params": {"epochs": 3, "batch_size": 64, "lr": 0.003}}},
+    "digits-lipschitz-vae": {"task": "generative",
+                             "architecture": {"name": "lipschitz-vae", "kwargs": {"channels": 1, "side": 8,
+                                                                                  "latent": 4, "hidden": 64,
+                                                                                  "sigma_max": 0.3}},
+                             "recipe": {"name": "vae", "seed": 0, "params": {"epochs": 5, "batch_size": 64,
+                                                                             "lr": 0.003}}},
+}
+
+
+def make_models() -> None:
+    """Train each tiny card and commit its weights beside a card that ships them (sha256 pinned)."""
+    import bench
+    from bench.models.weights import sha256_file
+
+    with tempfile.TemporaryDirectory() as work:
+        os.environ["BENCH_CACHE"] = work  # trained here, kept only as the committed copies
+        for name, spec in TINY.items():
+            card = {"id": f"fingerprint-{name}", "dataset": "digits", **spec}
+            source = Path(work) / f"{name}.yaml"
+            source.write_text(yaml.safe_dump(card))
+            weights = FOLDER / "models" / f"{name}.safetensors"
+            shutil.copyfile(bench.train(str(source), results=Path(work) / "results"), weights)
+            shipped = {k: v for k, v in card.items() if k != "recipe"}
+            shipped["weights"] = {"file": weights.name, "sha256": sha256_file(weights)}
+            (FOLDER / "models" / f"{name}.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
+            print(f"trained {name}")
+
+
+def main() -> None:
+    from bench.threats import THREAT_FAMILIES
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("families", nargs="*")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--models", action="store_true")
+    args = parser.parse_args()
+    if args.models:
+        make_models()
+    for family in THREAT_FAMILIES.names() if args.all else args.families:
+        with tempfile.TemporaryDirectory() as results:
+            new = compute(family, Path(results))
+        old = read(family)
+        write(new)
+        revision = new["implementation"]["family"]["revision"]
+        was = "new" if old is None else f"was revision {old['implementation']['family']['revision']}"
+        print(f"{family}: recorded at revision {revision} ({was})")
+
+
+if __name__ == "__main__":
+    main()
