@@ -12,11 +12,12 @@ from bench.files import atomic_write
 from bench.cards import locate, read_card
 
 
-def seed_card(kind: str, card_id: str, seed: int, folder: Path, refs: dict[str, Path]) -> Path:
+def seed_card(kind: str, card_id: str, seed: int, folder: Path, refs: dict[str, Path | list[Path]]) -> Path:
     """A copy of a built-in card for one seed: recipe seed set, and each reference named in ``refs`` (a
-    recipe's or threat's param such as ``cvae`` or ``source``, or a role of a ``compose:`` block) pointed at
-    the seed's own card. A model card trained with this seed already keeps its id, so it shares the card's
-    trained weights; other copies are named ``<id>-seed<seed>``."""
+    recipe's or threat's param such as ``cvae`` or ``source``, or a role of a ``compose:`` block; a list for a
+    list of references, such as an ensemble's ``members``) pointed at the seed's own card. A model card trained
+    with this seed already keeps its id, so it shares the card's trained weights; other copies are named
+    ``<id>-seed<seed>``."""
     data = read_card(locate(kind, card_id))
     if "recipe" in data and data["recipe"].get("seed", 0) != seed:
         data["id"] = f"{card_id}-seed{seed}"
@@ -28,7 +29,7 @@ def seed_card(kind: str, card_id: str, seed: int, folder: Path, refs: dict[str, 
     for field, path in refs.items():
         for place in places:
             if isinstance(place, dict) and field in place:
-                place[field] = str(path)
+                place[field] = [str(p) for p in path] if isinstance(path, list) else str(path)
     path = folder / ("models" if kind == "model" else "attacks") / f"{data['id']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -42,7 +43,7 @@ class SeedRunner:
     def __init__(self, seed: int, work: Path, device: str):
         self.seed, self.cards, self.results, self.device = seed, work / "cards", work / "results", device
 
-    def card(self, kind: str, card_id: str, **refs: Path) -> Path:
+    def card(self, kind: str, card_id: str, **refs: Path | list[Path]) -> Path:
         return seed_card(kind, card_id, self.seed, self.cards, refs)
 
     def run(self, model: Path | str, threat, n: int, batch_size: int = 500):

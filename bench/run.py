@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import BenchError
-from bench.executors import make_executor, worker_devices
+from bench.executors import Executor, make_executor, worker_devices
 from bench.implementation import differences
 from bench.models.card import ModelCard, references
 from bench.spec import Plan, RunSpec, build, plan, spec_of
@@ -95,7 +95,7 @@ def earlier_runs(store: Store, key: dict[str, Any]) -> list[str]:
 
 
 def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatCard, *,
-             results: str | Path | None = None, progress: bool = True, executor: str = "local",
+             results: str | Path | None = None, progress: bool = True, executor: str | Executor = "local",
              workers: int | None = None, address: str | None = None, trust_code: tuple[str, ...] = (),
              dataset: str | None = None, x: Tensor | None = None, y: Tensor | None = None, n: int | None = None,
              seed: int = 0, device: str | None = "auto", batch_size: int = 500, threads: int | None = None,
@@ -109,7 +109,7 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     (CPU threads, part of the run's numerics), ``data_root``; ``model_name`` and ``task`` for a bare module (a
     classifier unless told otherwise); ``trust_code``: packages whose code an entry-point card may run.
     ``executor``: ``local`` (this process), ``processes`` (``workers`` processes, one per GPU on CUDA) or
-    ``ray`` (a Ray cluster at ``address``).
+    ``ray`` (a Ray cluster at ``address``), or an ``Executor`` made with options of its own.
     """
     p = plan(model, threat, dataset=dataset, x=x, y=y, n=n, seed=seed, device=device, batch_size=batch_size,
              threads=threads, data_root=data_root, model_name=model_name, task=task)
@@ -125,7 +125,8 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
         print(f"note: {note}", file=sys.stderr)
     local = build(spec, device=p.device, module=p.subject.module, data=p.data, trust_code=trust_code) \
         if executor == "local" else None
-    runner = make_executor(executor, evaluation=local, devices=devices, address=address, trust_code=trust_code)
+    runner = executor if isinstance(executor, Executor) else \
+        make_executor(executor, evaluation=local, devices=devices, address=address, trust_code=trust_code)
     start = time.perf_counter()
     runner.execute(spec, store, progress=progress, desc=f"{p.subject.name} x {p.threat_card.id}")
     summary = summarize(store, spec.run_id)

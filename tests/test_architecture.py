@@ -1,5 +1,7 @@
-"""The package's shape: no import cycles (lazy imports inside functions included), a core that imports no
-method family, one registry implementation, and clear errors for broken optional dependencies."""
+"""The package's shape: no import cycles between modules or between packages (lazy imports inside functions
+included), a core that imports no method family and families that import no other family, one registry
+implementation, a family index that says exactly what each family registers, families that break nothing
+when they fail to import, and clear errors for broken optional dependencies."""
 from __future__ import annotations
 
 import ast
@@ -86,10 +88,49 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def package_of(module: str) -> str:
+    """A module's package for the package-level graph: ``bench.X`` for a core package or top-level module,
+    ``bench.families.Y`` for a method family."""
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[1:2] == ["families"] and len(parts) > 2 else parts[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, imported in import_graph().items():
+        own = package_of(module)
+        graph.setdefault(own, set()).update(package_of(m) for m in imported if package_of(m) != own)
+    return graph
+
+
 def test_the_package_has_no_import_cycles():
     graph = import_graph()
     assert len(graph) > 40 and "bench.run" in graph["bench.cli"] | {"bench.run"}
     assert _cycles(graph) == []
+
+
+def test_there_are_no_cycles_between_packages():
+    graph = package_graph()
+    assert {"bench.models", "bench.tasks", "bench.training", "bench.store", "bench.families.ood_to_id"} <= set(graph)
+    assert _cycles(graph) == []
+
+
+def test_the_package_graph_sees_what_the_module_graph_hides():
+    """models.a -> tasks.b -> models.c is no module cycle, but it is a cycle between the two packages."""
+    modules = {"bench.models.a": {"bench.tasks.b"}, "bench.tasks.b": {"bench.models.c"}, "bench.models.c": set()}
+    assert _cycles(modules) == []
+    packages: dict[str, set[str]] = {}
+    for module, imported in modules.items():
+        packages.setdefault(package_of(module), set()).update(package_of(m) for m in imported)
+    assert _cycles({p: d - {p} for p, d in packages.items()}) == [["bench.models", "bench.tasks"]]
+
+
+def test_a_family_imports_no_other_family():
+    graph = package_graph()
+    families = [p for p in graph if p.startswith("bench.families.")]
+    assert len(families) >= 4
+    assert {f: sorted(d for d in graph[f] if d.startswith("bench.families.")) for f in families
+            if any(d.startswith("bench.families.") for d in graph[f])} == {}
 
 
 def test_the_cycle_check_finds_a_cycle():

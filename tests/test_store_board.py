@@ -131,7 +131,8 @@ def test_run_metadata_records_identity_metrics_and_versions(filled):
     meta = Store(root).run_meta(weak.run_id)
     assert meta["key"] == {"model": weak.model_hash, "weights": {}, "protocol": weak.protocol, "dataset": "digits",
                            "n": 60, "seed": 0, "batch_size": 30,
-                           "numerics": {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads()},
+                           "numerics": {"device": "cpu", "torch": torch.__version__,
+                                        "threads": torch.get_num_threads()},
                            "implementation": {"core": CORE_REVISION, "task": {"name": "classifier", "revision": 1},
                                               "family": {"name": "pgd", "revision": PGD.revision}}}
     assert RunSpec.from_dict(meta["spec"]).run_id == weak.run_id  # the spec in run.json is the run
@@ -214,3 +215,30 @@ def test_wilson_interval_known_values():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     lo, hi = wilson_interval(0, 10)
     assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+
+
+# --- summaries --------------------------------------------------------------------------------------
+
+
+def test_a_complete_run_has_a_summary_and_the_board_reads_only_summaries(filled, monkeypatch):
+    root, weak, strong, clean = filled
+    for run in (weak, strong, clean):
+        record = json.loads((root / "runs" / run.run_id / "summary.json").read_text())
+        assert record["metrics"]["robust_acc" if run is not clean else "clean_acc"]["value"] == \
+            run.metrics[run.headline].value
+        assert record["key"] == Store(root).run_meta(run.run_id)["key"] and record["spec"]["n"] == 60
+        assert set(record["shards"]) == {"shard-000000.parquet", "shard-000001.parquet"}
+    before = leaderboard(Store(root))
+    monkeypatch.setattr(Store, "read_run", lambda *a, **k: pytest.fail("the board opened a shard file"))
+    after = leaderboard(Store(root))
+    assert after.equals(before) and len(after) == 3
+
+
+def test_a_run_without_its_summary_is_left_off_until_its_command_is_rerun(digits_model, tmp_path):
+    card = threat("pgd", norm="Linf", eps=0.1, steps=3)
+    summary = evaluate(digits_model, card, n=60, results=tmp_path, **KW)
+    (tmp_path / "runs" / summary.run_id / "summary.json").unlink()  # killed after its last shard
+    assert build_board(Store(tmp_path)).blocks == []
+    evaluate(digits_model, card, n=60, results=tmp_path, **KW)
+    assert (tmp_path / "runs" / summary.run_id / "summary.json").is_file()
+    assert [r["run_id"] for r in build_board(Store(tmp_path)).blocks[0].rows] == [summary.run_id]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,10 @@ def complete_runs(store: Store, warnings: list[str]) -> list[dict[str, Any]]:
 
 
 def _files(store: Store, run_id: str) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in store.shard_files(run_id)}
+    """The run's row files and their sizes, as ``Store.shard_files`` finds them (one directory scan)."""
+    with os.scandir(store.run_dir(run_id)) as entries:
+        return {e.name: e.stat().st_size for e in entries
+                if e.name.endswith(".parquet") and not e.name.startswith(".") and e.is_file()}
 
 
 class _CurrentCode:
@@ -206,14 +210,19 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
 
 def _numerics_notes(runs: list[dict]) -> list[str]:
     """Say when the block's runs were computed with different numerics (their last digits may differ)."""
+    seen: dict[str, set[str]] = {}
+    for s in runs:
+        for k, v in s["key"]["numerics"].items():
+            seen.setdefault(k, set()).add(json.dumps(v))
+    varying = sorted(k for k, values in seen.items()
+                     if len(values) > 1 or any(k not in s["key"]["numerics"] for s in runs))
+    if not varying:
+        return []
     groups: dict[str, list[str]] = {}
     for s in runs:
         numerics = s["key"]["numerics"]
-        groups.setdefault(json.dumps(numerics, sort_keys=True), []).append(s["model"])
-    if len(groups) < 2:
-        return []
-    parts = [", ".join(f"{k} {v}" for k, v in json.loads(text).items()) + f" ({', '.join(sorted(models))})"
-             for text, models in sorted(groups.items())]
+        groups.setdefault(", ".join(f"{k} {numerics.get(k)}" for k in varying), []).append(s["model"])
+    parts = [f"{text} ({', '.join(sorted(models))})" for text, models in sorted(groups.items())]
     return ["these runs were computed with different numerics, so their last digits may differ: " + "; ".join(parts)]
 
 

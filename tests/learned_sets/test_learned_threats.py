@@ -376,7 +376,8 @@ def test_missing_corruption_files_say_how_to_make_them(tmp_path):
         parse_pairs({"kind": "corruption-files", "root": str(tmp_path)}).build("train")
 
 
-def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_worst: float = 0.5) -> dict:
+def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_worst: float = 0.5,
+               combined_off: float = 0.0) -> dict:
     from bench.families.learned_sets.report import ADVERSARIAL, QUALITY, QUALITY_AFFINE, REAL, SETTINGS
 
     setting = SETTINGS["mnist-rts"]
@@ -398,7 +399,8 @@ def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_wors
 
     checks = {row: {"robust": {"latent PGD": 0.6, "strong": 0.59, "random": random, "transfer": 0.8},
                     "beaten": {"latent PGD": 0, "random": 3 if random < 0.59 else 0, "transfer": 0},
-                    "worst": adv_worst if row == ADVERSARIAL else 0.4}
+                    "worst": adv_worst if row == ADVERSARIAL else 0.4,
+                    "combined": (adv_worst if row == ADVERSARIAL else 0.4) + combined_off}
               for row in setting.rows if row != "standard"}
     curve = {"radii": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], "certified": [0.9, 0.8, 0.6, 0.4, 0.2, 0.1],
              "empirical": [0.95, 0.9, 0.8, 0.7, 0.5, 0.4], "n": 10000, "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
@@ -414,7 +416,7 @@ def test_report_checks_the_claims_against_the_numbers():
     from bench.families.learned_sets.report import SETTINGS, render
 
     good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], SETTINGS_SEEN, 60.0)
-    assert good.count("**holds**") == 17 and "does NOT" not in good and "75.0 ± 7.1" in good
+    assert good.count("**holds**") == 18 and "does NOT" not in good and "75.0 ± 7.1" in good
     assert "with 2 CPU threads" in good and "## Conventions" in good and "renorm" in good
     assert "10 restarts of 200 steps" in good and "](x.svg)" in good  # the plot is embedded
     assert "| 60.0 ± 0.0 | 59.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 50.0 ± 0.0 |" in good  # worst case last
@@ -425,6 +427,8 @@ def test_report_checks_the_claims_against_the_numbers():
     assert "**does NOT hold**: similarity warps, perturbed-shear: PGD AE clearly above" in bad
     assert "**does NOT hold**: no defended row's latent-PGD number is undercut" in bad
     assert "random beats the stronger attack (30.0% vs 59.0%" in bad
+    off = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05, combined_off=0.01)], [0], SETTINGS_SEEN, 60.0)
+    assert "**does NOT hold**: the worst case of the ensemble card `learned-cvae-rts-p50-worst`" in off
 
 
 def test_worst_case_counts_a_point_only_if_it_survives_every_attack():

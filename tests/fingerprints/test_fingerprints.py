@@ -1,0 +1,58 @@
+"""A forgotten revision bump fails here, naming the family: every threat family's outputs on its fingerprint card
+(``cards/``, on tiny models with committed weights) must equal the recorded ones (``<family>.json``) unless its
+implementation identity changed, in which case the fingerprint is recorded again (``update.py``)."""
+from __future__ import annotations
+
+import pytest
+from fingerprint import FOLDER, compare, compute, read
+
+from bench.implementation import differences
+from bench.threats import THREAT_FAMILIES
+
+
+def _where(family: str) -> str:
+    cls = THREAT_FAMILIES.get(family)
+    return f"{cls.__module__}.{cls.__qualname__}.revision"
+
+
+@pytest.mark.parametrize("family", THREAT_FAMILIES.names())
+def test_outputs_change_only_with_a_revision_bump(family, tmp_path):
+    recorded = read(family)
+    assert recorded is not None and (FOLDER / "cards" / f"{family}.yaml").is_file(), (
+        f"family {family} has no fingerprint: add tests/fingerprints/cards/{family}.yaml (a cheap card) and run "
+        f"`python tests/fingerprints/update.py {family}`")
+    current = compute(family, tmp_path)
+    changed = differences(recorded["implementation"], current["implementation"], ("recorded", "now"))
+    if changed:
+        pytest.fail(f"family {family}: its implementation identity changed ({'; '.join(changed)}): record its new "
+                    f"fingerprint with `python tests/fingerprints/update.py {family}`")
+    problems = compare(recorded, current)
+    assert not problems, (
+        f"family {family}: its outputs changed ({'; '.join(problems)}) but its revision is still "
+        f"{current['implementation']['family']['revision']}: bump {_where(family)} (or, if every family changed, "
+        "bench.implementation.CORE_REVISION, or the task's revision if its clean pass changed), then run "
+        f"`python tests/fingerprints/update.py {family}`")
+
+
+def test_a_changed_step_size_is_caught_and_named(tmp_path, monkeypatch):
+    """What the test above reports when someone changes PGD's step without bumping its revision."""
+    from bench.threats.pgd import PGDParams
+
+    recorded = read("pgd")
+    assert compare(recorded, compute("pgd", tmp_path / "same")) == []
+    alpha = PGDParams.alpha.fget
+    monkeypatch.setattr(PGDParams, "alpha", property(lambda self: alpha(self) * 1.01))
+    problems = compare(recorded, compute("pgd", tmp_path / "changed"))
+    assert any("sees other inputs than recorded" in p for p in problems)
+    assert _where("pgd") == "bench.threats.pgd.PGD.revision"
+
+
+def test_a_changed_draw_is_caught_even_where_no_stored_row_moves(tmp_path, monkeypatch):
+    """The trace of model calls sees a change that leaves every stored prediction as it was."""
+    import bench.ops.pgd as ops
+
+    recorded = read("pgd")
+    real = ops.random_delta
+    monkeypatch.setattr(ops, "random_delta", lambda x, norm, eps, gen: real(x, norm, eps * 0.999, gen))
+    current = compute("pgd", tmp_path)
+    assert compare(recorded, current) != []
