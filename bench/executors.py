@@ -132,7 +132,9 @@ class _ShardBar:
         return self.done() == self.n_shards
 
     def refresh(self) -> None:
-        self.bar.update(self.done() - self.bar.n)
+        done = self.done()
+        if done != self.bar.n:
+            self.bar.update(done - self.bar.n)
 
     def __enter__(self) -> _ShardBar:
         return self

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from bench.errors import BenchError
 from bench.executors import Executor, make_executor, worker_devices
 from bench.implementation import differences
-from bench.models.card import ModelCard, references
-from bench.spec import Plan, RunSpec, build, plan, spec_of
+from bench.models.card import ModelCard
+from bench.spec import Plan, RunSpec, build, plan, spec_of, threat_references
 from bench.store import STORE_VERSION, Store, now
 from bench.summary import Summary, summarize, write_summary
 from bench.threats import ThreatCard
@@ -39,7 +39,7 @@ def prepare(p: Plan, *, results: str | Path | None = None) -> None:
     names), before its spec is fixed: the spec holds the trained weights' sha256."""
     from bench.training import ensure_trained
 
-    cards = ([p.subject.card] if p.subject.card is not None else []) + references(p.threat.params)
+    cards = ([p.subject.card] if p.subject.card is not None else []) + threat_references(p.threat)
     for card in cards:
         ensure_trained(card, device=p.device, data_root=p.data_root, results=results)
 

@@ -174,9 +174,17 @@ def plan(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatC
                 seed, batch_size, threads, None if data_root is None else os.path.abspath(data_root), notes)
 
 
+def threat_references(threat: Threat) -> list[ModelCard]:
+    """The model cards a threat names in its params, and those its members (an ensemble's) name."""
+    cards = references(threat.params)
+    for member in threat.member_cards():
+        cards += threat_references(make_threat(member)[1])
+    return cards
+
+
 def cards_used(subject_card: ModelCard | None, threat: Threat) -> list[ModelCard]:
     """Every model card a run builds: the model's, the cards it is built from, and those the threat names."""
-    return closure(([subject_card] if subject_card is not None else []) + references(threat.params))
+    return closure(([subject_card] if subject_card is not None else []) + threat_references(threat))
 
 
 # --- spec ---------------------------------------------------------------------------------------------

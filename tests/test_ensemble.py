@@ -116,3 +116,17 @@ def test_a_members_revision_is_part_of_the_ensembles_identity(cards, monkeypatch
     monkeypatch.setattr(PGD, "revision", PGD.revision + 1)
     assert implementation(card.family, threat, TASKS.get("classifier")) != before
     assert [m["card"] for m in before["family"]["members"]] == list(MEMBERS)
+
+
+def test_the_cards_members_name_are_trained_first_and_their_weights_are_in_the_spec(cards, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    source = write(tmp_path, "source", {"dataset": "digits", "architecture": {"name": "small-cnn",
+                                                                              "kwargs": {"input_size": 8}},
+                                        "recipe": {"name": "standard", "seed": 1, "params": {"epochs": 1}}})
+    transfer = write(tmp_path, "transfer-trained", {"family": "learned-cvae-transfer", "params": {
+        **MEMBERS["transfer"]["params"], "source": source}})
+    card = write(tmp_path, "with-trained", {"family": "ensemble", "params": {"members": [cards["pgd-weak"],
+                                                                                         transfer]}})
+    summary = bench.evaluate(str(MODELS / "digits-cnn.yaml"), card, results=tmp_path / "r", **KW)
+    spec = Store(tmp_path / "r").run_meta(summary.run_id)["spec"]
+    assert [name.split("@")[0] for name in spec["weights"]] == ["source"]

@@ -127,3 +127,18 @@ def test_every_other_family_runs_and_the_broken_one_says_why(broken):
     assert "kornia" in plugin.stdout
     make = cli("data", "make", "mnist-c")
     assert make.returncode == 2 and "corruptions, which cannot be imported" in make.stdout
+
+
+def test_the_board_still_shows_a_broken_familys_runs(broken, tmp_path):
+    import bench
+
+    cli, model, pgd = broken
+    ood = tmp_path / "ood.yaml"
+    ood.write_text(yaml.safe_dump({"id": "ood-small", "family": "ood",
+                                   "params": {"shifts": ["darker"], "strengths": {"darker": [0.5]}}}))
+    for threat in (str(ood), pgd):
+        bench.evaluate(model, threat, n=20, device="cpu", results=tmp_path / "results", progress=False)
+    board = cli("board", "--results", str(tmp_path / "results"))
+    assert board.returncode == 0, board.stdout + board.stderr
+    assert "ood-small" in board.stdout and "code unknown here (family ood does not load)" in board.stdout
+    assert "pgd-small" in board.stdout

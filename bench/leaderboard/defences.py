@@ -23,14 +23,15 @@ def _ball(dataset: str, params: dict) -> Ball | None:
 def defence_rows(blocks, params: dict, defences: set[str]) -> list[dict]:
     """One row per (defence, ball): ``blocks`` as built by the board, ``params`` their threat params by
     (dataset, protocol), ``defences`` the 12-character hashes of composed models."""
-    from bench.threats.base import THREAT_FAMILIES
+    from bench.threats.base import family_class
 
     found: dict[tuple[str, Ball], dict] = {}
     for block in blocks:
         ball = _ball(block.dataset, params[(block.dataset, block.protocol)])
-        if ball is None or block.headline != "robust_acc" or block.family not in THREAT_FAMILIES:
+        cls = family_class(block.family)
+        if ball is None or block.headline != "robust_acc" or cls is None:
             continue
-        kind = "adaptive" if THREAT_FAMILIES.get(block.family).adaptive else "non_adaptive"
+        kind = "adaptive" if cls.adaptive else "non_adaptive"
         for row in block.rows:
             if row["model_hash"] not in defences or math.isnan(row["robust_acc"]):
                 continue

@@ -141,13 +141,11 @@ def _protocols_named(threat: str, summaries: list[dict]) -> set[str]:
 
 def _needs_rows(family: str) -> bool:
     """Whether the family's board hooks read stored rows (only they make the board open shard files)."""
-    from bench.threats.base import THREAT_FAMILIES, Threat
+    from bench.threats.base import Threat, family_class
 
-    if family not in THREAT_FAMILIES:
-        return False
-    cls = THREAT_FAMILIES.get(family)
-    return any(getattr(cls, hook).__func__ is not getattr(Threat, hook).__func__
-               for hook in ("board_columns", "board_details"))
+    cls = family_class(family)
+    return cls is not None and any(getattr(cls, hook).__func__ is not getattr(Threat, hook).__func__
+                                   for hook in ("board_columns", "board_details"))
 
 
 def build_board(store: Store, dataset: str | None = None, threat: str | None = None) -> Board:
@@ -228,7 +226,7 @@ def _numerics_notes(runs: list[dict]) -> list[str]:
 
 def _add_family_columns(store: Store, block: Block, runs: list[dict], warnings: list[str]) -> None:
     """The metrics and details the block's family derives from all its runs' rows."""
-    from bench.threats.base import THREAT_FAMILIES
+    from bench.threats.base import family_class
 
     board_runs = {}
     for s in runs:
@@ -238,7 +236,7 @@ def _add_family_columns(store: Store, block: Block, runs: list[dict], warnings: 
                             f"{block.family} columns leave it out (rerun its command to recompute it)")
             continue
         board_runs[s["run_id"]] = BoardRun(s["model"], rows.rows)
-    family = THREAT_FAMILIES.get(block.family)
+    family = family_class(block.family)
     params = runs[0]["spec"]["threat"]["card"].get("params", {})
     specs, values = family.board_columns(params, board_runs)
     block.metrics += list(specs)
@@ -296,6 +294,7 @@ def render(board: Board, fmt: str = "markdown") -> str:
 
 
 def _adaptive(family: str) -> bool:
-    from bench.threats.base import THREAT_FAMILIES
+    from bench.threats.base import family_class
 
-    return family not in THREAT_FAMILIES or THREAT_FAMILIES.get(family).adaptive
+    cls = family_class(family)
+    return cls is None or cls.adaptive

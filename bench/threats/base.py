@@ -138,6 +138,17 @@ THREAT_FAMILIES: Registry[type[Threat]] = Registry(
                "bench.threats.ensemble"),
     hint="`bench threats` lists them")
 
+def family_class(name: str) -> type[Threat] | None:
+    """The family's class, or None for a family that is not known here or does not import (the board still
+    shows such a family's stored runs, without what only its code can derive)."""
+    from bench.errors import BenchError
+
+    try:
+        return THREAT_FAMILIES.get(name)
+    except BenchError:
+        return None
+
+
 ROBUST_ACC = Metric("robust_acc", "robust", "robust accuracy", agg="rate")
 
 

@@ -29,9 +29,10 @@ def test_outputs_change_only_with_a_revision_bump(family, tmp_path):
     problems = compare(recorded, current)
     assert not problems, (
         f"family {family}: its outputs changed ({'; '.join(problems)}) but its revision is still "
-        f"{current['implementation']['family']['revision']}: bump {_where(family)} (or, if every family changed, "
-        "bench.implementation.CORE_REVISION, or the task's revision if its clean pass changed), then run "
-        f"`python tests/fingerprints/update.py {family}`")
+        f"{current['implementation']['family']['revision']}: bump {_where(family)} (an ensemble's members' "
+        "revisions are part of its identity: where only a member's code changed, bump that member's family; if "
+        "every family changed, bump bench.implementation.CORE_REVISION, or the task's revision if its clean pass "
+        f"changed), then run `python tests/fingerprints/update.py {family}`")
 
 
 def test_a_changed_step_size_is_caught_and_named(tmp_path, monkeypatch):
