@@ -40,10 +40,9 @@ class Candidates:
 @dataclass
 class StepResult:
     """The step over one batch: the prediction under the threat per point (the clean prediction where a
-    point was not attacked or was wrong clean), which points were attacked, and the candidates' extras."""
+    point was not attacked or was wrong clean), and the candidates' extras."""
 
     adv_pred: Tensor
-    attacked: Tensor
     columns: dict[str, Tensor]
     stats: dict[str, int]
     notes: list[str]
@@ -74,7 +73,7 @@ class PerturbStep(ClassifierAttack):
         adv_pred = batch.clean["clean_pred"].clone()
         columns: dict[str, Tensor] = {}
         if not todo.any():
-            return StepResult(adv_pred, todo, columns, {}, [])
+            return StepResult(adv_pred, columns, {}, [])
         rows = None if survivors is None else torch.nonzero(todo[attacked].cpu()).flatten()
         draws = Draws(batch.generator(), int(attacked.sum()), rows, seed=batch.seed)
         x = batch.x[todo]
@@ -86,7 +85,7 @@ class PerturbStep(ClassifierAttack):
         for name, values in candidates.columns.items():
             columns[name] = torch.zeros(len(batch.x), dtype=values.dtype)
             columns[name][todo.cpu()] = values.cpu()
-        return StepResult(adv_pred, todo, columns, candidates.stats, candidates.notes)
+        return StepResult(adv_pred, columns, candidates.stats, candidates.notes)
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         result = self.step(target, batch)
