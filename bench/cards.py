@@ -28,6 +28,8 @@ from bench.errors import CardError, did_you_mean
 KINDS = {"model": "models", "threat": "attacks"}
 MAX_CARD_BYTES = 256 * 1024
 MAX_ALIASES = 64
+MAX_DEPTH = 32  # nesting of lists and mappings; shipped cards nest at most 5 deep
+MAX_REFERENCE_DEPTH = 16  # cards naming cards (parts, members, a CVAE); shipped cards chain at most 3
 
 
 def builtin_root() -> Path:
@@ -37,14 +39,21 @@ def builtin_root() -> Path:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """safe_load that refuses documents expanding more than MAX_ALIASES aliases."""
+    """safe_load that refuses documents expanding more than MAX_ALIASES aliases, or nested deeper than MAX_DEPTH
+    (the composer recurses per level: brackets nested 5,000 deep would end in a RecursionError)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
             if self.aliases_seen > MAX_ALIASES:
                 raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); a card has no need for them")
-        return super().compose_node(parent, index)
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.YAMLError(f"lists or mappings nested more than {MAX_DEPTH} deep; a card has no need for it")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _read_text(path: Path) -> str:
@@ -57,8 +66,11 @@ def _read_text(path: Path) -> str:
         raise CardError(f"card file {path} cannot be read: {err}", "check the path and its permissions") from err
     if not stat.S_ISREG(mode):
         raise CardError(f"{path} is not a regular file", "a card (or an include:) must name a YAML file")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_CARD_BYTES + 1)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CARD_BYTES + 1)
+    except OSError as err:
+        raise CardError(f"card file {path} cannot be read: {err}", "check the path and its permissions") from err
     if len(raw) > MAX_CARD_BYTES:
         raise CardError(f"{path} is larger than {MAX_CARD_BYTES // 1024} KiB", "a card is a short YAML file")
     try:
@@ -75,7 +87,17 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def read_card(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Parse a card and resolve ``include:`` (relative to the card's folder)."""
+    """Parse a card and resolve ``include:`` (relative to the card's folder). Any failure is a CardError, so a
+    card that cannot be read is only listed as invalid, never breaks a command that does not use it."""
+    try:
+        return _read_card(path, _seen)
+    except CardError:
+        raise
+    except Exception as err:  # noqa: BLE001  (whatever else fails on a hostile file, e.g. a symlink loop)
+        raise CardError(f"{path}: cannot be read ({type(err).__name__}: {err})", "check the file") from err
+
+
+def _read_card(path: Path, _seen: tuple[Path, ...]) -> dict[str, Any]:
     path = path.resolve()
     if path in _seen:
         raise CardError(f"{path}: include cycle", "remove the circular include:")
@@ -84,14 +106,34 @@ def read_card(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise CardError(f"{path}: not valid YAML ({err})", "fix the YAML syntax") from err
+    except Exception as err:  # noqa: BLE001  (a value YAML cannot build: the date 2024-13-45, a 5,000-digit integer)
+        raise CardError(f"{path}: a value cannot be read ({type(err).__name__}: {err})",
+                        "fix the value, or quote it to keep it as text") from err
     if not isinstance(data, dict):
         raise CardError(f"{path}: a card must be a YAML mapping", "write it as `key: value` lines")
     include = data.pop("include", None)
     if include is not None and not isinstance(include, str):
         raise CardError(f"{path}: include must be one file name, got {include!r}", "write include: _base.yaml")
     if include is not None:
-        data = _merge(read_card(path.parent / include, _seen + (path,)), data)
+        data = _merge(_read_card(path.parent / include, _seen + (path,)), data)
     return data
+
+
+class ReferenceChainError(CardError):
+    """A reference cycle, or cards naming cards too deep: passed up as it is, not prefixed by every card on
+    the chain."""
+
+
+def check_chain(kind: str, card_id: str, key: str, stack: tuple[str, ...]) -> None:
+    """Refuse resolving the card ``key`` (its resolved folder and id) under the cards ``stack`` being resolved:
+    a cycle (also through ``..`` in paths), or a chain deeper than MAX_REFERENCE_DEPTH (Python's recursion
+    limit would end it)."""
+    if key in stack:
+        raise ReferenceChainError(f"{kind} card {card_id}: a reference cycle ({' -> '.join(stack + (key,))})",
+                                  "a card cannot refer to itself, directly or through other cards")
+    if len(stack) >= MAX_REFERENCE_DEPTH:
+        raise ReferenceChainError(f"{kind} card {card_id}: cards name cards more than {MAX_REFERENCE_DEPTH} deep "
+                                  f"({stack[0]} -> ... -> {key})", "name the cards a card is built from directly")
 
 
 def canonical_hash(data: Any) -> str:
@@ -128,6 +170,15 @@ class Catalogue:
     clashes: dict[str, list[Path]] = field(default_factory=dict)  # one id in two files of one folder
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A card file's modification time and size; None where it cannot be read (then reading it says why)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
+
+
 _warned_overrides: set[Path] = set()
 _cache: dict[tuple, Catalogue] = {}
 
@@ -135,7 +186,7 @@ _cache: dict[tuple, Catalogue] = {}
 def catalogue(kind: str) -> Catalogue:
     """Every card of a kind; later folders override earlier ones. Cached until a card file changes."""
     folders = [(d, _card_files(d)) for d in card_dirs(kind)]
-    key = (kind, tuple((p, p.stat().st_mtime_ns, p.stat().st_size) for _, files in folders for p in files))
+    key = (kind, tuple((p, _stamp(p)) for _, files in folders for p in files))
     if key in _cache:
         return _cache[key]
     out = Catalogue()

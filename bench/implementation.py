@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-CORE_REVISION = 1  # the run loop: shards, seeds, the store's row format
+CORE_REVISION = 2  # the run loop: shards, seeds, the store's row format (2: batch seeds never wrap)
 
 
 def implementation(family: str, threat: Any, task: Any) -> dict[str, Any]:

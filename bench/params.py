@@ -5,9 +5,11 @@ import math
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 Norm = Literal["Linf", "L2"]
+MAX_STEPS = 100_000  # iterations; shipped cards use at most 200 steps, 100 epochs
+MAX_SAMPLES = 10_000_000  # sizes; shipped cards use at most 20,000 (train_subset), smoothing papers 100,000
 
 
 class Params(BaseModel):
@@ -47,3 +49,17 @@ Eps = Annotated[float, BeforeValidator(_parse_eps)]  # a radius or step: a numbe
 def check_linf_eps(norm: str, eps: float) -> None:
     if norm == "Linf" and eps > 1:
         raise ValueError(f"an L-inf eps of {eps} exceeds the [0, 1] image range (write 8/255, not 8)")
+
+
+def budget(maximum: int) -> Any:
+    """A positive int bounded by ``maximum``: a card's budget (``steps: 1000000000000``) never runs until killed."""
+    def bounded(value: int) -> int:
+        if not 0 < value <= maximum:
+            raise ValueError(f"must be between 1 and {maximum:,} (a larger budget would run for days), got {value:,}")
+        return value
+
+    return Annotated[int, AfterValidator(bounded)]
+
+
+Steps = budget(MAX_STEPS)  # iterations: attack steps, restarts, epochs, bisection halvings, passes
+Samples = budget(MAX_SAMPLES)  # sizes: noise draws, n0 / n, batch sizes, chunks, subsets, calibration images

@@ -9,7 +9,7 @@ machine computes it. ``compute_shard`` returns the shard's rows and what the thr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -23,9 +23,16 @@ from bench.store import Store, now
 from bench.threats import Batch
 
 
+SEED_STRIDE = 1_000_003  # more shards than a run can have, so no two (seed, batch) pairs share a seed
+
+
 def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch k of a run: the same whether the run was interrupted or not."""
-    return (seed * 1_000_003 + batch) % (2**31 - 1)
+    """The seed of batch k of a run: the same whether the run was interrupted or not, and never another
+    (seed, batch)'s (no modulus: one would make the largest seed repeat seed 0)."""
+    if not 0 <= batch < SEED_STRIDE:
+        raise BenchError(f"a run has at most {SEED_STRIDE - 1} batches, this one needs batch {batch}",
+                         "pass a larger --batch-size")
+    return seed * SEED_STRIDE + batch
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ def compute_shard(ev: Evaluation, shard: Shard) -> tuple[pa.Table, dict[str, Any
     start = time.perf_counter()
     idx = torch.tensor(shard.indices)
     x, y = ev.data.x[idx].to(ev.device), ev.data.y[idx].to(ev.device)
-    target = ev.target
+    target = replace(ev.target, module=ev.target.task.guarded(ev.target.module, ev.spec.model["id"]))
     clean = target.task.clean_pass(target.module, x, y, target.num_classes)
     batch = Batch(x, y, idx, shard.seed, clean)
     devices = [ev.device] if ev.device.type == "cuda" else []

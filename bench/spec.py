@@ -25,6 +25,7 @@ from bench.data import Dataset, from_tensors, load_dataset, subset_indices
 from bench.devices import module_device, resolve_device
 from bench.errors import BenchError
 from bench.implementation import differences, implementation, numerics
+from bench.models.build import check_input
 from bench.models.card import ModelCard, closure, load_model_card, references
 from bench.tasks import TASKS, Task
 from bench.threats import Target, Threat, ThreatCard, make_threat, resolve_threat
@@ -169,6 +170,8 @@ def plan(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatC
     threat_card, threat_obj = make_threat(threat_card)
     _check_pairing(subject, threat_card, threat_obj, data)
     dev = module_device(subject.module, device) if subject.module is not None else resolve_device(device)
+    if subject.card is None or x is not None or data.name != subject.card.dataset:  # a card takes its own dataset
+        check_input(subject.card or subject.module, subject.task, subject.name, data, dev, data_root)
     notes = [f"threat {threat}: the family's default card for {data.name} is {threat_card.id}"] if chosen else []
     return Plan(subject, threat_card, threat_obj, data, x is not None, _positions(data, x is not None, n), dev,
                 seed, batch_size, threads, None if data_root is None else os.path.abspath(data_root), notes)

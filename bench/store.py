@@ -2,10 +2,15 @@
 
 Layout under the root (``--results``, ``$BENCH_RESULTS`` or ``./bench-results``):
 
-- ``runs/<run_id>/run.json``: what the run is (its key, cards, metric specs, versions);
+- ``runs/<run_id>/run.json``: what the run is (its key, cards, metric specs, versions), sealed with the
+  sha256 of its content;
 - ``runs/<run_id>/shard-<k>.parquet``: the rows of shard k, one per evaluation point, with per-shard
-  stats and notes in the Parquet metadata;
+  stats and notes in the Parquet metadata, and ``shard-<k>.parquet.sha256``, the file's checksum;
 - ``training/<card>-<hash>.parquet``: per-epoch metrics of a trained card.
+
+Integrity at rest: a shard whose bytes do not match the checksum recorded when it was written (one
+flipped bit), a ``run.json`` whose seal or run id does not match its content (damaged or edited), is
+never read as results: it is set aside under a ``.corrupt-`` name and recomputed by the next run.
 
 Writers are safe to run twice at once: a shard is claimed with a file lock before it is computed, its
 file name is fixed by the plan and written atomically, and readers count one row per evaluation
@@ -15,8 +20,10 @@ be read is named in the error, skipped by the board, and recomputed by the next 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,16 +35,44 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.digests import sha256_file
 from bench.errors import BenchError
 from bench.files import atomic_write, exclusive, safe_filename
 
 META_KEY = b"bench"
-STORE_VERSION = 3  # 3: run keys hold numerics, implementation identity and trained weights
+STORE_VERSION = 4  # 3: run keys hold numerics, implementation identity and trained weights; 4: sealed records
+SEAL = "sha256"
 VOLATILE = {"seconds", "shard", "run_id"}  # columns that may differ between two computations of one point
 
 
 class StoreError(BenchError):
     """Results that cannot be read, or that contradict each other."""
+
+
+def _json_digest(record: dict[str, Any]) -> str:
+    text = json.dumps({k: v for k, v in record.items() if k != SEAL}, sort_keys=True, separators=(",", ":"),
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sealed(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with the sha256 of its content, so a flipped bit or an edit is caught when it is read."""
+    return {**record, SEAL: _json_digest(record)}
+
+
+def unsealed(record: Any, path: Path) -> dict[str, Any]:
+    """The record, after checking its seal."""
+    if not isinstance(record, dict) or record.get(SEAL) != _json_digest(record):
+        raise StoreError(f"{path} does not match its checksum: it was damaged or edited, or written by an older "
+                         "bench", "rerun the run's command: the record is set aside and the run computed again")
+    return {k: v for k, v in record.items() if k != SEAL}
+
+
+def set_aside(path: Path, why: str) -> None:
+    """Move a damaged file or run folder out of the way (kept for inspection, never read again)."""
+    with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+        path.rename(path.with_name(f".corrupt-{uuid.uuid4().hex[:8]}-{path.name}"))
+        print(f"note: set aside {path} ({why}); it will be computed again", file=sys.stderr)
 
 
 def results_root(results: str | os.PathLike | None = None) -> Path:
@@ -69,24 +104,51 @@ class Store:
         return sorted(p for p in self.run_dir(run_id).glob("*.parquet") if not p.name.startswith("."))
 
     def run_ids(self) -> list[str]:
-        return sorted(p.parent.name for p in (self.root / "runs").glob("*/run.json"))
+        return sorted(p.parent.name for p in (self.root / "runs").glob("*/run.json")
+                      if not p.parent.name.startswith("."))
+
+    def checksum_path(self, shard_file: Path) -> Path:
+        return shard_file.with_name(f"{shard_file.name}.sha256")
+
+    def recorded_checksums(self, run_id: str) -> dict[str, str]:
+        """The checksum recorded for each of the run's shard files when it was written."""
+        out = {}
+        for path in self.run_dir(run_id).glob("*.parquet.sha256"):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                out[path.name.removesuffix(".sha256")] = path.read_text().strip()
+        return out
+
+    def damage(self, path: Path, recorded: dict[str, str]) -> str | None:
+        """Why a shard file cannot be trusted (None when it can): its bytes must match the checksum recorded
+        for it, or, for a copy (a sync-conflict copy), the checksum of one of the run's shards."""
+        try:
+            digest = sha256_file(path)
+        except OSError as err:
+            return f"cannot be read ({err})"
+        if recorded.get(path.name) == digest or (path.name not in recorded and digest in recorded.values()):
+            return None
+        return ("does not match the checksum recorded when it was written" if path.name in recorded
+                else "has no checksum on record")
 
     # --- writing -----------------------------------------------------------------------------
     def open_run(self, run_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         """Create the run's metadata, or return the stored one when resuming (the first writer wins)."""
         directory = self.run_dir(run_id)
         path = directory / "run.json"
-        if not path.is_file():
+        if path.is_file():
             try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise BenchError(f"cannot create the results folder {directory}: {err}",
-                                 "pass a writable --results folder (or set $BENCH_RESULTS)") from err
+                return self.run_meta(run_id)
+            except StoreError as err:
+                set_aside(directory, err.problem)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
             tmp = directory / f".run.json.{uuid.uuid4().hex}.part"
-            tmp.write_text(json.dumps(meta, indent=2, default=str))
+            tmp.write_text(json.dumps(sealed(meta), indent=2, default=str))
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)  # atomic, and never replaces another writer's file
             tmp.unlink()
+        except OSError as err:
+            raise _unwritable(directory, err) from err
         return self.run_meta(run_id)
 
     @contextlib.contextmanager
@@ -94,25 +156,46 @@ class Store:
         """Hold shard k for computing: True when this process should compute it (nobody else is, and its
         file is missing or unreadable), False when it is done or (with ``wait=False``) busy elsewhere."""
         path = self.shard_path(run_id, shard)
-        with exclusive(path.with_name(f".{path.stem}.lock"), wait=wait) as held:
+        with contextlib.ExitStack() as stack:
+            try:
+                held = stack.enter_context(exclusive(path.with_name(f".{path.stem}.lock"), wait=wait))
+            except OSError as err:
+                raise _unwritable(path.parent, err) from err
             yield held and not self.shard_done(run_id, shard)
 
     def shard_done(self, run_id: str, shard: int) -> bool:
-        """Whether shard k's file is there and sound; an unsound one is moved aside to be recomputed."""
+        """Whether shard k's file is there and matches its recorded checksum; one that does not is set aside
+        (with its checksum) to be recomputed."""
         path = self.shard_path(run_id, shard)
         if not path.is_file():
             return False
-        try:
-            pq.read_metadata(path)
+        problem = self.damage(path, {path.name: self._checksum(path)})
+        if problem is None:
             return True
-        except Exception:  # noqa: BLE001  (Arrow raises many types for a damaged file)
-            path.rename(path.with_name(f".corrupt-{uuid.uuid4().hex[:8]}-{path.name}"))
-            return False
+        set_aside(path, problem)
+        set_aside(self.checksum_path(path), problem)
+        return False
+
+    def _checksum(self, path: Path) -> str:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return self.checksum_path(path).read_text().strip()
+        return ""
 
     def write_shard(self, run_id: str, shard: int, table: pa.Table, info: dict[str, Any]) -> Path:
+        """Write the shard with its checksum beside it; the checksum goes first, so a reader never sees the
+        shard without it."""
         schema_meta = {**(table.schema.metadata or {}), META_KEY: json.dumps(info).encode()}
         path = self.shard_path(run_id, shard)
-        atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(schema_meta), tmp))
+
+        def write(tmp: Path) -> None:
+            pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+            digest = sha256_file(tmp)
+            atomic_write(self.checksum_path(path), lambda side: side.write_text(digest))
+
+        try:
+            atomic_write(path, write)
+        except OSError as err:
+            raise _unwritable(path.parent, err) from err
         return path
 
     def write_training(self, card_id: str, training_hash: str, history: list[dict[str, float]]) -> Path:
@@ -128,16 +211,26 @@ class Store:
     def run_meta(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id) / "run.json"
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as err:
+            meta = unsealed(json.loads(path.read_text()), path)
+        except (OSError, ValueError, RecursionError) as err:
             raise StoreError(f"the run metadata {path} cannot be read ({err})",
-                             "delete the run's folder and run it again") from err
+                             "rerun the run's command: the record is set aside and the run computed again") from err
+        if meta.get("run_id") != run_id or _run_id(meta.get("key")) != run_id:
+            raise StoreError(f"{path} describes another run than {run_id} (it was edited or moved)",
+                             "rerun the run's command: the record is set aside and the run computed again")
+        return meta
 
     def read_run(self, run_id: str, columns: list[str] | None = None) -> RunRows:
         """The run's rows, one per evaluation point (duplicates from copies or concurrent writers are
         dropped once checked to agree), the shards' infos, and the files that could not be read."""
         tables, infos, unreadable = [], [], {}
+        recorded = self.recorded_checksums(run_id)
         for path in self.shard_files(run_id):
+            problem = self.damage(path, recorded)
+            if problem is not None:
+                unreadable[path] = problem
+                set_aside(path, problem)
+                continue
             try:
                 table = pq.read_table(path, columns=columns)
                 infos.append(json.loads((table.schema.metadata or {}).get(META_KEY, b"{}")))
@@ -151,10 +244,14 @@ class Store:
         return RunRows(_dedupe(frame, run_id), _dedupe_infos(infos), unreadable)
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        """Run SQL against the view ``rows`` (every readable shard under the root) and return pandas."""
+        """Run SQL against the view ``rows`` (every shard under the root that matches its checksum) and return
+        pandas."""
         import duckdb
 
-        shards = sorted((self.root / "runs").glob("*/shard-*.parquet"))
+        shards = []
+        for run_id in self.run_ids():
+            recorded = self.recorded_checksums(run_id)
+            shards += [path for path in self.shard_files(run_id) if self.damage(path, recorded) is None]
         if not shards:
             raise BenchError(f"no results under {self.root}", "run `bench run --model M --threat T` first, "
                              "or point --results / $BENCH_RESULTS at a results folder")
@@ -168,6 +265,17 @@ class Store:
                              "rerun the run's command (a damaged shard is set aside and recomputed)") from err
         finally:
             con.close()
+
+
+def _unwritable(folder: Path, err: OSError) -> StoreError:
+    return StoreError(f"cannot write to the results folder {folder} ({err.strerror or err})",
+                      "pass a writable --results folder (or set $BENCH_RESULTS), or copy the results to one")
+
+
+def _run_id(key: Any) -> str:
+    from bench.cards import canonical_hash
+
+    return canonical_hash(key)[:16] if isinstance(key, dict) else ""
 
 
 def _dedupe(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.files import atomic_write
 from bench.metrics import Metric, MetricValue
-from bench.store import Store, StoreError, now
+from bench.store import Store, StoreError, now, sealed, unsealed
 
 SUMMARY_VERSION = 1
 
@@ -121,17 +121,17 @@ def write_summary(store: Store, summary: Summary, wall_seconds: float) -> dict[s
     """Write ``summary.json`` for a complete run, atomically."""
     record = summary_record(store, summary, wall_seconds)
     path = store.run_dir(summary.run_id) / "summary.json"
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(sealed(record), indent=2)))
     return record
 
 
 def read_summary(store: Store, run_id: str) -> dict[str, Any] | None:
-    """The run's ``summary.json`` (None while the run is incomplete)."""
+    """The run's ``summary.json`` (None while the run is incomplete), after checking its seal."""
     path = store.run_dir(run_id) / "summary.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        return unsealed(json.loads(path.read_text()), path)
+    except (OSError, ValueError, RecursionError) as err:
         raise StoreError(f"the run summary {path} cannot be read ({err})",
-                         "delete it and rerun the run's command to write it again") from err
+                         "rerun the run's command to write it again") from err

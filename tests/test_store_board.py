@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.leaderboard import build_board, leaderboard, render
 from bench.run import evaluate
@@ -21,6 +22,7 @@ from bench.summary import summarize
 from bench.stats import wilson_interval
 from bench.implementation import CORE_REVISION
 from bench.spec import RunSpec
+from bench.digests import sha256_file
 from bench.store import Store, StoreError
 from bench.threats.pgd import PGD
 from conftest import threat, write_threat
@@ -129,7 +131,8 @@ def test_empty_store_is_a_clear_error(tmp_path):
 def test_run_metadata_records_identity_metrics_and_versions(filled):
     root, weak, *_ = filled
     meta = Store(root).run_meta(weak.run_id)
-    assert meta["key"] == {"model": weak.model_hash, "weights": {}, "protocol": weak.protocol, "dataset": "digits",
+    assert meta["key"] == {"model": weak.model_hash, "weights": {}, "protocol": weak.protocol,
+                           "dataset": f"digits@{load_dataset('digits').content_hash[:16]}",
                            "n": 60, "seed": 0, "batch_size": 30,
                            "numerics": {"device": "cpu", "torch": torch.__version__,
                                         "threads": torch.get_num_threads()},
@@ -159,6 +162,12 @@ def test_a_copied_shard_is_counted_once_and_a_contradicting_copy_is_refused(digi
     flipped = table.set_column(table.schema.get_field_index("robust"), "robust",
                                [[not v for v in table.column("robust").to_pylist()]])
     pq.write_table(flipped, copy)
+    with pytest.raises(StoreError, match="has no checksum on record"):  # not what bench wrote: never counted
+        summarize(Store(tmp_path), summary.run_id)
+    assert not copy.exists() and summarize(Store(tmp_path), summary.run_id).robust_acc == summary.robust_acc
+
+    pq.write_table(flipped, copy)  # a copy that brings a checksum of its own still must agree
+    Store(tmp_path).checksum_path(copy).write_text(sha256_file(copy))
     with pytest.raises(StoreError, match="two different results for evaluation point"):
         summarize(Store(tmp_path), summary.run_id)
 

@@ -228,5 +228,5 @@ def test_tensors_the_caller_holds_are_evaluated_and_identified_by_content(digits
         bench.evaluate(digits_model, "pgd-linf-0.3", x=x, y=y, **kw)
     with pytest.raises(BenchError, match="values in \\[0, 1\\]"):
         bench.evaluate(digits_model, "clean", x=x * 255, y=y, **kw)
-    with pytest.raises(BenchError, match="one label per image"):
+    with pytest.raises(BenchError, match="one class index per image"):
         bench.evaluate(digits_model, "clean", x=x, y=y[:5], **kw)

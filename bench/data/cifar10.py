@@ -8,6 +8,7 @@ import torch
 
 from bench.data.base import DATASETS, data_root
 from bench.data.dataset import Dataset
+from bench.downloads import fetch
 from bench.errors import DataError, require
 
 
@@ -15,15 +16,33 @@ def _torchvision_cifar10():
     return require("torchvision.datasets", "CIFAR-10", "pip install 'bench[vision]'").CIFAR10
 
 
+ARCHIVE_BYTES = 170_498_071  # cifar-10-python.tar.gz: a download stops past it
+
+
 def download_cifar10(root: Path | None = None) -> Path:
-    """Fetch CIFAR-10 into the data root (torchvision checks the archive's md5)."""
-    target = data_root(root)
+    """Fetch CIFAR-10 into the data root unless it is there: the archive through bench's checked download
+    (capped, with a deadline; torchvision's has neither) and its md5, then torchvision unpacks it in place."""
+    from torchvision.datasets.utils import check_integrity
+
+    cifar, target = _torchvision_cifar10(), data_root(root)
     try:
-        _torchvision_cifar10()(str(target), train=False, download=True)
-    except OSError as err:  # URLError and socket errors are OSErrors
-        raise DataError(f"could not download CIFAR-10 into {target}: {err}",
-                        "check the network, or copy cifar-10-batches-py/ (from cifar-10-python.tar.gz) "
-                        f"into {target} and pass --data-root") from err
+        cifar(str(target), train=False)
+        return target
+    except RuntimeError:  # not there, or damaged
+        pass
+    fix = f"copy cifar-10-batches-py/ (from cifar-10-python.tar.gz) into {target} and pass --data-root"
+
+    def check(tmp: Path) -> None:
+        if not check_integrity(str(tmp), cifar.tgz_md5):
+            raise DataError(f"the CIFAR-10 archive from {cifar.url} does not have its md5 {cifar.tgz_md5}", fix)
+
+    archive = target / cifar.filename
+    if not check_integrity(str(archive), cifar.tgz_md5):
+        fetch(cifar.url, archive, size=ARCHIVE_BYTES, check=check, error=DataError, fix=fix)
+    try:
+        cifar(str(target), train=False, download=True)  # finds the checked archive: unpacks, fetches nothing
+    except OSError as err:
+        raise DataError(f"could not unpack CIFAR-10 into {target}: {err}", f"check the space there, or {fix}") from err
     return target
 
 

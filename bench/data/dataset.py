@@ -15,7 +15,6 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor
     classes: tuple[str, ...]
-    by_content: bool = False  # identified by a hash of its tensors rather than its name
 
     @property
     def num_classes(self) -> int | None:
@@ -27,6 +26,8 @@ class Dataset:
 
     @cached_property
     def content_hash(self) -> str:
+        """sha256 of the decoded images, labels and class names: what the run actually reads, whatever the
+        files were called or wherever they came from."""
         digest = hashlib.sha256()
         for tensor in (self.x, self.y):
             digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
@@ -36,5 +37,6 @@ class Dataset:
 
     @property
     def identity(self) -> str:
-        """What runs are keyed by: the name, or for a user's data the name and a content hash."""
-        return f"{self.name}@{self.content_hash[:16]}" if self.by_content else self.name
+        """What runs are keyed by: the name and the content hash, so a relabelled or replaced copy of a
+        built-in dataset (another --data-root) never shares results with the real one."""
+        return f"{self.name}@{self.content_hash[:16]}"

@@ -22,10 +22,23 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _read(file: Path) -> np.ndarray:
+    """One image as float32 in [0, 1] (HxW or HxWx3), scaled by its own bit depth: converting a 16-bit image
+    to 8 bits would clip it to almost all white."""
     image_module = require("PIL.Image", "image folders", "pip install 'bench[vision]'")
     try:
         with image_module.open(file) as img:
-            return np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB"))
+            if img.mode.startswith("I;16"):
+                return np.asarray(img, dtype=np.float32) / 65535.0
+            if img.mode == "F":
+                pixels = np.asarray(img, dtype=np.float32)
+                if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+                    raise DataError(f"{file} is a floating-point image with values outside [0, 1]",
+                                    "save it as an 8- or 16-bit image, or scale it to [0, 1]")
+                return pixels
+            if img.mode == "I":
+                raise DataError(f"{file} is a 32-bit integer image, which has no fixed range",
+                                "save it as an 8- or 16-bit image")
+            return np.asarray(img.convert("L" if img.mode in ("L", "1", "LA") else "RGB"), dtype=np.float32) / 255.0
     except (OSError, ValueError, image_module.DecompressionBombError) as err:
         raise DataError(f"cannot read image {file}: {err}", "remove or replace the file") from err
 
@@ -49,7 +62,7 @@ def load_folder(path: str, split: str) -> Dataset:
     if len(shapes) > 1:
         raise DataError(f"images under {root} have different sizes: {sorted(shapes)[:3]}",
                         "resize them to one size before evaluating")
-    x = torch.from_numpy(np.stack(images)).float() / 255.0
+    x = torch.from_numpy(np.stack(images))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return Dataset(f"folder:{path}", split, x.contiguous(), torch.tensor(labels, dtype=torch.int64),
-                   tuple(d.name for d in class_dirs), by_content=True)
+                   tuple(d.name for d in class_dirs))

@@ -69,15 +69,22 @@ def complete_runs(store: Store, warnings: list[str]) -> list[dict[str, Any]]:
     found = []
     for run_id in store.run_ids():
         try:
-            summary = read_summary(store, run_id)
+            try:
+                summary = read_summary(store, run_id)
+            except StoreError:  # damaged: the rows (checked against their checksums) say it again
+                summary = {"shards": None}
             if summary is None:
                 if store.run_meta(run_id).get("store_version") != STORE_VERSION:
                     warnings.append(f"skipped run {run_id}: written by an older bench (rerun its command to redo it)")
                 continue
-            if _files(store, run_id) != summary["shards"]:
+            files = _files(store, run_id)
+            if files != summary["shards"]:
                 fresh = summarize(store, run_id)
                 if not fresh.complete:
-                    raise StoreError(f"shards of run {run_id} went missing", "rerun its command to recompute them")
+                    gone = sorted(set(summary["shards"] or ()) - set(files))
+                    raise StoreError(f"shards of run {run_id} went missing or were set aside as damaged"
+                                     f"{' (' + ', '.join(gone) + ')' if gone else ''}",
+                                     "rerun its command to recompute them")
                 summary = summary_record(store, fresh, summary.get("wall_seconds"))
         except StoreError as err:
             warnings.append(f"skipped run {run_id}: {err.problem}")
@@ -170,13 +177,17 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
         rank = (not stale, key["n"], s["created"])
         if group not in best or rank > best[group][0]:
             best[group] = (rank, s, stale)
+    contents: dict[str, set[str]] = {}  # dataset name -> the content identities stored under it
+    for _, s, _ in best.values():
+        contents.setdefault(s["dataset"], set()).add(s["key"]["dataset"])
     blocks: dict[tuple, Block] = {}
     chosen: dict[tuple, list[dict]] = {}
     for (model_hash, protocol, data_key), (_, s, stale) in sorted(best.items(), key=lambda kv: kv[0]):
         specs = [Metric.from_dict(m) for m in s["specs"]]
-        block = blocks.setdefault((data_key, protocol), Block(  # user data shows its content hash: name@hash
-            data_key, protocol, s["family"], sorted(names[protocol]), specs, s["headline"]))
-        chosen.setdefault((data_key, protocol), []).append(s)
+        shown = s["dataset"] if len(contents[s["dataset"]]) == 1 else data_key  # two contents, one name: name@hash
+        block = blocks.setdefault((shown, protocol), Block(
+            shown, protocol, s["family"], sorted(names[protocol]), specs, s["headline"]))
+        chosen.setdefault((shown, protocol), []).append(s)
         row = {"model": s["model"], "model_hash": model_hash[:12]}
         for spec in specs:
             value = s["metrics"].get(spec.name, {"value": math.nan, "low": math.nan, "high": math.nan})

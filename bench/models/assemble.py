@@ -45,7 +45,7 @@ def trained_weights(cards: list[ModelCard], *, missing_ok: bool = False) -> dict
                 if missing_ok:
                     continue
                 raise WeightsError(f"model card {card.id} has no trained weights yet", f"run `bench train {card.id}`")
-            out[f"{card.id}@{card.training_hash[:16]}"] = W.sha256_cached(path)
+            out[f"{card.id}@{card.training_hash[:16]}"] = W.sha256_cached(W.readable(path))
     return out
 
 

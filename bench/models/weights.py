@@ -5,105 +5,52 @@ sha256 check. A pickle that would run code is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import pickle
 import re
-import tempfile
-import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Collection
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bench.digests import sha256_cached, sha256_file  # noqa: F401  (sha256_cached: weights' public API)
+from bench.files import cache_dir
+from bench.downloads import fetch
 from bench.errors import WeightsError
 
 
-def cache_dir(kind: str) -> Path:
-    """$BENCH_CACHE/<kind>, default ~/.cache/bench/<kind>."""
-    root = os.environ.get("BENCH_CACHE")
-    path = (Path(root).expanduser() if root else Path.home() / ".cache" / "bench") / kind
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_cached(path: Path) -> str:
-    """sha256 of a file, remembered per process while its path, size and modification time stay the same."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
-    return _DIGESTS[key]
+def readable(path: Path) -> Path:
+    """``path``, if this user may read it: a weight file another user left unreadable (chmod 000, or 0600 in a
+    shared cache) is a clear error, not a traceback from hashing or loading it."""
+    try:
+        with open(path, "rb"):
+            return path
+    except OSError as err:
+        raise WeightsError(f"weight file {path} cannot be read ({err.strerror or err})",
+                           "ask its owner to make it readable (chmod a+r), or use a $BENCH_CACHE of your own") from err
 
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:
-    actual = sha256_file(path)
+    actual = sha256_file(readable(path))
     if actual != expected:
         raise WeightsError(f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}",
                            "the file is corrupted or not the one the card names; re-download it or fix the card's "
                            "sha256")
 
 
-def download_timeout() -> float:
-    """Seconds a whole download may take: $BENCH_DOWNLOAD_TIMEOUT, default 30 minutes."""
-    return float(os.environ.get("BENCH_DOWNLOAD_TIMEOUT", 1800))
-
-
-def _copy_with_deadline(response, out, url: str, deadline: float) -> None:
-    """Copy in chunks with a progress bar; a server too slow to finish before the deadline is given up on."""
-    from tqdm.auto import tqdm
-
-    total = response.headers.get("Content-Length")
-    with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
-              desc=f"download {Path(urllib.request.urlparse(url).path).name or url}", dynamic_ncols=True) as bar:
-        while chunk := response.read1(1 << 20):
-            out.write(chunk)
-            bar.update(len(chunk))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the download did not finish within {download_timeout():g} s")
-
-
-def download(url: str, sha256: str) -> Path:
-    """Download once into the cache, keyed by sha256; the file is checked before it is kept, and nothing
-    is left behind when a download fails or runs past its deadline."""
-    suffix = Path(urllib.request.urlparse(url).path).suffix or ".bin"
+def download(url: str, sha256: str, size: int | None = None) -> Path:
+    """Download once into the cache, keyed by sha256 (at most ``size`` bytes, if known); the file is checked
+    before it is kept."""
+    suffix = Path(urllib.parse.urlsplit(url).path).suffix or ".bin"
     target = cache_dir("weights") / f"{sha256}{suffix}"
     if target.is_file():
         verify_sha256(target, sha256, url)
         return target
-    deadline = time.monotonic() + download_timeout()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=min(60.0, download_timeout())) as response:
-            _copy_with_deadline(response, out, url, deadline)
-        verify_sha256(Path(tmp), sha256, url)
-        os.replace(tmp, target)
-    except urllib.error.HTTPError as err:
-        err.close()  # an HTTPError holds the open response
-        raise WeightsError(f"could not download {url}: HTTP {err.code} {err.reason}",
-                           "check the URL in the card, or download the file and use weights.file") from None
-    except (OSError, ValueError) as err:  # ValueError: a malformed URL; TimeoutError is an OSError
-        raise WeightsError(f"could not download {url}: {err}",
-                           "check the network (or raise $BENCH_DOWNLOAD_TIMEOUT), or download the file by hand "
-                           "and point weights.file at it") from err
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    fetch(url, target, size=size, check=lambda tmp: verify_sha256(tmp, sha256, url), error=WeightsError,
+          fix="download the file by hand and point weights.file at it")
     return target
 
 
@@ -112,6 +59,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weight file {path} does not exist",
                            "check weights.file in the card (it is relative to the card's folder), or run `bench train`")
+    readable(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -120,6 +68,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except SafetensorError as err:
             raise WeightsError(f"{path} is not a valid safetensors file: {err}", "re-download or re-create it") from err
+    if torch.torch_version.TorchVersion(torch.__version__) < "2.6":
+        raise WeightsError(f"refused to load {path}: torch {torch.__version__} cannot read .pt files safely "
+                           "(its weights-only loader could run code before torch 2.6, CVE-2025-32434)",
+                           "upgrade torch to 2.6 or later, or convert the weights to safetensors")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

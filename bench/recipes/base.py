@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from bench.ops.losses import LossName
-from bench.params import Eps, Norm, Params, check_linf_eps
+from bench.params import Eps, Norm, Params, Samples, Steps, check_linf_eps
 from bench.registry import Registry
 
 
@@ -50,7 +50,7 @@ class Attack(Params):
 
     norm: Norm = "Linf"
     eps: Eps
-    steps: int = Field(gt=0)
+    steps: Steps
     step_size: Eps  # same syntax as eps: a number or a fraction such as 2/255
     loss: LossName = "ce"  # the maximised loss: ce, kl (to the clean prediction, as TRADES), margin
 
@@ -63,7 +63,7 @@ class Attack(Params):
 class Validation(Params):
     """Per-epoch validation on ``size`` training images kept out of training."""
 
-    size: int = Field(1000, gt=0)  # leading positions of the training split's fixed permutation
+    size: Samples = 1000  # leading positions of the training split's fixed permutation
     attack: Attack | None = None  # also report accuracy under this PGD attack (pgd_acc)
     select: Literal["last", "clean_acc", "pgd_acc"] = "last"  # which epoch's weights are kept
 
@@ -75,15 +75,15 @@ class Validation(Params):
 
 
 class RecipeParams(Params):
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(128, gt=0)
+    epochs: Steps
+    batch_size: Samples = 128
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["onecycle", "constant"] = "onecycle"
     lr_schedule: Schedule | None = None  # piecewise-linear over epochs; replaces lr and schedule
-    train_subset: int | None = Field(None, gt=0)  # first n of the split's fixed permutation (CPU-sized runs)
+    train_subset: Samples | None = None  # first n of the split's fixed permutation (CPU-sized runs)
     validation: Validation | None = None
 
 

@@ -31,6 +31,11 @@ class Task(ABC):
         """Per-example columns of the unperturbed batch (e.g. the prediction and whether it is right)."""
         return {}
 
+    def guarded(self, model: nn.Module, name: str):
+        """The model as the clean pass and threat families see it: a task may wrap it to check every output (the
+        model itself by default)."""
+        return model
+
     def probe(self, model: nn.Module, x: Tensor) -> Tensor | None:
         """Outputs that fingerprint a bare module's behaviour on a few points (None: no fingerprint)."""
         return None

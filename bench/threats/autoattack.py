@@ -37,6 +37,8 @@ class AutoAttackParams(Params):
         check_linf_eps(self.norm, self.eps)
         if (self.version == "custom") != (self.attacks is not None):
             raise ValueError("list attacks: exactly when version is custom")
+        if self.attacks is not None and len(set(self.attacks)) != len(self.attacks):
+            raise ValueError("an attack is listed twice (each listed attack runs in full)")
         return self
 
 

@@ -2,6 +2,7 @@
 threat card to another (``threat_ref``), as an ensemble names its members."""
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -9,9 +10,11 @@ from typing import Annotated, Any
 
 from pydantic import Field, PlainSerializer, PlainValidator, ValidationInfo
 
-from bench.cards import canonical_hash, locate, read_card, validate
+from bench.cards import ReferenceChainError, canonical_hash, check_chain, locate, read_card, validate
 from bench.errors import CardError
 from bench.params import CardSchema, Params
+
+_resolving: ContextVar[tuple[str, ...]] = ContextVar("resolving", default=())
 
 
 class ThreatCard(CardSchema):
@@ -34,7 +37,13 @@ class ThreatCard(CardSchema):
         from bench.threats.base import THREAT_FAMILIES
 
         cls = THREAT_FAMILIES.get(self.family, f"threat card {self.id}")
-        return validate(cls.Params, self.params, f"threat card {self.id} params", {"source_dir": self.source_dir})
+        key, stack = f"{self.source_dir}/{self.id}", _resolving.get()
+        check_chain("threat", self.id, key, stack)
+        token = _resolving.set(stack + (key,))
+        try:
+            return validate(cls.Params, self.params, f"threat card {self.id} params", {"source_dir": self.source_dir})
+        finally:
+            _resolving.reset(token)
 
     @cached_property
     def hash(self) -> str:
@@ -50,7 +59,7 @@ def load_threat_card(name: str | Path) -> ThreatCard:
     path = locate("threat", name)
     data = read_card(path)
     data.setdefault("id", path.stem)
-    return validate(ThreatCard, {**data, "source_dir": str(path.parent)}, f"threat card {path}")
+    return validate(ThreatCard, {**data, "source_dir": str(path.parent.resolve())}, f"threat card {path}")
 
 
 # --- references between threat cards ---------------------------------------------------------------
@@ -78,6 +87,8 @@ def resolve_threat_ref(value: Any, source_dir: str | None) -> ThreatRef:
     try:
         card = load_threat_card(target)
         return ThreatRef(value, card, card.hash)
+    except ReferenceChainError:
+        raise
     except CardError as err:
         raise ValueError(err.problem) from None
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from bench.ops.draws import Draws
 from bench.ops.losses import LossName
 from bench.ops.pgd import pgd
-from bench.params import Eps, Norm, Params, check_linf_eps
+from bench.params import Eps, Norm, Params, Steps, check_linf_eps
 from bench.threats.base import THREAT_FAMILIES, Target
 from bench.threats.step import Candidates, PerturbStep
 
@@ -16,9 +16,9 @@ from bench.threats.step import Candidates, PerturbStep
 class PGDParams(Params):
     norm: Norm
     eps: Eps
-    steps: int = Field(gt=0)
+    steps: Steps
     step_size: float | None = Field(None, gt=0)  # default 2.5 * eps / steps
-    restarts: int = Field(1, gt=0)
+    restarts: Steps = 1
     random_start: bool = True
     loss: LossName = "ce"  # ce, kl (to the clean prediction) or margin
 

@@ -48,6 +48,13 @@ HOSTILE_CARDS = {
     "inf-step.yaml": ("id: inf-step\nfamily: pgd\nparams: {norm: L2, eps: 1.0, steps: 5, step_size: .inf}\n",
                       "finite"),
     "nan-eps.yaml": ("id: nan-eps\nfamily: pgd\nparams: {norm: L2, eps: .nan, steps: 5}\n", "eps"),
+    "deep-brackets.yaml": ("id: deep\nfamily: clean\nparams: {x: " + "[" * 5000 + "]" * 5000 + "}\n",
+                           "nested more than"),
+    "long-integer.yaml": ("id: long\nfamily: pgd\nparams: {norm: L2, eps: 1.0, steps: " + "9" * 5000 + "}\n",
+                          "4300 digits|between 1 and"),
+    "impossible-date.yaml": ("id: date\nfamily: clean\ndescription: 2024-13-45\n", "month must be in 1..12"),
+    "huge-steps.yaml": ("id: huge-steps\nfamily: pgd\nparams: {norm: L2, eps: 1.0, steps: 1000000000000}\n",
+                        "'steps': must be between 1 and 100,000"),
 }
 
 

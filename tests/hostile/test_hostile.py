@@ -21,6 +21,8 @@ from bench.cards import catalogue, locate
 from bench.cli import app
 from bench.errors import BenchError, CardError, DataError, WeightsError
 from bench.models import load_model_card
+from bench.store import Store, StoreError
+from bench.summary import summarize
 from bench.threats import THREAT_FAMILIES, ThreatCard, load_threat_card, make_threat
 
 TINY_CVAE = {
@@ -103,6 +105,21 @@ def test_gradient_families_say_when_gradients_vanish_or_outputs_are_random(digit
     detached = bench.evaluate(Detached(digits_model), family_card(family, refs), **kw)
     if family in GRADIENT:
         assert any("input gradient is exactly zero for 20 of 20 points" in note for note in detached.notes)
+
+
+@pytest.mark.parametrize("family", CLASSIFIER_FAMILIES)
+def test_every_family_s_stored_rows_are_checked_at_rest(digits_model, refs, tmp_path, family):
+    """One flipped bit in any family's shard is caught, set aside and recomputed to the same numbers."""
+    kw = dict(dataset="digits", n=20, results=tmp_path, progress=False)
+    first = bench.evaluate(digits_model, family_card(family, refs), **kw)
+    shard = sorted((tmp_path / "runs" / first.run_id).glob("shard-*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 4
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="checksum"):
+        summarize(Store(tmp_path), first.run_id)
+    again = bench.evaluate(digits_model, family_card(family, refs), **kw)
+    assert again.run_id == first.run_id and str(again.metrics) == str(first.metrics)
 
 
 def test_set_quality_refuses_a_set_that_generates_nan(refs, tmp_path):
@@ -222,6 +239,7 @@ def test_a_trickling_download_hits_its_deadline_and_leaves_nothing(tmp_path, mon
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_DOWNLOAD_TIMEOUT", "2")
+    monkeypatch.setenv("BENCH_ALLOW_HTTP", "1")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()

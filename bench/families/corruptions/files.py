@@ -7,14 +7,16 @@ Layouts, as published:
 - MNIST-C (Mu & Gilmer, zenodo.org/records/3239543): ``mnist_c/<corruption>/test_images.npy``, uint8
   (10000, 28, 28, 1), one severity per corruption, and ``test_labels.npy`` beside it.
 
-A folder that ``bench data make`` wrote holds ``GENERATED.json`` (generator, seed, cells). Runs read the
-files memory-mapped (``allow_pickle`` off), check every batch's labels against the dataset's, and name
+A folder that ``bench data make`` wrote holds ``GENERATED.json`` (generator, seed, cells). The files are
+untrusted: runs check each one's .npy header (dtype, shape) and size against the layout before reading any
+data, read them memory-mapped (never unpickled), check every batch's labels against the dataset's, and name
 the files' sha256 in the protocol, so other files never share results with these.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -26,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bench.data import MAKERS, data_root, load_dataset
+from bench.digests import sha256_cached
 from bench.errors import DataError
 from bench.files import atomic_write
 
@@ -64,18 +67,29 @@ def default_folder(layout: Layout, generated: bool = False) -> Path:
     return data_root() / (f"{layout.folder}-generated" if generated else layout.folder)
 
 
-def _digest(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime) so a 150 MB file is hashed once."""
-    from bench.models.weights import cache_dir, sha256_file
+# .npy header readers by format version; they refuse headers over numpy's safe size and never unpickle
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+_MARKER_KEYS = {"generated_by", "layout", "seed", "batch_size", "corruptions"}
 
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
-    cached = cache_dir("file-digests") / key
-    if cached.is_file():
-        return cached.read_text().strip()
-    value = sha256_file(path)
-    cached.write_text(value)
-    return value
+
+def _read_marker(folder: Path, layout: Layout) -> dict | None:
+    """The GENERATED.json that `bench data make` wrote in ``folder`` (None if there is none), checked: a
+    damaged marker must neither crash nor let generated files pass for the published ones."""
+    path = folder / MARKER
+    if not path.exists():
+        return None
+    marker = None
+    if path.is_file():  # not a FIFO or a folder
+        try:
+            with path.open("rb") as f:
+                text = f.read((1 << 16) + 1)
+            marker = json.loads(text) if len(text) <= 1 << 16 else None
+        except (OSError, ValueError, RecursionError):  # ValueError: not JSON or not UTF-8
+            pass
+    if not isinstance(marker, dict) or not _MARKER_KEYS <= marker.keys() or marker["layout"] != layout.name:
+        raise DataError(f"{path} is not a marker that `bench data make {layout.name}` wrote",
+                        f"delete {folder} and run `bench data make {layout.name}` again")
+    return marker
 
 
 class CorruptedFiles:
@@ -83,28 +97,56 @@ class CorruptedFiles:
 
     def __init__(self, layout: Layout, folder: Path):
         self.layout, self.folder = layout, folder.expanduser()
-        marker = self.folder / MARKER
-        self.generated = json.loads(marker.read_text()) if marker.is_file() else None
-        self._arrays: dict[Path, np.ndarray] = {}
+        self.generated = _read_marker(self.folder, layout)
+        self._maps: dict[str, dict[Path, np.memmap]] = {}
 
     def _fix(self) -> str:
         return (f"{self.layout.published} into {self.folder.parent} (or set $BENCH_DATA / the card's files:), "
                 f"run `bench data make {self.layout.name}` and use a card with files: pointing at what it writes, "
                 f"or use source: generated (corrupted on the fly by bench)")
 
-    def _array(self, path: Path, shape: tuple[int, ...]) -> np.ndarray:
-        if path not in self._arrays:
-            if not path.is_file():
-                raise DataError(f"{self.layout.name} file {path} does not exist", self._fix())
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as err:
-                raise DataError(f"{path} is not a plain .npy array ({err})", self._fix()) from err
-            if array.dtype != np.uint8 or array.shape[1:] != shape[1:] or len(array) != shape[0]:
-                raise DataError(f"{path} holds {array.dtype} {array.shape}, but the {self.layout.name} layout has "
-                                f"uint8 {shape}", self._fix())
-            self._arrays[path] = array
-        return self._arrays[path]
+    def _header(self, path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+        """Shape, dtype, Fortran order and data offset of a .npy file, from its header alone."""
+        if not path.is_file():
+            raise DataError(f"{self.layout.name} file {path} does not exist", self._fix())
+        try:
+            with path.open("rb") as f:
+                read = _NPY_HEADERS.get(np.lib.format.read_magic(f))
+                if read is None:
+                    raise ValueError("unsupported .npy version")
+                shape, fortran, dtype = read(f)
+                if dtype.hasobject:
+                    raise ValueError("it holds pickled Python objects, which are never loaded")
+                return shape, dtype, fortran, f.tell()
+        except (OSError, ValueError, TypeError) as err:  # TypeError: a header naming no dtype
+            raise DataError(f"{path} is not a plain .npy array ({err})", self._fix()) from err
+
+    def _map(self, path: Path, shape: tuple[int, ...], dtype: np.dtype | None = None) -> np.memmap:
+        """``path`` memory-mapped once its header matches the layout's ``shape`` and ``dtype`` (None: any
+        integer type) and its size matches its header: no data is read from a file that is not right."""
+        found, stored, fortran, offset = self._header(path)
+        if found != shape or (stored.kind not in "iu" if dtype is None else stored != dtype):
+            raise DataError(f"{path} holds {stored} {found}, but the {self.layout.name} layout has "
+                            f"{'integer' if dtype is None else dtype} {shape}", self._fix())
+        size, actual = offset + stored.itemsize * math.prod(shape), path.stat().st_size
+        if actual != size:
+            raise DataError(f"{path} is {actual} bytes, but its .npy header makes {size}: it is cut short or padded",
+                            self._fix())
+        return np.memmap(path, stored, "r", offset, shape, "F" if fortran else "C")
+
+    def _arrays(self, corruption: str) -> dict[Path, np.memmap]:
+        """The labels and images files of one corruption, checked against the layout and mapped."""
+        if corruption not in self._maps:
+            labels = self.layout.labels_file(self.folder, corruption)
+            shape = self._header(labels)[0]
+            if len(shape) != 1 or shape[0] <= 0 or shape[0] % self.layout.severities:
+                raise DataError(f"{labels} holds labels of shape {shape}, not {self.layout.severities} "
+                                "severities of equal size", self._fix())
+            images = self.layout.images_file(self.folder, corruption)
+            self._maps[corruption] = {
+                labels: self._map(labels, shape),
+                images: self._map(images, (shape[0], *self.layout.image_shape), np.dtype(np.uint8))}
+        return self._maps[corruption]
 
     def files(self, corruptions: list[str]) -> list[Path]:
         paths = {self.layout.images_file(self.folder, c) for c in corruptions}
@@ -115,31 +157,22 @@ class CorruptedFiles:
         return all(path.is_file() for path in self.files(corruptions))
 
     def digest(self, corruptions: list[str]) -> str:
-        """One sha256 over the sha256 of every file the corruptions read (names relative to the folder)."""
-        lines = []
-        for path in self.files(corruptions):
-            if not path.is_file():
-                raise DataError(f"{self.layout.name} file {path} does not exist", self._fix())
-            lines.append(f"{path.relative_to(self.folder)} {_digest(path)}")
-        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        """One sha256 over the sha256 of every file the corruptions read (names relative to the folder), each
+        file checked against the layout first."""
+        sizes = {path: array.offset + array.nbytes for c in corruptions for path, array in self._arrays(c).items()}
+        return hashlib.sha256("\n".join(f"{path.relative_to(self.folder)} {sha256_cached(path, size)}"
+                                         for path, size in sorted(sizes.items())).encode()).hexdigest()
 
     def images(self, corruption: str, severity: int, index: Tensor, labels: Tensor) -> Tensor:
         """The corrupted images at positions ``index`` of the test split, float NCHW in [0, 1], after
         checking the files' labels at those positions against ``labels``."""
-        h, w, c = self.layout.image_shape
         labels_path = self.layout.labels_file(self.folder, corruption)
-        if not labels_path.is_file():
-            raise DataError(f"{self.layout.name} file {labels_path} does not exist", self._fix())
-        stacked = len(np.load(labels_path, mmap_mode="r", allow_pickle=False))
-        if stacked % self.layout.severities:
-            raise DataError(f"{labels_path} has {stacked} labels, not {self.layout.severities} severities of equal "
-                            "size", self._fix())
-        n = stacked // self.layout.severities
-        images = self._array(self.layout.images_file(self.folder, corruption), (stacked, h, w, c))
-        stored = self._array(labels_path, (stacked,))
-        positions = index.cpu().numpy() + self.layout.offset(severity, n)
-        if positions.size and positions.max() >= stacked:
+        stored, images = self._arrays(corruption).values()
+        n = len(stored) // self.layout.severities
+        index = index.cpu().numpy()
+        if index.size and index.max() >= n:
             raise DataError(f"{labels_path} has {n} points per severity, fewer than the test split", self._fix())
+        positions = index + self.layout.offset(severity, n)
         if not np.array_equal(stored[positions].astype(np.int64), labels.cpu().numpy()):
             raise DataError(f"the labels in {labels_path} disagree with the {self.layout.dataset} test labels: these "
                             f"files are not {self.layout.name} of this test split, in its order", self._fix())
@@ -171,12 +204,13 @@ def make_files(layout_name: str, *, root: Path | None = None, seed: int = 0, bat
     marker = {"generated_by": "bench data make", "warning": f"generated by bench's corruption library, NOT the "
               f"published {layout.name} files", "layout": layout.name, "seed": seed, "batch_size": batch_size,
               "corruptions": list(suite.names + suite.extra)}
-    existing = folder / MARKER
-    if existing.is_file() and {k: v for k, v in json.loads(existing.read_text()).items() if k != "created"} != marker:
-        raise DataError(f"{folder} holds files made with other settings ({existing})",
+    existing = _read_marker(folder, layout)
+    if existing is not None and {k: v for k, v in existing.items() if k != "created"} != marker:
+        raise DataError(f"{folder} holds files made with other settings ({folder / MARKER})",
                         "delete that folder, or make with the same seed and batch size")
     folder.mkdir(parents=True, exist_ok=True)
-    existing.write_text(json.dumps({**marker, "created": datetime.now(timezone.utc).isoformat()}, indent=2))
+    created = json.dumps({**marker, "created": datetime.now(timezone.utc).isoformat()}, indent=2)
+    atomic_write(folder / MARKER, lambda tmp: tmp.write_text(created))
     n = len(test)
     labels = test.y.numpy().astype(np.uint8)
     for name in tqdm(suite.names + suite.extra, desc=f"bench data make {layout.name}", disable=not progress):

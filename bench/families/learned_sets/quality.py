@@ -9,14 +9,13 @@ all per-pixel MSE (KL in nats) at the card's radius eps (a number or a statistic
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from bench.errors import BenchError
 from bench.families.learned_sets.pairs import Pairs
 from bench.families.learned_sets.quality_metrics import quality_metrics
 from bench.families.learned_sets.sets import TASK, Radius, resolve_radius
 from bench.metrics import Metric
-from bench.params import Params
+from bench.params import Params, Steps
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 
 
@@ -27,7 +26,7 @@ def _error(name: str, label: str) -> Metric:
 class SetQualityParams(Params):
     eps: Radius = "max"
     pairs: Pairs | None = None  # None: the set's own training pairs (in-family)
-    steps: int = Field(100, gt=0)  # PGD AE descent steps, decaying from eps/10 to eps/1000
+    steps: Steps = 100  # PGD AE descent steps, decaying from eps/10 to eps/1000
 
 
 @THREAT_FAMILIES.register("set-quality")

@@ -19,14 +19,15 @@ from torch import Tensor, nn
 from bench.families.learned_sets.latent_pgd import latent_pgd
 from bench.families.learned_sets.pairs import Pairs
 from bench.families.learned_sets.sets import CVAERef, Radius, load_cvae, resolve_radius
+from bench.params import Samples, Steps
 from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams, Schedule
 
 
 class CVAEParams(RecipeParams):
     pairs: Pairs
     beta: Schedule  # of the integer epoch
-    val_size: int = Field(1000, gt=0)  # leading positions of the fixed permutation, kept for the statistics
-    stats_passes: int = Field(5, gt=0)  # fresh pair draws over the validation slice for eps statistics
+    val_size: Samples = 1000  # leading positions of the fixed permutation, kept for the statistics
+    stats_passes: Steps = 5  # fresh pair draws over the validation slice for eps statistics
 
 
 @RECIPES.register("cvae")
@@ -101,7 +102,7 @@ class LatentSmoothingTraining(CVAEAugmentation):
 
 class CVAEAdvParams(UsesCVAE):
     eps: Radius  # a radius, or a statistic of the set: p50, p75, max, ...
-    steps: int = Field(7, gt=0)
+    steps: Steps = 7
     step_size: float | None = Field(None, gt=0)  # default eps / 5
 
 

@@ -99,7 +99,7 @@ def resolve_radius(card: ModelCard, eps: float | str, *, device: str | torch.dev
 
 def _stats_path(card: ModelCard) -> Path:
     from bench.files import safe_filename
-    from bench.models.weights import cache_dir
+    from bench.files import cache_dir
 
     return cache_dir("perturbation-stats") / f"{safe_filename(card.id)}-{card.hash[:16]}.json"
 

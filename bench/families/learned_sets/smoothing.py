@@ -20,6 +20,7 @@ from bench.families.learned_sets.cvae import CVAE
 from bench.families.learned_sets.sets import Radius
 from bench.families.learned_sets.threats import CVAEThreat, CVAEThreatParams
 from bench.metrics import Metric
+from bench.params import Samples
 from bench.tasks.classifier import logits
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target
 
@@ -54,11 +55,11 @@ def class_counts(cvae: CVAE, classifier: nn.Module, x: Tensor, *, sigma: float, 
 
 class LatentSmoothingParams(CVAEThreatParams):
     sigma: float = Field(gt=0)
-    n0: int = Field(100, gt=0)  # selection samples
-    n: int = Field(1000, gt=0)  # estimation samples
+    n0: Samples = 100  # selection samples
+    n: Samples = 1000  # estimation samples
     alpha: float = Field(0.001, gt=0, lt=0.5)
     radius: Radius = 0.0  # certified accuracy is reported at this latent radius
-    chunk: int = Field(1000, gt=0)  # generator forward passes per round; it orders the noise draws, so it is protocol
+    chunk: Samples = 1000  # generator forward passes per round; it orders the noise draws, so it is protocol
 
 
 @THREAT_FAMILIES.register("latent-smoothing")

@@ -18,7 +18,7 @@ from bench.families.learned_sets.latent_pgd import latent_pgd
 from bench.families.learned_sets.sets import CVAERef, Radius, load_cvae, resolve_radius
 from bench.models.card import model_ref
 from bench.ops.norms import normalized
-from bench.params import Params
+from bench.params import Params, Samples, Steps
 from bench.tasks.classifier import predict
 from bench.ops.draws import Draws
 from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
@@ -82,9 +82,9 @@ class CVAEStep(CVAEThreat, PerturbStep):
 
 class LearnedCVAEParams(CVAEThreatParams):
     eps: Radius
-    steps: int = Field(50, gt=0)
+    steps: Steps = 50
     step_size: float | None = Field(None, gt=0)  # default eps / 20 (eps / 4 with a decaying step)
-    restarts: int = Field(1, gt=0)
+    restarts: Steps = 1
     decay: float = Field(1.0, gt=0, le=1)  # the last step is step_size * decay (1: constant steps)
 
     def step(self, eps: float) -> float:
@@ -123,8 +123,8 @@ def uniform_in_ball(rounds: int, dim: int, eps: float, draws: Draws) -> Tensor:
 
 class RandomSamplesParams(CVAEThreatParams):
     eps: Radius
-    samples: int = Field(1000, gt=0)
-    chunk: int = Field(2000, gt=0)  # generator forward passes per round; it orders the draws, so it is protocol
+    samples: Samples = 1000
+    chunk: Samples = 2000  # generator forward passes per round; it orders the draws, so it is protocol
 
 
 @THREAT_FAMILIES.register("learned-cvae-random")
@@ -168,7 +168,7 @@ class LearnedCVAERandom(CVAEStep):
 class TransferParams(CVAEThreatParams):
     eps: Radius
     source: ClassifierRef  # the model the latent points are crafted on
-    steps: int = Field(50, gt=0)
+    steps: Steps = 50
     step_size: float | None = Field(None, gt=0)  # default eps / 20
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bench.families.ood_to_id.translator import TASK as TRANSLATOR
 from bench.models.compose import COMPOSERS, Composer
-from bench.params import Params
+from bench.params import Params, Samples
 
 
 class TranslateThenClassify(nn.Module):
@@ -51,7 +51,7 @@ class TranslateThenClassify(nn.Module):
 class DefenceParams(Params):
     gate: Literal["none", "recon"] = "none"
     quantile: float = Field(0.95, gt=0, lt=1)  # of the gate statistic on clean training images
-    calibration: int = Field(1000, gt=0)  # clean training images the threshold is read from
+    calibration: Samples = 1000  # clean training images the threshold is read from
 
 
 @COMPOSERS.register("translate-then-classify")

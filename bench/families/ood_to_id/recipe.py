@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from bench.ops.shifts import SHIFTS
 from bench.models.card import model_ref
 from bench.ops.pgd import pgd
-from bench.params import Eps, Params
+from bench.params import Eps, Params, Steps
 from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams
 
 
@@ -38,7 +38,7 @@ class ShiftRange(Params):
 
 class AdversarialPairs(Params):
     eps: list[Eps] = Field(min_length=1)  # L-inf radii, one drawn per step
-    steps: int = Field(1, gt=0)  # 1: FGSM (no random start); more: PGD with step 2.5 eps / steps
+    steps: Steps = 1  # 1: FGSM (no random start); more: PGD with step 2.5 eps / steps
 
 
 class TranslatorParams(RecipeParams):

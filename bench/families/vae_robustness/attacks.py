@@ -28,8 +28,9 @@ from bench.metrics import Metric
 from bench.ops.gradients import input_gradient
 from bench.ops.norms import normalized
 from bench.ops.pgd import random_delta, project
-from bench.params import Eps, Norm, Params, check_linf_eps
+from bench.params import Eps, Norm, Params, Steps, check_linf_eps
 from bench.tasks import Task
+from bench.tasks.generative import check_elbo_order, model_name
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 from bench.threats.checks import check_points
 
@@ -50,9 +51,9 @@ class VAEAttackParams(Params):
     objective: Objective
     norm: Norm
     eps: Eps
-    steps: int = Field(40, gt=0)
+    steps: Steps = 40
     step_size: float | None = Field(None, gt=0)  # default 2.5 * eps / steps
-    restarts: int = Field(1, gt=0)
+    restarts: Steps = 1
 
     @model_validator(mode="after")
     def _check(self) -> "VAEAttackParams":
@@ -79,6 +80,9 @@ def maximise(value: Callable[[Tensor], Tensor], x: Tensor, *, norm: str, radius:
         for step in range(steps + 1):
             x_adv.requires_grad_(True)
             current = value(x_adv)
+            if not torch.isfinite(current).all():  # a NaN is never "better": skipping it would score no damage
+                raise BenchError("the attack's objective is not finite (NaN or inf) at a perturbed input",
+                                 "check the model's outputs near the data (e.g. NaN for inputs off the data grid)")
             with torch.no_grad():
                 better = current.detach() > best_value
                 best[better], best_value[better] = x_adv.detach()[better], current.detach()[better]
@@ -140,4 +144,6 @@ class VAEAttack(Threat):
                       "elbo_drop": batch.clean["clean_elbo"] - adv_elbo, "adv_elbo": adv_elbo}
             if p.objective == "latent":
                 values["target_dist"] = (adv_mu - target_mu).norm(dim=1)
+            if p.objective == "elbo":
+                check_elbo_order(model_name(model), batch.clean["clean_elbo"], adv_elbo)
         return Outcome(values=values)

@@ -27,7 +27,8 @@ from bench.errors import BenchError
 from bench.families.vae_robustness.attacks import VAEAttack, VAEAttackParams, _check_vae
 from bench.families.vae_robustness.ibp import interval
 from bench.metrics import Metric
-from bench.params import Params
+from bench.params import Params, Steps
+from bench.tasks.generative import check_elbo_order, model_name
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 
 
@@ -80,8 +81,8 @@ def elbo_lower_bound(model: nn.Module, x: Tensor, eps: float, noise: Tensor) -> 
 
 class CertifiedParams(Params):
     eps: float = Field(ge=0, allow_inf_nan=False)  # L-inf radius (0: the certificate equals the clean ELBO)
-    steps: int = Field(40, gt=0)  # the ELBO attack beside the certificate
-    restarts: int = Field(1, gt=0)
+    steps: Steps = 40  # the ELBO attack beside the certificate
+    restarts: Steps = 1
 
 
 @THREAT_FAMILIES.register("vae-certified-elbo")
@@ -111,4 +112,5 @@ class VAECertifiedELBO(Threat):
             adv = elbo_attack.attack(target, batch).values["adv_elbo"]
         else:
             adv = batch.clean["clean_elbo"]
+        check_elbo_order(model_name(model), batch.clean["clean_elbo"], adv, certified)
         return Outcome(values={"certified_elbo": certified, "adv_elbo": adv, "certificate_gap": adv - certified})

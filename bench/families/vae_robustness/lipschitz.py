@@ -106,6 +106,9 @@ class VAELipschitzMargin(Threat):
                              "Lipschitz constants", "use an architecture: lipschitz-vae card (or vae-margin for "
                              "the first-order estimate)")
         k = model.lipschitz_constants()
+        if not all(isinstance(k.get(name), (int, float)) and k[name] > 0 for name in "abc"):
+            raise BenchError(f"{type(model).__name__}.lipschitz_constants() gave {k}; the certificate needs positive "
+                             "constants a, b and c", "a constant of 0 means a layer is all zeros: check the weights")
         with torch.no_grad():
             s = (0.5 * model.encode(batch.x)[1]).exp().norm(dim=1)
         radius = certified_radius(s.double(), self.params.r, k["a"], k["b"], k["c"]).float()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from bench.errors import BenchError
 from bench.families.vae_robustness.attacks import _check_vae, maximise
 from bench.metrics import Metric
-from bench.params import Params
+from bench.params import Params, Samples, Steps
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 
 NORMAL = torch.distributions.Normal(0.0, 1.0)
@@ -33,10 +33,10 @@ NORMAL = torch.distributions.Normal(0.0, 1.0)
 
 class MarginParams(Params):
     r: float = Field(gt=0)  # the reconstruction radius, in the L2 norm of images in [0, 1]
-    samples: int = Field(200, gt=1)  # noise draws for each probability estimate
+    samples: Samples = Field(200, gt=1)  # noise draws for each probability estimate
     max_radius: float = Field(4.0, gt=0)  # the bisection's upper end (L2, input space)
-    bisection: int = Field(8, gt=0)  # halvings of the radius interval
-    steps: int = Field(20, gt=0)  # PGD steps of the attack at each radius (step 2.5 * radius / steps)
+    bisection: Steps = 8  # halvings of the radius interval
+    steps: Steps = 20  # PGD steps of the attack at each radius (step 2.5 * radius / steps)
 
 
 class Stochastic:
