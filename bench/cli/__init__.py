@@ -106,6 +106,40 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
 
 @app.command()
 @friendly
+def check(model: str = typer.Option(..., "--model", "-m", help="Model card id or path to a card YAML."),
+          baseline: list[str] = typer.Option(..., "--baseline", "-b", help="A baseline run: its id in --results "
+                                             "or its folder (<results>/runs/<run_id>); repeat for more."),
+          threat: list[str] = typer.Option([], "--threat", "-t", help="The protocol each baseline must be (in "
+                                           "order) [default: each baseline's own]."),
+          tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Drop (in points for rates) a "
+                                                    "significant regression must exceed [default: one evaluation "
+                                                    "point for rates, 0 for means]."),
+          alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the one-sided paired tests."),
+          junit_file: Optional[Path] = typer.Option(None, "--junit", help="Also write a JUnit XML report here."),
+          json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+          device: str = DeviceOpt, results: Optional[Path] = ResultsOpt, trust_code: list[str] = TrustCodeOpt) -> None:
+    """Gate CI on robustness: rerun the model on each baseline's exact question and compare point by point.
+    Exit code 0: no headline regressed significantly; 1: one did; 2: the runs cannot be compared."""
+    import json
+
+    from bench.check import check as run_check
+    from bench.check import exit_code, junit
+
+    if threat and len(threat) != len(baseline):
+        raise BenchError(f"{len(threat)} --threat for {len(baseline)} --baseline", "give one --threat per "
+                         "--baseline, in the same order, or none")
+    outcomes = [run_check(model, b, threat=t, results=results, tolerance=tolerance, alpha=alpha, device=device,
+                          trust_code=tuple(trust_code), progress=sys.stderr.isatty() and not json_out)
+                for b, t in zip(baseline, threat or [None] * len(baseline))]
+    if junit_file is not None:
+        junit_file.write_text(junit(outcomes))
+    typer.echo(json.dumps([o.to_dict() for o in outcomes], indent=2) if json_out
+               else "\n\n".join(str(o) for o in outcomes))
+    raise typer.Exit(exit_code(outcomes))
+
+
+@app.command()
+@friendly
 def train(card: str = typer.Argument(..., help="Model card id or path."), device: str = DeviceOpt,
           fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted run's checkpoint."),
           data_root: Optional[Path] = DataRootOpt, results: Optional[Path] = ResultsOpt) -> None:
