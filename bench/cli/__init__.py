@@ -60,6 +60,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="bench: robustness evaluation of image classifiers and generative models.")
 data_app = typer.Typer(no_args_is_help=True, help="List and fetch datasets.")
 app.add_typer(data_app, name="data")
+leaderboard_app = typer.Typer(no_args_is_help=True, help="Leaderboard entries (the top-level leaderboard/ folder).")
+app.add_typer(leaderboard_app, name="leaderboard")
 
 
 @app.callback()
@@ -136,6 +138,35 @@ def check(model: str = typer.Option(..., "--model", "-m", help="Model card id or
     typer.echo(json.dumps([o.to_dict() for o in outcomes], indent=2) if json_out
                else "\n\n".join(str(o) for o in outcomes))
     raise typer.Exit(exit_code(outcomes))
+
+
+@leaderboard_app.command("entries")
+@friendly
+def leaderboard_entries(out: Path = typer.Option(Path("leaderboard"), "--out", help="The leaderboard folder."),
+                        results: Optional[Path] = ResultsOpt) -> None:
+    """Write a verified entry for the run the board shows of every model card, protocol and dataset in the
+    results (OUT/entries/<dataset>/<model>--<hash>--<protocol>.json)."""
+    from bench.leaderboard.entries import write_entries
+    from bench.store import Store
+
+    warnings: list[str] = []
+    written = write_entries(Store(results), out, warnings)
+    for warning in warnings:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    typer.echo("\n".join(str(p) for p in written) or "no entries written")
+
+
+@leaderboard_app.command("schema")
+@friendly
+def leaderboard_schema(out: Optional[Path] = typer.Option(None, "--out", help="Write it here instead of "
+                                                          "printing it.")) -> None:
+    """The JSON Schema of a leaderboard entry (committed as leaderboard/schema/entry.schema.json)."""
+    from bench.leaderboard.entries import entry_schema
+
+    if out is None:
+        typer.echo(entry_schema(), nl=False)
+    else:
+        out.write_text(entry_schema())
 
 
 @app.command()

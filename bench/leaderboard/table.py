@@ -165,18 +165,8 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
     for s in summaries:
         names.setdefault(s["key"]["protocol"], set()).add(s["threat"])
     wanted = None if threat is None else _protocols_named(threat, summaries)
-    current = _CurrentCode()
-    best: dict[tuple, tuple] = {}
-    for s in summaries:
-        key = s["key"]
-        if (dataset is not None and dataset not in (s["dataset"], key["dataset"])) or \
-                (wanted is not None and key["protocol"] not in wanted):
-            continue
-        stale = _stale(s, current)
-        group = (key["model"], key["protocol"], key["dataset"])
-        rank = (not stale, key["n"], s["created"])
-        if group not in best or rank > best[group][0]:
-            best[group] = (rank, s, stale)
+    best = _best(s for s in summaries if (dataset is None or dataset in (s["dataset"], s["key"]["dataset"])) and
+                 (wanted is None or s["key"]["protocol"] in wanted))
     contents: dict[str, set[str]] = {}  # dataset name -> the content identities stored under it
     for _, s, _ in best.values():
         contents.setdefault(s["dataset"], set()).add(s["key"]["dataset"])
@@ -215,6 +205,26 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
                 if (s["spec"]["model"]["card"] or {}).get("compose")}
     params = {key: runs[0]["spec"]["threat"]["card"].get("params", {}) for key, runs in chosen.items()}
     return Board(ordered, warnings, defence_rows(ordered, params, composed))
+
+
+def _best(summaries) -> dict[tuple, tuple]:
+    """Per (model, protocol, dataset): (rank, summary, stale) of the run shown: by the current code first, then
+    the largest, then the latest."""
+    current = _CurrentCode()
+    best: dict[tuple, tuple] = {}
+    for s in summaries:
+        key = s["key"]
+        stale = _stale(s, current)
+        group = (key["model"], key["protocol"], key["dataset"])
+        rank = (not stale, key["n"], s["created"])
+        if group not in best or rank > best[group][0]:
+            best[group] = (rank, s, stale)
+    return best
+
+
+def chosen_runs(store: Store, warnings: list[str]) -> list[tuple[dict[str, Any], str]]:
+    """(summary, stale flag) of the run the board shows for each (model, protocol, dataset)."""
+    return [(s, stale) for _, (_, s, stale) in sorted(_best(complete_runs(store, warnings)).items())]
 
 
 def _numerics_notes(runs: list[dict]) -> list[str]:

@@ -1,0 +1,170 @@
+"""Leaderboard entries: one JSON file per (model hash, protocol hash, dataset) under ``leaderboard/entries/``.
+
+Unlike a RobustBench ``model_info`` file (percent strings, no seed, n or versions), an entry carries what
+makes its numbers checkable: the model card and the sha256 of its weights, the protocol card and hash, the
+dataset's content identity, the implementation identity and numerics, n, seed and batch size (so its points
+and draws can be recomputed), every metric with its interval, versions, device, date, and provenance
+(``verified``: recomputed by this suite; ``self-reported``: submitted numbers that passed a spot check;
+``imported``: from RobustBench). The schema is versioned; ``leaderboard/schema/entry.schema.json`` is its
+exported JSON Schema (a test keeps the two equal).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench.errors import BenchError
+from bench.files import atomic_write, safe_filename
+from bench.store import Store
+
+ENTRY_VERSION = 1
+Provenance = Literal["verified", "self-reported", "imported"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelPart(_Strict):
+    id: str
+    hash: str
+    weights: dict[str, str] = Field(default_factory=dict, description="sha256 of every trained weight file")
+    license: str | None = None
+    paper: str | None = None
+    card: dict[str, Any] | None = None
+
+
+class ProtocolPart(_Strict):
+    id: str
+    hash: str
+    family: str
+    card: dict[str, Any]
+
+
+class DatasetPart(_Strict):
+    name: str
+    identity: str = Field(description="name@sha256 of the decoded images, labels and classes")
+
+
+class MetricPart(_Strict):
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    label: str
+    higher_is_better: bool
+    percent: bool
+
+
+class Entry(_Strict):
+    """One model's result under one protocol on one dataset."""
+
+    schema_version: Literal[1] = ENTRY_VERSION
+    model: ModelPart
+    protocol: ProtocolPart
+    dataset: DatasetPart
+    implementation: dict[str, Any]
+    numerics: dict[str, Any]
+    n: int = Field(gt=0)
+    seed: int = Field(ge=0)
+    batch_size: int = Field(gt=0)
+    headline: str
+    metrics: dict[str, MetricPart]
+    versions: dict[str, str]
+    device: str
+    date: str
+    provenance: Provenance
+    run_id: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the entry lives under the leaderboard folder: one file per model, protocol and dataset."""
+        name = f"{safe_filename(self.model.id)}--{self.model.hash[:12]}--{self.protocol.hash[:12]}.json"
+        return Path("entries") / safe_filename(self.dataset.name) / name
+
+
+def _number(value: float) -> float | None:
+    return None if value != value else value  # NaN (no value) as JSON null
+
+
+def entry_from_run(store: Store, summary: dict[str, Any], provenance: Provenance = "verified") -> Entry:
+    """The entry of one complete run, from its summary and its record."""
+    meta = store.run_meta(summary["run_id"])
+    spec, key = summary["spec"], summary["key"]
+    card = spec["model"]["card"] or {}
+    specs = {m["name"]: m for m in summary["specs"]}
+    metrics = {name: MetricPart(value=_number(v["value"]), low=_number(v["low"]), high=_number(v["high"]), n=v["n"],
+                                label=specs[name]["label"], higher_is_better=specs[name]["higher_is_better"],
+                                percent=specs[name]["agg"] == "rate" or specs[name].get("as_percent", False))
+               for name, v in summary["metrics"].items()}
+    return Entry(model=ModelPart(id=summary["model"], hash=key["model"], weights=key["weights"],
+                                 license=card.get("license"), paper=card.get("paper"), card=spec["model"]["card"]),
+                 protocol=ProtocolPart(id=summary["threat"], hash=key["protocol"], family=summary["family"],
+                                       card=spec["threat"]["card"]),
+                 dataset=DatasetPart(name=summary["dataset"], identity=key["dataset"]),
+                 implementation=key["implementation"], numerics=key["numerics"], n=summary["n"],
+                 seed=summary["seed"], batch_size=key["batch_size"], headline=summary["headline"], metrics=metrics,
+                 versions=meta["versions"], device=meta["device"], date=summary["finished"], provenance=provenance,
+                 run_id=summary["run_id"])
+
+
+def write_entries(store: Store, out: Path, warnings: list[str]) -> list[Path]:
+    """An entry for the chosen run of every (model, protocol, dataset) in the store (runs by the current code
+    first, then the largest, then the latest: the board's choice), written atomically under ``out``. Runs of
+    bare modules (no card to publish) are left out with a warning."""
+    from bench.leaderboard.table import chosen_runs
+
+    written = []
+    for summary, stale in chosen_runs(store, warnings):
+        if summary["spec"]["model"]["card"] is None:
+            warnings.append(f"run {summary['run_id']} evaluates a bare module ({summary['model']}): no card to "
+                            "publish, so no entry")
+            continue
+        if stale:
+            warnings.append(f"run {summary['run_id']} was made by other code ({stale}): rerun it for an entry")
+            continue
+        entry = entry_from_run(store, summary)
+        path = Path(out) / entry.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = entry.model_dump_json(indent=2) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+        written.append(path)
+    return written
+
+
+def read_entry(path: Path) -> Entry:
+    """An entry file, validated against the schema (a clear error naming the file otherwise)."""
+    try:
+        return Entry.model_validate_json(Path(path).read_bytes())
+    except (OSError, ValidationError) as err:
+        raise BenchError(f"leaderboard entry {path} is not a valid entry of schema version {ENTRY_VERSION}: "
+                         f"{str(err).splitlines()[0] if isinstance(err, OSError) else err.errors()[0]['msg']}",
+                         "regenerate it with `bench leaderboard entries`") from err
+
+
+def entry_schema() -> str:
+    """The JSON Schema of an entry, as committed in ``leaderboard/schema/entry.schema.json``."""
+    return json.dumps(Entry.model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+class Protocols(_Strict):
+    """``leaderboard/protocols.yaml``: the threat card ids an entry set must cover, per dataset and task."""
+
+    version: Literal[1]
+    datasets: dict[str, dict[str, list[str]]]
+
+    def required(self, dataset: str, task: str) -> list[str]:
+        return self.datasets.get(dataset, {}).get(task, [])
+
+
+def read_protocols(path: Path) -> Protocols:
+    from bench.cards import read_card
+
+    try:
+        return Protocols.model_validate(read_card(Path(path)))
+    except ValidationError as err:
+        raise BenchError(f"{path} is not a protocols file: {err.errors()[0]['msg']}",
+                         "see the comment at the top of leaderboard/protocols.yaml") from err
