@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bench.errors import BenchError
 from bench.implementation import differences
@@ -141,19 +142,70 @@ def compare_rows(metric: Metric, base: np.ndarray, new: np.ndarray, *, headline:
                       improved=p_better < alpha and -drop > tolerance)
 
 
-def locate_baseline(baseline: str | Path, results: str | Path | None) -> tuple[Store, str]:
-    """A baseline run: its folder (``.../runs/<run_id>``), its ``run.json``, or its id in the results folder."""
+@dataclass
+class Baseline:
+    """What a check compares with: the question asked (threat card, data, n, seed, batches), the key parts that
+    must match, the metric specs and every point's values, from a stored run or a leaderboard entry."""
+
+    name: str
+    threat_id: str
+    threat_card: dict[str, Any]
+    threat_dir: str | None
+    dataset: str
+    data_root: str | None
+    n: int
+    seed: int
+    batch_size: int
+    key: dict[str, Any]  # protocol, dataset, implementation, numerics
+    metrics: list[Metric]
+    headline: str
+    rows: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+
+def _from_run(store: Store, run_id: str) -> Baseline:
+    meta = store.run_meta(run_id)
+    spec = RunSpec.from_dict(meta["spec"])
+    run = store.read_run(run_id)
+    problems = [] if spec.dataset["subset"] == "fixed" else [
+        "the baseline evaluated tensors held in memory, which this check cannot see again"]
+    if run.unreadable or len(run.rows) != spec.n:
+        problems.append(f"the baseline run is incomplete or damaged ({len(run.rows)} of {spec.n} rows)")
+    return Baseline(run_id, meta["threat_id"], spec.threat["card"], spec.threat["source_dir"], spec.dataset["name"],
+                    spec.dataset["root"], spec.n, spec.seed, spec.batch_size, meta["key"],
+                    [Metric.from_dict(m) for m in meta["metrics"]], meta["headline"], run.rows, problems)
+
+
+def _from_entry(path: Path) -> Baseline:
+    from bench.leaderboard.entries import read_entry
+
+    entry = read_entry(path)
+    if entry.points is None:
+        raise BenchError(f"entry {path} holds no per-point outcomes ({entry.provenance})",
+                         "check against a verified entry or a run")
+    key = {"protocol": entry.protocol.hash, "dataset": entry.dataset.identity,
+           "implementation": entry.implementation, "numerics": entry.numerics}
+    return Baseline(str(path), entry.protocol.id, entry.protocol.card, None, entry.dataset.name, None, entry.n,
+                    entry.seed, entry.batch_size, key, [m.metric(name) for name, m in entry.metrics.items()],
+                    entry.headline, entry.points.frame())
+
+
+def load_baseline(baseline: str | Path, results: str | Path | None) -> Baseline:
+    """A baseline: a leaderboard entry (``.json``), a run's folder (``.../runs/<run_id>``) or ``run.json``, or a
+    run id in the results folder."""
     path = Path(baseline).expanduser()
+    if path.suffix == ".json" and path.name != "run.json":
+        return _from_entry(path)
     if path.name == "run.json":
         path = path.parent
     if (path / "run.json").is_file():
-        return Store(path.parent.parent), path.name
+        return _from_run(Store(path.parent.parent), path.name)
     store = Store(results)
     if (store.run_dir(str(baseline)) / "run.json").is_file():
-        return store, str(baseline)
-    raise BenchError(f"baseline {baseline} is neither a run folder nor a run id under {store.root}",
-                     "pass a run id shown by `bench run` / `bench board`, or the path of its folder "
-                     "(<results>/runs/<run_id>)")
+        return _from_run(store, str(baseline))
+    raise BenchError(f"baseline {baseline} is neither an entry, a run folder nor a run id under {store.root}",
+                     "pass a leaderboard entry file, a run id shown by `bench run` / `bench board`, or the path of "
+                     "its folder (<results>/runs/<run_id>)")
 
 
 def _threat_hash(threat: str, dataset: str) -> str:
@@ -165,7 +217,7 @@ def _threat_hash(threat: str, dataset: str) -> str:
 def check(model: Any, baseline: str | Path, *, threat: str | None = None, results: str | Path | None = None,
           tolerance: float | None = None, alpha: float = 0.05, device: str | None = "auto",
           trust_code: tuple[str, ...] = (), progress: bool = True) -> CheckResult:
-    """Evaluate ``model`` (a card id or path, or a module) on the baseline run's question and compare; ``threat``,
+    """Evaluate ``model`` (a card id or path, or a module) on the baseline's question and compare; ``threat``,
     when given, must be the baseline's protocol."""
     from bench.run import evaluate
     from bench.threats import ThreatCard
@@ -174,47 +226,41 @@ def check(model: Any, baseline: str | Path, *, threat: str | None = None, result
         raise BenchError(f"alpha must be between 0 and 1, got {alpha}", "pass e.g. --alpha 0.05")
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise BenchError(f"the tolerance must be a number >= 0, got {tolerance}", "pass e.g. --tolerance 1")
-    base_store, base_id = locate_baseline(baseline, results)
-    meta = base_store.run_meta(base_id)
-    spec = RunSpec.from_dict(meta["spec"])
+    base = load_baseline(baseline, results)
     name = model if isinstance(model, (str, Path)) else type(model).__name__
-    result = CheckResult(str(name), meta["threat_id"], base_id, None, INCOMPARABLE, alpha=alpha)
-    if threat is not None and _threat_hash(threat, spec.dataset["name"]) != spec.threat["hash"]:
-        result.reasons.append(f"threat {threat} is another protocol than the baseline's {meta['threat_id']} "
-                              f"({spec.threat['hash'][:12]})")
-    if spec.dataset["subset"] != "fixed":
-        result.reasons.append("the baseline evaluated tensors held in memory, which this check cannot see again")
-    base_rows = base_store.read_run(base_id)
-    if base_rows.unreadable or len(base_rows.rows) != spec.n:
-        result.reasons.append(f"the baseline run is incomplete or damaged ({len(base_rows.rows)} of {spec.n} rows)")
+    result = CheckResult(str(name), base.threat_id, base.name, None, INCOMPARABLE, alpha=alpha)
+    if threat is not None and _threat_hash(threat, base.dataset) != base.key["protocol"]:
+        result.reasons.append(f"threat {threat} is another protocol than the baseline's {base.threat_id} "
+                              f"({base.key['protocol'][:12]})")
+    result.reasons += base.problems
     if result.reasons:
         return result
-    card = ThreatCard.model_validate({**spec.threat["card"], "source_dir": spec.threat["source_dir"]})
-    root = spec.dataset["root"] if spec.dataset["root"] and Path(spec.dataset["root"]).is_dir() else None
-    summary = evaluate(model, card, dataset=spec.dataset["name"], n=spec.n, seed=spec.seed,  # data: by content
-                       batch_size=spec.batch_size, data_root=root, device=device,
+    card = ThreatCard.model_validate({**base.threat_card, "source_dir": base.threat_dir})
+    root = base.data_root if base.data_root and Path(base.data_root).is_dir() else None
+    summary = evaluate(model, card, dataset=base.dataset, n=base.n, seed=base.seed,  # the data: by content
+                       batch_size=base.batch_size, data_root=root, device=device,
                        results=results, trust_code=trust_code, progress=progress)
     store = Store(results)
     new_meta = store.run_meta(summary.run_id)
     result.run_id = summary.run_id
-    result.reasons += _incomparable(meta["key"], new_meta["key"])
-    new_rows = store.read_run(summary.run_id).rows
-    if list(new_rows["index"]) != list(base_rows.rows["index"]):
+    result.reasons += _incomparable(base.key, new_meta["key"])
+    new_rows = store.read_run(summary.run_id).rows.sort_values("index").reset_index(drop=True)
+    base_rows = base.rows.sort_values("index").reset_index(drop=True)
+    if list(new_rows["index"]) != list(base_rows["index"]):
         result.reasons.append("the two runs hold other evaluation points")
-    if meta["metrics"] != new_meta["metrics"]:
+    if {m.name: m for m in base.metrics} != {m["name"]: Metric.from_dict(m) for m in new_meta["metrics"]}:
         result.reasons.append("the family reports other metrics now")
     if result.reasons:
         return result
-    if meta["key"]["numerics"] != new_meta["key"]["numerics"]:
+    if base.key["numerics"] != new_meta["key"]["numerics"]:
         result.notes.append("the runs were computed with other numerics ("
-                            + "; ".join(differences(meta["key"]["numerics"], new_meta["key"]["numerics"],
+                            + "; ".join(differences(base.key["numerics"], new_meta["key"]["numerics"],
                                                     ("baseline", "now"))) + "): last digits may differ")
-    for spec_dict in meta["metrics"]:
-        metric = Metric.from_dict(spec_dict)
-        if metric.column in base_rows.rows and metric.column in new_rows:
+    for metric in base.metrics:
+        if metric.column in base_rows and metric.column in new_rows:
             result.comparisons.append(compare_rows(
-                metric, base_rows.rows[metric.column].to_numpy(), new_rows[metric.column].to_numpy(),
-                headline=metric.name == meta["headline"], alpha=alpha, tolerance=tolerance))
+                metric, base_rows[metric.column].to_numpy(), new_rows[metric.column].to_numpy(),
+                headline=metric.name == base.headline, alpha=alpha, tolerance=tolerance))
     result.status = REGRESSED if any(c.regressed and c.headline for c in result.comparisons) else PASSED
     return result
 

@@ -85,7 +85,7 @@ def test_runs_that_ask_another_question_are_not_compared(folder, monkeypatch):
     assert other.exit_code == 2 and "another protocol" in other.output
 
     missing = _check(folder, "--model", str(SHIPPED), "--baseline", "no-such-run")
-    assert missing.exit_code == 2 and "neither a run folder nor a run id" in missing.output
+    assert missing.exit_code == 2 and "nor a run id" in missing.output
 
     from bench.threats.pgd import PGD as PGDThreat
 
@@ -106,6 +106,25 @@ def test_the_pytest_plugin_gates_a_test_suite(folder, tmp_path):
                          env={**__import__("os").environ, "BENCH_RESULTS": str(folder / "results")})
     assert "1 failed, 1 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     assert "REGRESSED" in out.stdout
+
+
+def test_a_committed_leaderboard_entry_is_a_baseline(folder):
+    entries = SHIPPED.parent.parent / "leaderboard" / "entries" / "mnist"
+    (entry,) = entries.glob("mnist-cnn-pgd-at--*--45a0af57e073.json")
+    same = check(str(SHIPPED), entry, results=folder / "results", progress=False)  # the entry's clean protocol
+    assert same.passed and [c.metric for c in same.comparisons] == ["clean_acc"], str(same)
+    assert same.comparisons[0].worse == same.comparisons[0].better == 0  # the entry's points, recomputed
+
+    state = load_file(str(folder / "weak.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    save_file({k: v + 2 * v.std() * torch.randn(v.shape, generator=gen) if v.is_floating_point() and v.numel() > 1
+               else v for k, v in state.items()}, str(folder / "broken.safetensors"))
+    card = yaml.safe_load((folder / "weak.yaml").read_text())
+    card.update(id="broken", weights={"file": "broken.safetensors",
+                                      "sha256": sha256_file(folder / "broken.safetensors")})
+    (folder / "broken.yaml").write_text(yaml.safe_dump(card))
+    broken = check(str(folder / "broken.yaml"), entry, results=folder / "results", progress=False)
+    assert broken.exit_code == 1 and broken.comparisons[0].regressed, str(broken)
 
 
 @pytest.mark.parametrize("higher_is_better", [True, False])

@@ -12,6 +12,7 @@ import bench
 from bench.cli import app
 from bench.errors import BenchError
 from bench.leaderboard.entries import entry_schema, read_entry, read_protocols
+from bench.store import Store
 from bench.testing import threat_card
 from bench.threats import THREAT_FAMILIES, load_threat_card
 
@@ -58,9 +59,37 @@ def test_entries_are_written_for_the_runs_the_board_shows(digits_card, digits_mo
     assert entry.model.id == "digits-cnn" and entry.model.card["architecture"]["name"] == "small-cnn"
     assert entry.dataset.identity.startswith("digits@") and entry.implementation["family"]["name"] == "pgd"
     assert {"torch", "python"} <= set(entry.versions)
+    rows = Store(results).read_run(pgd.run_id).rows.sort_values("index").reset_index(drop=True)
+    points = entry.points.frame()  # every point's outcome, as stored
+    assert points["index"].tolist() == rows["index"].tolist() and points["robust"].tolist() == rows["robust"].tolist()
+    assert set(points.columns) == {"index", "clean_correct", "robust"}
 
     broken = json.loads(files[0].read_text())
     broken["provenance"] = "trust me"
     files[0].write_text(json.dumps(broken))
     with pytest.raises(BenchError, match="not a valid entry"):
         read_entry(files[0])
+
+
+COMMITTED = sorted((LEADERBOARD / "entries").glob("*/*.json"))
+
+
+def test_the_committed_entries_cover_the_mnist_cnns_and_their_protocols():
+    protocols = read_protocols(LEADERBOARD / "protocols.yaml")
+    entries = [read_entry(path) for path in COMMITTED]
+    for model in ("mnist-cnn-standard", "mnist-cnn-pgd-at", "mnist-lenet-standard"):
+        covered = {e.protocol.id for e in entries if e.model.id == model}
+        assert covered == set(protocols.required("mnist", "classifier")), model
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_every_committed_entry_says_what_its_points_say(path):
+    entry = read_entry(path)
+    assert entry.provenance == "verified" and path.relative_to(LEADERBOARD) == entry.path
+    assert load_threat_card(entry.protocol.id).hash == entry.protocol.hash  # the catalogue's card, unchanged
+    points = entry.points.frame()
+    assert len(points) == entry.n and points["index"].is_unique
+    for name, value in entry.metrics.items():
+        recomputed = value.metric(name).compute(points[value.column].to_numpy())
+        assert recomputed.value == pytest.approx(value.value, nan_ok=True) and recomputed.n == value.n, name
+        assert (recomputed.low, recomputed.high) == pytest.approx((value.low, value.high), nan_ok=True), name

@@ -109,8 +109,9 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
 @app.command()
 @friendly
 def check(model: str = typer.Option(..., "--model", "-m", help="Model card id or path to a card YAML."),
-          baseline: list[str] = typer.Option(..., "--baseline", "-b", help="A baseline run: its id in --results "
-                                             "or its folder (<results>/runs/<run_id>); repeat for more."),
+          baseline: list[str] = typer.Option(..., "--baseline", "-b", help="A baseline: a run id in --results, a run "
+                                             "folder (<results>/runs/<run_id>) or a leaderboard entry (.json); "
+                                             "repeat for more."),
           threat: list[str] = typer.Option([], "--threat", "-t", help="The protocol each baseline must be (in "
                                            "order) [default: each baseline's own]."),
           tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Drop (in points for rates) a "

@@ -10,14 +10,18 @@ exported JSON Schema (a test keeps the two equal).
 """
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import BenchError
 from bench.files import atomic_write, safe_filename
+from bench.metrics import Metric
 from bench.store import Store
 
 ENTRY_VERSION = 1
@@ -55,8 +59,55 @@ class MetricPart(_Strict):
     high: float | None
     n: int
     label: str
+    column: str = Field(description="the per-point column it aggregates (in points)")
+    agg: Literal["rate", "mean", "quantile"]
+    q: float | None = None
     higher_is_better: bool
     percent: bool
+
+    def metric(self, name: str) -> Metric:
+        """The metric as bench computes it, to recompute it from the entry's points."""
+        return Metric(name, self.column, self.label, self.agg, self.higher_is_better, self.q,
+                      self.percent and self.agg != "rate")
+
+
+class Column(_Strict):
+    dtype: Literal["bool", "int64", "float64"]
+    data: str = Field(description="base64 of the little-endian values (bools packed 8 to a byte)")
+
+
+class Points(_Strict):
+    """Every evaluation point's outcome, compactly: what RobustBench cannot give and a check compares with."""
+
+    index: str = Field(description="base64 of the little-endian int64 positions in the test split")
+    columns: dict[str, Column]
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame, columns: list[str]) -> Points:
+        rows = rows.sort_values("index")
+        out = {}
+        for name in columns:
+            values = rows[name].to_numpy()
+            if values.dtype == bool:
+                out[name] = Column(dtype="bool", data=_b64(np.packbits(values, bitorder="little")))
+            else:
+                dtype = "int64" if np.issubdtype(values.dtype, np.integer) else "float64"
+                out[name] = Column(dtype=dtype, data=_b64(values.astype(f"<{dtype[0]}8")))
+        return cls(index=_b64(rows["index"].to_numpy().astype("<i8")), columns=out)
+
+    def frame(self) -> pd.DataFrame:
+        """The points as rows (``index`` and one column per stored column)."""
+        index = np.frombuffer(base64.b64decode(self.index), "<i8")
+        out = {"index": index}
+        for name, column in self.columns.items():
+            raw = base64.b64decode(column.data)
+            out[name] = (np.unpackbits(np.frombuffer(raw, np.uint8), count=len(index), bitorder="little").astype(bool)
+                         if column.dtype == "bool" else np.frombuffer(raw, f"<{column.dtype[0]}8"))
+        return pd.DataFrame(out)
+
+
+def _b64(values: np.ndarray) -> str:
+    return base64.b64encode(values.tobytes()).decode()
 
 
 class Entry(_Strict):
@@ -78,6 +129,7 @@ class Entry(_Strict):
     date: str
     provenance: Provenance
     run_id: str | None = None
+    points: Points | None = Field(None, description="per-point outcomes of every metric's column (None: imported)")
 
     @property
     def path(self) -> Path:
@@ -96,10 +148,12 @@ def entry_from_run(store: Store, summary: dict[str, Any], provenance: Provenance
     spec, key = summary["spec"], summary["key"]
     card = spec["model"]["card"] or {}
     specs = {m["name"]: m for m in summary["specs"]}
-    metrics = {name: MetricPart(value=_number(v["value"]), low=_number(v["low"]), high=_number(v["high"]), n=v["n"],
-                                label=specs[name]["label"], higher_is_better=specs[name]["higher_is_better"],
-                                percent=specs[name]["agg"] == "rate" or specs[name].get("as_percent", False))
-               for name, v in summary["metrics"].items()}
+    metrics = {}
+    for name, v in summary["metrics"].items():
+        metric = Metric.from_dict(specs[name])
+        metrics[name] = MetricPart(value=_number(v["value"]), low=_number(v["low"]), high=_number(v["high"]), n=v["n"],
+                                   label=metric.label, column=metric.column, agg=metric.agg, q=metric.q,
+                                   higher_is_better=metric.higher_is_better, percent=metric.percent)
     return Entry(model=ModelPart(id=summary["model"], hash=key["model"], weights=key["weights"],
                                  license=card.get("license"), paper=card.get("paper"), card=spec["model"]["card"]),
                  protocol=ProtocolPart(id=summary["threat"], hash=key["protocol"], family=summary["family"],
@@ -108,7 +162,12 @@ def entry_from_run(store: Store, summary: dict[str, Any], provenance: Provenance
                  implementation=key["implementation"], numerics=key["numerics"], n=summary["n"],
                  seed=summary["seed"], batch_size=key["batch_size"], headline=summary["headline"], metrics=metrics,
                  versions=meta["versions"], device=meta["device"], date=summary["finished"], provenance=provenance,
-                 run_id=summary["run_id"])
+                 run_id=summary["run_id"], points=_points(store, summary))
+
+
+def _points(store: Store, summary: dict[str, Any]) -> Points:
+    rows = store.read_run(summary["run_id"]).rows
+    return Points.of(rows, sorted({m["column"] for m in summary["specs"]} & set(rows.columns)))
 
 
 def write_entries(store: Store, out: Path, warnings: list[str]) -> list[Path]:

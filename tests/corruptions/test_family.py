@@ -15,7 +15,7 @@ import bench
 from bench.cli import app
 from bench.data import load_dataset, subset_indices
 from bench.errors import BenchError, CardError, DataError
-from bench.threats.grid_board import normalised_errors
+from bench.threats.grid_board import _ratios, normalised_errors
 from bench.families.corruptions.files import LAYOUTS, CorruptedFiles
 from bench.threats.grid import Cell, CellGrid
 from bench.ops.shifts import SHIFTS
@@ -136,6 +136,15 @@ def test_normalised_errors_by_hand():
     base.rows["clean_correct"] = [1, 1, 1, 1]
     out = normalised_errors(model, base)  # relative CE_a = (.75 - 0) / 1.25, CE_b = .25 / .25
     assert out["relative_mce"].value == pytest.approx((0.6 + 1.0) / 2)
+
+
+def test_a_corruption_that_does_not_hurt_the_baseline_leaves_relative_mce_undefined_not_huge():
+    # the baseline's errors on a's two levels (.1, .2) add up to twice its clean error (.15) up to float noise
+    # (0.1 + 0.2 - 2 * 0.15 = 5.6e-17): relative CE_a is undefined, not 10^16
+    base_err, base_clean = np.array([[0.1, 0.2, 0.5]]), np.array([0.15])
+    err, clean = np.array([[0.3, 0.3, 0.4]]), np.array([0.1])
+    mce, rel = _ratios(err, clean, base_err, base_clean, [np.array([0, 1]), np.array([2])])
+    assert mce[0] == pytest.approx((0.6 / 0.3 + 0.4 / 0.5) / 2) and np.isnan(rel[0])
 
 
 def test_the_ood_family_scores_every_shift_and_strength(digits_model, tmp_path):
