@@ -157,6 +157,37 @@ def leaderboard_entries(out: Path = typer.Option(Path("leaderboard"), "--out", h
     typer.echo("\n".join(str(p) for p in written) or "no entries written")
 
 
+@leaderboard_app.command("import-robustbench")
+@friendly
+def leaderboard_import(model_info: Path = typer.Argument(..., help="RobustBench's model_info folder."),
+                       out: Path = typer.Option(Path("leaderboard"), "--out", help="The leaderboard folder.")) -> None:
+    """Import RobustBench's <dataset>/<threat_model>/<Model>.json files as imported entries (no n, seed or
+    per-point outcomes: RobustBench records none; the original record is kept in the entry's source)."""
+    from bench.leaderboard.robustbench import import_robustbench
+
+    warnings: list[str] = []
+    written = import_robustbench(model_info, out, warnings)
+    for warning in warnings:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    typer.echo(f"{len(written)} entries imported under {out / 'entries'}")
+
+
+@leaderboard_app.command("export-robustbench")
+@friendly
+def leaderboard_export(out: Path = typer.Option(..., "--out", help="The model_info folder to write."),
+                       entries: Path = typer.Option(Path("leaderboard"), "--entries", help="The leaderboard "
+                                                    "folder.")) -> None:
+    """Write our AutoAttack and corruption entries as RobustBench model_info files (our n, seed, intervals and
+    identities have no field there and are dropped; the footnote names n, seed and protocol)."""
+    from bench.leaderboard.robustbench import export_robustbench
+
+    warnings: list[str] = []
+    written = export_robustbench(sorted(entries.glob("entries/*/*.json")), out, warnings)
+    for warning in warnings:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    typer.echo(f"{len(written)} model_info files written under {out}")
+
+
 @leaderboard_app.command("schema")
 @friendly
 def leaderboard_schema(out: Optional[Path] = typer.Option(None, "--out", help="Write it here instead of "

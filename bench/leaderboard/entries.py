@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import BenchError
 from bench.files import atomic_write, safe_filename
@@ -50,14 +50,15 @@ class ProtocolPart(_Strict):
 
 class DatasetPart(_Strict):
     name: str
-    identity: str = Field(description="name@sha256 of the decoded images, labels and classes")
+    identity: str | None = Field(description="name@sha256 of the decoded images, labels and classes (None: "
+                                             "not known, for an imported entry)")
 
 
 class MetricPart(_Strict):
     value: float | None
     low: float | None
     high: float | None
-    n: int
+    n: int | None
     label: str
     column: str = Field(description="the per-point column it aggregates (in points)")
     agg: Literal["rate", "mean", "quantile"]
@@ -119,17 +120,28 @@ class Entry(_Strict):
     dataset: DatasetPart
     implementation: dict[str, Any]
     numerics: dict[str, Any]
-    n: int = Field(gt=0)
-    seed: int = Field(ge=0)
-    batch_size: int = Field(gt=0)
+    n: int | None = Field(gt=0, description="None only for an imported entry (RobustBench records no n)")
+    seed: int | None = Field(ge=0)
+    batch_size: int | None = Field(gt=0)
     headline: str
     metrics: dict[str, MetricPart]
     versions: dict[str, str]
-    device: str
-    date: str
+    device: str | None
+    date: str | None
     provenance: Provenance
     run_id: str | None = None
     points: Points | None = Field(None, description="per-point outcomes of every metric's column (None: imported)")
+    source: dict[str, Any] | None = Field(None, description="an imported entry's original record, verbatim")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Entry:
+        """Only an imported entry may lack what makes a result recomputable."""
+        missing = [name for name in ("n", "seed", "batch_size", "points", "date") if getattr(self, name) is None]
+        if self.provenance != "imported" and (missing or self.dataset.identity is None):
+            raise ValueError(f"a {self.provenance} entry needs {', '.join(missing) or 'the dataset identity'}")
+        if self.headline not in self.metrics:
+            raise ValueError(f"the headline {self.headline!r} is not among the metrics")
+        return self
 
     @property
     def path(self) -> Path:
