@@ -197,13 +197,17 @@ def write_entries(store: Store, out: Path, warnings: list[str]) -> list[Path]:
         if stale:
             warnings.append(f"run {summary['run_id']} was made by other code ({stale}): rerun it for an entry")
             continue
-        entry = entry_from_run(store, summary)
-        path = Path(out) / entry.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = entry.model_dump_json(indent=2) + "\n"
-        atomic_write(path, lambda tmp: tmp.write_text(text))
-        written.append(path)
+        written.append(save_entry(entry_from_run(store, summary), out))
     return written
+
+
+def save_entry(entry: Entry, out: Path) -> Path:
+    """Write the entry at its place under the leaderboard folder ``out``, atomically."""
+    path = Path(out) / entry.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = entry.model_dump_json(indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
 
 
 def read_entry(path: Path) -> Entry:

@@ -19,7 +19,8 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.files import atomic_write, safe_filename
-from bench.leaderboard.entries import DatasetPart, Entry, MetricPart, ModelPart, ProtocolPart, read_entry
+from bench.leaderboard.entries import (DatasetPart, Entry, MetricPart, ModelPart, ProtocolPart, read_entry,
+                                      save_entry)
 
 THREAT_MODELS = {"Linf": "autoattack", "L2": "autoattack", "corruptions": "corruptions"}
 MAX_FILE = 1 << 20  # a model_info file is a few hundred bytes
@@ -109,11 +110,7 @@ def import_robustbench(root: Path, out: Path, warnings: list[str]) -> list[Path]
         except BenchError as err:
             warnings.append(f"skipped {err.problem}")
             continue
-        target = Path(out) / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = entry.model_dump_json(indent=2) + "\n"
-        atomic_write(target, lambda tmp: tmp.write_text(text))
-        written.append(target)
+        written.append(save_entry(entry, out))
     return written
 
 
