@@ -21,12 +21,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, module: str, known: set[str]) -> set[str]:
-    """bench modules imported anywhere in the file (top level or inside functions), except under
-    ``if TYPE_CHECKING:``, resolved to the most specific module that exists."""
+def _imports(path: Path, module: str, known: set[str], types: bool = False) -> set[str]:
+    """bench modules imported anywhere in the file (top level or inside functions), resolved to the most specific
+    module that exists; those under ``if TYPE_CHECKING:`` only with ``types``."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-               and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
+    skipped = set() if types else {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                                   and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):
@@ -50,10 +50,10 @@ def _imports(path: Path, module: str, known: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(types: bool = False) -> dict[str, set[str]]:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     known = set(files)
-    return {module: _imports(path, module, known) for module, path in files.items()}
+    return {module: _imports(path, module, known, types) for module, path in files.items()}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -96,8 +96,10 @@ def package_of(module: str) -> str:
 
 
 def package_graph() -> dict[str, set[str]]:
+    """Dependencies between packages, type-only imports included: an annotation couples two packages too (within
+    a package, ``TYPE_CHECKING`` is the usual way to name a type of a module that imports this one)."""
     graph: dict[str, set[str]] = {}
-    for module, imported in import_graph().items():
+    for module, imported in import_graph(types=True).items():
         own = package_of(module)
         graph.setdefault(own, set()).update(package_of(m) for m in imported if package_of(m) != own)
     return graph

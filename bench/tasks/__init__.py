@@ -8,7 +8,7 @@ pair before anything is built or trained. Core tasks: ``classifier`` (logits ove
 from __future__ import annotations
 
 from abc import ABC
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from bench.metrics import Metric
 from bench.registry import Registry
@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from bench.models.card import ModelCard
+
+class TrainedCard(Protocol):
+    """What a task reads of the model card whose trained model it summarises (a ``bench.models.ModelCard``, named
+    here only by what is used: models depend on tasks, never the other way)."""
+
+    dataset: str
+
+    def make_recipe(self) -> Any: ...
 
 
 class Task(ABC):
@@ -40,7 +47,7 @@ class Task(ABC):
         """Outputs that fingerprint a bare module's behaviour on a few points (None: no fingerprint)."""
         return None
 
-    def trained_summary(self, card: ModelCard, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def trained_summary(self, card: TrainedCard, model: nn.Module, device: torch.device) -> dict[str, float]:
         """What `bench train` prints about a card's model built from freshly trained (or shipped) weights."""
         return {}
 
