@@ -117,7 +117,7 @@ def _paired(metric: Metric, base: np.ndarray, new: np.ndarray) -> tuple[int, int
 
     gain = (new - base) * (1 if metric.higher_is_better else -1)
     worse, better = int((gain < 0).sum()), int((gain > 0).sum())
-    if worse + better == 0 or np.allclose(gain, gain[0]) and gain[0] == 0:
+    if worse + better == 0:
         return worse, better, "paired", 1.0, 1.0
     if metric.agg == "mean":
         if np.std(gain) == 0:  # a constant shift: certain, whatever its sign

@@ -102,10 +102,12 @@ class _Digest:
             value = value.__func__
         if isinstance(value, types.ModuleType):
             self.text(value.__name__)
-        elif isinstance(value, types.FunctionType):
-            self.function(value, depth) if not _library(value.__module__ or "") else self.text(value.__qualname__)
-        elif isinstance(value, type):
-            self.cls(value, depth) if depth < MAX_DEPTH else self.text(value.__qualname__)
+        elif isinstance(value, types.FunctionType) and not _library(value.__module__ or ""):
+            self.function(value, depth)
+        elif isinstance(value, type) and depth < MAX_DEPTH:
+            self.cls(value, depth)
+        elif isinstance(value, (types.FunctionType, type)):  # a library's function, or a class too deep to open
+            self.text(value.__qualname__)
         elif isinstance(value, Tensor):
             self.sha.update(value.detach().cpu().contiguous().numpy().tobytes())
         elif isinstance(value, (int, float, str, bool, type(None), bytes)):

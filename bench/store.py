@@ -112,11 +112,9 @@ class Store:
 
     def recorded_checksums(self, run_id: str) -> dict[str, str]:
         """The checksum recorded for each of the run's shard files when it was written."""
-        out = {}
-        for path in self.run_dir(run_id).glob("*.parquet.sha256"):
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                out[path.name.removesuffix(".sha256")] = path.read_text().strip()
-        return out
+        shards = (path.with_name(path.name.removesuffix(".sha256"))
+                  for path in self.run_dir(run_id).glob("*.parquet.sha256"))
+        return {shard.name: self.recorded_checksum(shard) for shard in shards}
 
     def damage(self, path: Path, recorded: dict[str, str]) -> str | None:
         """Why a shard file cannot be trusted (None when it can): its bytes must match the checksum recorded
@@ -169,14 +167,15 @@ class Store:
         path = self.shard_path(run_id, shard)
         if not path.is_file():
             return False
-        problem = self.damage(path, {path.name: self._checksum(path)})
+        problem = self.damage(path, {path.name: self.recorded_checksum(path)})
         if problem is None:
             return True
         set_aside(path, problem)
         set_aside(self.checksum_path(path), problem)
         return False
 
-    def _checksum(self, path: Path) -> str:
+    def recorded_checksum(self, path: Path) -> str:
+        """The checksum recorded beside a shard file ("" where there is none that can be read)."""
         with contextlib.suppress(OSError, UnicodeDecodeError):
             return self.checksum_path(path).read_text().strip()
         return ""
