@@ -141,6 +141,75 @@ def check(model: str = typer.Option(..., "--model", "-m", help="Model card id or
     raise typer.Exit(exit_code(outcomes))
 
 
+SpotOpt = typer.Option(0.1, "--spot", help="Share of the run's shards (batches) a spot check recomputes (at "
+                       "least one).")
+SpotSeedOpt = typer.Option(0, "--spot-seed", help="Seed choosing the recomputed shards.")
+
+
+@app.command()
+@friendly
+def submit(card: str = typer.Argument(..., help="The model card (id or YAML path) to submit."),
+           claimed: Optional[Path] = typer.Option(None, "--claimed", help="Numbers computed elsewhere: a complete "
+                                                  "run's folder (<results>/runs/<run_id>) or a leaderboard entry "
+                                                  "(.json); spot-checked, then written as a self-reported entry."),
+           out: Path = typer.Option(Path("leaderboard"), "--out", help="The leaderboard folder."),
+           protocols: Optional[Path] = typer.Option(None, "--protocols", help="The protocols file [default: "
+                                                    "OUT/protocols.yaml]."),
+           n: Optional[int] = typer.Option(None, "--n", help="Evaluation points per protocol [default: 1000]."),
+           seed: int = typer.Option(0, "--seed"), batch_size: int = typer.Option(500, "--batch-size"),
+           threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (part of the numerics)."),
+           spot: float = SpotOpt, spot_seed: int = SpotSeedOpt, device: str = DeviceOpt,
+           results: Optional[Path] = ResultsOpt, trust_code: list[str] = TrustCodeOpt) -> None:
+    """Submit a model to the leaderboard: check its card (licence, weights sha256, safetensors only, no code
+    without --trust-code), then run every protocol OUT/protocols.yaml asks of its dataset and task (resumable)
+    and write verified entries; or, with --claimed, spot-check numbers computed elsewhere. Exit code 1: the
+    claim was refused."""
+    from bench.leaderboard.submit import submit as run_submit
+    from bench.leaderboard.submit import submit_claim
+
+    if claimed is None:
+        written = run_submit(card, out=out, protocols=protocols, n=n, seed=seed, batch_size=batch_size,
+                             threads=threads, device=device, results=results, trust_code=tuple(trust_code),
+                             progress=sys.stderr.isatty())
+        typer.echo("\n".join(f"verified entry: {p}" for p in written))
+        return
+    outcome, path = submit_claim(card, claimed, out=out, fraction=spot, seed=spot_seed, device=device,
+                                 results=results, trust_code=tuple(trust_code))
+    typer.echo(str(outcome))
+    if path is None:
+        raise typer.Exit(1)
+    typer.echo(f"self-reported entry: {path}")
+
+
+@leaderboard_app.command("verify")
+@friendly
+def leaderboard_verify(entries: list[Path] = typer.Argument(None, help="Entry files [default: those changed since "
+                                                            "--since, else all]."),
+                       leaderboard: Path = typer.Option(Path("leaderboard"), "--leaderboard",
+                                                        help="The leaderboard folder."),
+                       since: Optional[str] = typer.Option(None, "--since", help="Verify the entries changed since "
+                                                           "this git revision (e.g. origin/main)."),
+                       spot: float = SpotOpt, spot_seed: int = SpotSeedOpt,
+                       json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+                       device: str = DeviceOpt, results: Optional[Path] = ResultsOpt,
+                       trust_code: list[str] = TrustCodeOpt) -> None:
+    """Check leaderboard entries as a pull request's CI job: schema, place, self-consistency, current code,
+    the card's submission rules, and a spot check recomputing a seeded subset of shards point by point.
+    Exit code 1 when any entry fails."""
+    import json
+
+    from bench.leaderboard.verify import all_entries, changed_entries, verify_entry
+
+    if not 0 < spot <= 1:
+        raise BenchError(f"--spot must be in (0, 1], got {spot}", "pass e.g. --spot 0.1")
+    paths = list(entries) or (changed_entries(leaderboard, since) if since else all_entries(leaderboard))
+    checks = [verify_entry(p, leaderboard, fraction=spot, seed=spot_seed, device=device, results=results,
+                           trust_code=tuple(trust_code)) for p in paths]
+    typer.echo(json.dumps([c.to_dict() for c in checks], indent=2) if json_out
+               else "\n".join(str(c) for c in checks) or "no entries to verify")
+    raise typer.Exit(0 if all(c.accepted for c in checks) else 1)
+
+
 @leaderboard_app.command("entries")
 @friendly
 def leaderboard_entries(out: Path = typer.Option(Path("leaderboard"), "--out", help="The leaderboard folder."),

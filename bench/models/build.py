@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from bench.tasks import Task
 
 
-def _weights_file(card: ModelCard) -> Path:
+def weights_file(card: ModelCard) -> Path:
     """The verified weight file of a file, package_file or URL source."""
     w = card.weights
     if w.url is not None:
@@ -57,7 +57,7 @@ def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
     elif w.source == "robustbench":
         net = W.load_robustbench(w.robustbench.name, w.robustbench.dataset, w.robustbench.threat_model)
     else:
-        return from_file(card, _weights_file(card), device=device)
+        return from_file(card, weights_file(card), device=device)
     return wrap(card, net).to(device).eval()
 
 
