@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.cards import canonical_hash
 from bench.data import Dataset, from_tensors, load_dataset, subset_indices
 from bench.devices import module_device, resolve_device
 from bench.errors import BenchError
@@ -90,7 +89,9 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        return canonical_hash(self.key)[:16]
+        from bench.store import run_id_of
+
+        return run_id_of(self.key)
 
     @property
     def portable(self) -> bool:

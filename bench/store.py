@@ -214,7 +214,7 @@ class Store:
         except (OSError, ValueError, RecursionError) as err:
             raise StoreError(f"the run metadata {path} cannot be read ({err})",
                              "rerun the run's command: the record is set aside and the run computed again") from err
-        if meta.get("run_id") != run_id or _run_id(meta.get("key")) != run_id:
+        if meta.get("run_id") != run_id or run_id_of(meta.get("key")) != run_id:
             raise StoreError(f"{path} describes another run than {run_id} (it was edited or moved)",
                              "rerun the run's command: the record is set aside and the run computed again")
         return meta
@@ -271,7 +271,8 @@ def _unwritable(folder: Path, err: OSError) -> StoreError:
                       "pass a writable --results folder (or set $BENCH_RESULTS), or copy the results to one")
 
 
-def _run_id(key: Any) -> str:
+def run_id_of(key: Any) -> str:
+    """A run's id: the hash of its key (so a record cannot claim another run's id)."""
     from bench.cards import canonical_hash
 
     return canonical_hash(key)[:16] if isinstance(key, dict) else ""

@@ -15,7 +15,7 @@ import numpy as np
 from bench.leaderboard import build_board
 from bench.metrics import Metric
 from bench.run import evaluate
-from bench.store import Store
+from bench.store import Store, run_id_of, sealed, unsealed
 from bench.testing import threat_card
 
 RUNS = 1500
@@ -25,15 +25,17 @@ def _fill(root, digits_model):
     summary = evaluate(digits_model, threat_card("pgd", norm="Linf", eps=0.1, steps=2), dataset="digits", n=100,
                        batch_size=25, results=root, progress=False)
     source = root / "runs" / summary.run_id
-    meta, record = (json.loads((source / name).read_text()) for name in ("run.json", "summary.json"))
+    meta, record = (unsealed(json.loads((source / name).read_text()), source / name)
+                    for name in ("run.json", "summary.json"))
     for k in range(RUNS - 1):
-        run_id = f"{k:016x}"
+        key = {**meta["key"], "model": f"{k:064x}"}
+        run_id = run_id_of(key)
         target = root / "runs" / run_id
         shutil.copytree(source, target)
-        key = {**meta["key"], "model": f"{k:064x}"}
-        (target / "run.json").write_text(json.dumps({**meta, "run_id": run_id, "key": key, "model_id": f"m{k}"}))
-        (target / "summary.json").write_text(json.dumps({**record, "run_id": run_id, "key": key,
-                                                         "model": f"m{k}"}))
+        (target / "run.json").write_text(json.dumps(sealed({**meta, "run_id": run_id, "key": key,
+                                                            "model_id": f"m{k}"})))
+        (target / "summary.json").write_text(json.dumps(sealed({**record, "run_id": run_id, "key": key,
+                                                                "model": f"m{k}"})))
     return summary
 
 

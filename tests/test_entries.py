@@ -61,8 +61,9 @@ def test_entries_are_written_for_the_runs_the_board_shows(digits_card, digits_mo
     assert {"torch", "python"} <= set(entry.versions)
     rows = Store(results).read_run(pgd.run_id).rows.sort_values("index").reset_index(drop=True)
     points = entry.points.frame()  # every point's outcome, as stored
-    assert points["index"].tolist() == rows["index"].tolist() and points["robust"].tolist() == rows["robust"].tolist()
-    assert set(points.columns) == {"index", "clean_correct", "robust"}
+    assert set(points.columns) == {"index", "label", "clean_pred", "clean_correct", "adv_pred", "robust"}
+    for column in points.columns:  # exactly, dtypes included (no run id, shard or timing)
+        assert points[column].tolist() == rows[column].tolist() and points[column].dtype == rows[column].dtype
 
     broken = json.loads(files[0].read_text())
     broken["provenance"] = "trust me"

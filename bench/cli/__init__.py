@@ -257,6 +257,21 @@ def leaderboard_export(out: Path = typer.Option(..., "--out", help="The model_in
     typer.echo(f"{len(written)} model_info files written under {out}")
 
 
+@leaderboard_app.command("site")
+@friendly
+def leaderboard_site(out: Path = typer.Option(..., "--out", help="The folder to write the site into."),
+                     entries: Path = typer.Option(Path("leaderboard"), "--entries", help="The leaderboard folder."),
+                     cards: Optional[Path] = typer.Option(None, "--cards", help="The folder relative card references "
+                                                          "in protocol cards resolve from (entries do not record it; "
+                                                          "without it such protocols' code is 'unknown').")) -> None:
+    """Render a static HTML site from ENTRIES/entries/**.json: a page per dataset and threat family (a ranked,
+    sortable table per protocol), a page per model, plots; no network, it opens from file://."""
+    from bench.leaderboard.site import build_site
+
+    pages = build_site(entries, out, cards)
+    typer.echo(f"{len(pages)} pages written; open {pages[0]}")
+
+
 @leaderboard_app.command("schema")
 @friendly
 def leaderboard_schema(out: Optional[Path] = typer.Option(None, "--out", help="Write it here instead of "

@@ -66,14 +66,23 @@ class MetricPart(_Strict):
     higher_is_better: bool
     percent: bool
 
+    @model_validator(mode="after")
+    def _valid(self) -> MetricPart:
+        self.metric(self.label)  # a Metric's own checks (q exactly for a quantile, in [0, 1]) as a ValueError
+        return self
+
     def metric(self, name: str) -> Metric:
         """The metric as bench computes it, to recompute it from the entry's points."""
         return Metric(name, self.column, self.label, self.agg, self.higher_is_better, self.q,
                       self.percent and self.agg != "rate")
 
 
+WIDTHS = {"int64": "<i8", "float32": "<f4", "float64": "<f8"}  # bools are packed bits
+VOLATILE = {"run_id", "shard", "index", "seconds"}  # where and how fast a point was computed, not its outcome
+
+
 class Column(_Strict):
-    dtype: Literal["bool", "int64", "float64"]
+    dtype: Literal["bool", "int64", "float32", "float64"]
     data: str = Field(description="base64 of the little-endian values (bools packed 8 to a byte)")
 
 
@@ -92,9 +101,15 @@ class Points(_Strict):
             if values.dtype == bool:
                 out[name] = Column(dtype="bool", data=_b64(np.packbits(values, bitorder="little")))
             else:
-                dtype = "int64" if np.issubdtype(values.dtype, np.integer) else "float64"
-                out[name] = Column(dtype=dtype, data=_b64(values.astype(f"<{dtype[0]}8")))
+                dtype = ("int64" if np.issubdtype(values.dtype, np.integer) else
+                         "float32" if values.dtype == np.float32 else "float64")
+                out[name] = Column(dtype=dtype, data=_b64(values.astype(WIDTHS[dtype])))
         return cls(index=_b64(rows["index"].to_numpy().astype("<i8")), columns=out)
+
+    @staticmethod
+    def outcomes(rows: pd.DataFrame) -> list[str]:
+        """The columns that are a point's outcome: every boolean or numeric one but where and how fast it ran."""
+        return sorted(c for c in rows.columns if c not in VOLATILE and rows[c].dtype.kind in "biuf")
 
     def frame(self) -> pd.DataFrame:
         """The points as rows (``index`` and one column per stored column)."""
@@ -103,7 +118,7 @@ class Points(_Strict):
         for name, column in self.columns.items():
             raw = base64.b64decode(column.data)
             out[name] = (np.unpackbits(np.frombuffer(raw, np.uint8), count=len(index), bitorder="little").astype(bool)
-                         if column.dtype == "bool" else np.frombuffer(raw, f"<{column.dtype[0]}8"))
+                         if column.dtype == "bool" else np.frombuffer(raw, WIDTHS[column.dtype]))
         return pd.DataFrame(out)
 
 
@@ -130,7 +145,8 @@ class Entry(_Strict):
     date: str | None
     provenance: Provenance
     run_id: str | None = None
-    points: Points | None = Field(None, description="per-point outcomes of every metric's column (None: imported)")
+    points: Points | None = Field(None, description="every point's outcome: each boolean or numeric column of the "
+                                                      "run's rows but where and how fast it ran (None: imported)")
     source: dict[str, Any] | None = Field(None, description="an imported entry's original record, verbatim")
 
     @model_validator(mode="after")
@@ -179,7 +195,7 @@ def entry_from_run(store: Store, summary: dict[str, Any], provenance: Provenance
 
 def _points(store: Store, summary: dict[str, Any]) -> Points:
     rows = store.read_run(summary["run_id"]).rows
-    return Points.of(rows, sorted({m["column"] for m in summary["specs"]} & set(rows.columns)))
+    return Points.of(rows, Points.outcomes(rows))
 
 
 def write_entries(store: Store, out: Path, warnings: list[str]) -> list[Path]:

@@ -170,15 +170,15 @@ def spot_check(card: Any, entry: Entry, name: str, *, fraction: float = 0.1, see
 def _other_code(entry: Entry, p: Any) -> list[str]:
     """Why the entry cannot be recomputed by this model and code at all (told before training anything)."""
     from bench.implementation import implementation
+    from bench.leaderboard.marks import stale_reason
 
     problems = []
     if p.subject.card.hash != entry.model.hash:
         problems.append(f"the entry is of model {entry.model.hash[:12]}, the card hashes to "
                         f"{p.subject.card.hash[:12]}")
-    code = differences(entry.implementation, implementation(p.threat_card.family, p.threat, p.subject.task),
-                       ("in the entry", "here"))
-    if code:
-        problems.append(f"stale: made by other code ({'; '.join(code)}); rerun it with this bench")
+    stale = stale_reason(entry.implementation, implementation(p.threat_card.family, p.threat, p.subject.task))
+    if stale:
+        problems.append(f"{stale}; rerun it with this bench")
     return problems
 
 

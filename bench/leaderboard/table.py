@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.implementation import differences
 from bench.leaderboard.defences import defence_rows, render_defences
+from bench.leaderboard.marks import CurrentCode, adaptive, stale_reason
 from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
 from bench.store import STORE_VERSION, Store, StoreError
 from bench.summary import read_summary, summarize, summary_record
@@ -100,37 +100,11 @@ def _files(store: Store, run_id: str) -> dict[str, int]:
                 if e.name.endswith(".parquet") and not e.name.startswith(".") and e.is_file()}
 
 
-class _CurrentCode:
-    """The implementation identity the current code gives each protocol (None where it cannot be told, e.g. a
-    family that no longer loads), computed once per protocol and task."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, str], dict | None] = {}
-
-    def __call__(self, summary: dict[str, Any]) -> dict | None:
-        from bench.implementation import implementation
-        from bench.tasks import TASKS
-        from bench.threats import ThreatCard, make_threat
-
-        spec = summary["spec"]
-        key = (summary["key"]["protocol"], spec["model"]["task"])
-        if key not in self._known:
-            try:
-                card, threat = make_threat(ThreatCard.model_validate({**spec["threat"]["card"],
-                                                                     "source_dir": spec["threat"]["source_dir"]}))
-                self._known[key] = implementation(card.family, threat, TASKS.get(spec["model"]["task"]))
-            except BenchError:
-                self._known[key] = None
-        return self._known[key]
-
-
-def _stale(summary: dict[str, Any], current: _CurrentCode) -> str:
+def _stale(summary: dict[str, Any], current: CurrentCode) -> str:
     """Why a run was made by other code than the current one ('' when it was not)."""
-    now = current(summary)
-    if now is None:
-        return f"code unknown here (family {summary['family']} does not load)"
-    why = differences(summary["key"]["implementation"], now, ("in the run", "now"))
-    return f"stale: made by other code ({'; '.join(why)})" if why else ""
+    spec = summary["spec"]
+    now = current(spec["threat"]["card"], spec["threat"]["source_dir"], spec["model"]["task"])
+    return stale_reason(summary["key"]["implementation"], now)
 
 
 def _protocols_named(threat: str, summaries: list[dict]) -> set[str]:
@@ -210,7 +184,7 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
 def _best(summaries) -> dict[tuple, tuple]:
     """Per (model, protocol, dataset): (rank, summary, stale) of the run shown: by the current code first, then
     the largest, then the latest."""
-    current = _CurrentCode()
+    current = CurrentCode()
     best: dict[tuple, tuple] = {}
     for s in summaries:
         key = s["key"]
@@ -273,7 +247,8 @@ def leaderboard(store: Store, dataset: str | None = None, threat: str | None = N
     return build_board(store, dataset, threat).frame()
 
 
-def _cell(spec: Metric, value: float, digits: int = 2) -> str:
+def cell_text(spec: Metric, value: float, digits: int = 2) -> str:
+    """A metric's value as the board and the site show it (percent metrics in %, without the sign)."""
     if math.isnan(value) or math.isinf(value):
         return "-" if math.isnan(value) else f"{value}"
     return f"{100 * value:.{digits}f}" if spec.percent else f"{value:.{digits + 2}g}"
@@ -298,14 +273,14 @@ def render(board: Board, fmt: str = "markdown") -> str:
                      "hash": row["model_hash"][:8]}
             for spec in block.metrics:
                 header = f"{spec.name} (%)" if spec.percent else spec.name
-                cells[header] = _cell(spec, row[spec.name])
+                cells[header] = cell_text(spec, row[spec.name])
                 if spec.name == block.headline:
                     low, high = row[f"{spec.name}_ci_low"], row[f"{spec.name}_ci_high"]
-                    cells["95% interval"] = f"{_cell(spec, low, 1)} - {_cell(spec, high, 1)}"
+                    cells["95% interval"] = f"{cell_text(spec, low, 1)} - {cell_text(spec, high, 1)}"
             cells |= {"n": row["n"], "seed": row["seed"], "date": row["date"]}
             table.append(cells)
         direction = "higher" if headline.higher_is_better else "lower"
-        caveat = "" if _adaptive(block.family) else "non-adaptive: not a defence's robustness, see Defences; "
+        caveat = "" if adaptive(block.family) else "non-adaptive: not a defence's robustness, see Defences; "
         extra = "".join(f"\n\nnote: {note}" for note in block.notes) + (f"\n\n{block.details}" if block.details else "")
         out.append(f"### {block.dataset} / {' = '.join(block.threats)}  ({block.family}, protocol "
                    f"{block.protocol[:12]}; {caveat}ranked by {headline.label}, {direction} is better; "
@@ -313,9 +288,3 @@ def render(board: Board, fmt: str = "markdown") -> str:
     defences = render_defences(board.defences)
     return "\n\n".join(out + ([defences] if defences else []))
 
-
-def _adaptive(family: str) -> bool:
-    from bench.threats.base import family_class
-
-    cls = family_class(family)
-    return cls is None or cls.adaptive
