@@ -247,3 +247,25 @@ def test_an_imported_entry_is_checked_for_schema_and_place_only(tmp_path):
     path = save_entry(import_file(record, "cifar10", "Linf"), tmp_path)
     check = verify_entry(path, tmp_path)
     assert check.accepted and not check.shards and "imported: no points to recompute" in check.notes[0]
+
+
+def test_the_readme_path_from_a_model_to_a_site_page_and_a_ci_gate(board, tmp_path):
+    """What the README walks a newcomer through, command by command: submit, verify, render the site, gate CI on
+    the verified entry."""
+    runner, lb, results = CliRunner(), tmp_path / "leaderboard", str(board["root"] / "results")
+    lb.mkdir()
+    for name in ("protocols.yaml", "clean.yaml", "pgd.yaml"):
+        shutil.copy(board["lb"] / name, lb)
+    steps = [["submit", str(board["card"]), "--out", str(lb), "--n", str(N), "--batch-size", str(BATCH),
+              "--results", results],
+             ["leaderboard", "verify", "--leaderboard", str(lb), "--results", results],
+             ["leaderboard", "site", "--out", str(tmp_path / "site"), "--entries", str(lb)]]
+    for step in steps:
+        done = runner.invoke(app, step)
+        assert done.exit_code == 0, (step, done.output)
+    assert "pages written" in done.output
+    (pgd,) = [p for p in lb.glob("entries/digits/*.json") if read_entry(p).protocol.family == "pgd"]
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "fingerprint-digits-cnn" in page
+    gate = runner.invoke(app, ["check", "--model", str(board["card"]), "--baseline", str(pgd), "--results", results])
+    assert gate.exit_code == 0 and "PASSED" in gate.output, gate.output

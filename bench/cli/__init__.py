@@ -202,7 +202,7 @@ def leaderboard_verify(entries: list[Path] = typer.Argument(None, help="Entry fi
 
     if not 0 < spot <= 1:
         raise BenchError(f"--spot must be in (0, 1], got {spot}", "pass e.g. --spot 0.1")
-    paths = list(entries) or (changed_entries(leaderboard, since) if since else all_entries(leaderboard))
+    paths = list(entries or []) or (changed_entries(leaderboard, since) if since else all_entries(leaderboard))
     checks = [verify_entry(p, leaderboard, fraction=spot, seed=spot_seed, device=device, results=results,
                            trust_code=tuple(trust_code)) for p in paths]
     typer.echo(json.dumps([c.to_dict() for c in checks], indent=2) if json_out
