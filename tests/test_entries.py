@@ -94,3 +94,26 @@ def test_every_committed_entry_says_what_its_points_say(path):
         recomputed = value.metric(name).compute(points[value.column].to_numpy())
         assert recomputed.value == pytest.approx(value.value, nan_ok=True) and recomputed.n == value.n, name
         assert (recomputed.low, recomputed.high) == pytest.approx((value.low, value.high), nan_ok=True), name
+
+
+def test_points_that_do_not_decode_to_one_value_per_point_are_a_schema_error(tmp_path, monkeypatch):
+    """A truncated bit column would unpack padded with False (points silently 'not robust'): refused instead, as
+    are bad base64, a column of another length and a file too large to be an entry."""
+    import base64
+
+    from bench.leaderboard import entries as E
+
+    (committed,) = LEADERBOARD.glob("entries/mnist/mnist-cnn-pgd-at--*--9b307cdb82c2.json")
+    good = json.loads(committed.read_text())
+    robust = good["points"]["columns"]["robust"]
+    for damage in (lambda c: base64.b64encode(base64.b64decode(c["data"])[:-1]).decode(), lambda c: "%%%",
+                   lambda c: base64.b64encode(b"\0" * 3).decode()):
+        bad = json.loads(json.dumps(good))
+        bad["points"]["columns"]["robust"] = {**robust, "dtype": "bool", "data": damage(robust)}
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(BenchError, match="not a valid entry.*the points do not decode"):
+            read_entry(path)
+    monkeypatch.setattr(E, "MAX_ENTRY_BYTES", 1000)
+    with pytest.raises(BenchError, match="bytes, over the 1,000 an entry may hold"):
+        read_entry(committed)

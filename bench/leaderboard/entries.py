@@ -25,6 +25,7 @@ from bench.metrics import Metric
 from bench.store import Store
 
 ENTRY_VERSION = 1
+MAX_ENTRY_BYTES = 64 * 2**20  # entries are untrusted input (a pull request's); 10,000 points take a few MB
 Provenance = Literal["verified", "self-reported", "imported"]
 
 
@@ -111,12 +112,23 @@ class Points(_Strict):
         """The columns that are a point's outcome: every boolean or numeric one but where and how fast it ran."""
         return sorted(c for c in rows.columns if c not in VOLATILE and rows[c].dtype.kind in "biuf")
 
+    @model_validator(mode="after")
+    def _decodable(self) -> Points:
+        """Every column decodes to one value per point, so no reader meets a truncated or forged payload."""
+        try:
+            self.frame()
+        except ValueError as err:  # bad base64 included
+            raise ValueError(f"the points do not decode ({err})") from None
+        return self
+
     def frame(self) -> pd.DataFrame:
         """The points as rows (``index`` and one column per stored column)."""
-        index = np.frombuffer(base64.b64decode(self.index), "<i8")
+        index = np.frombuffer(base64.b64decode(self.index, validate=True), "<i8")
         out = {"index": index}
         for name, column in self.columns.items():
-            raw = base64.b64decode(column.data)
+            raw = base64.b64decode(column.data, validate=True)
+            if column.dtype == "bool" and len(raw) != (len(index) + 7) // 8:
+                raise ValueError(f"column {name} holds {len(raw)} bytes of bits for {len(index)} points")
             out[name] = (np.unpackbits(np.frombuffer(raw, np.uint8), count=len(index), bitorder="little").astype(bool)
                          if column.dtype == "bool" else np.frombuffer(raw, WIDTHS[column.dtype]))
         return pd.DataFrame(out)
@@ -229,6 +241,10 @@ def save_entry(entry: Entry, out: Path) -> Path:
 def read_entry(path: Path) -> Entry:
     """An entry file, validated against the schema (a clear error naming the file otherwise)."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_ENTRY_BYTES:
+            raise BenchError(f"leaderboard entry {path} is {size:,} bytes, over the {MAX_ENTRY_BYTES:,} an entry "
+                             "may hold", "an entry of 10,000 points takes a few MB; is this an entry?")
         return Entry.model_validate_json(Path(path).read_bytes())
     except (OSError, ValidationError) as err:
         raise BenchError(f"leaderboard entry {path} is not a valid entry of schema version {ENTRY_VERSION}: "
