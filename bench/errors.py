@@ -32,6 +32,12 @@ class WeightsError(BenchError):
     """Weights that are missing, corrupted or unsafe to load."""
 
 
+class NotApplicable(BenchError):
+    """A threat that cannot evaluate a model of this kind (a certificate for another architecture, an attack
+    that needs methods the model lacks): said before anything is trained, and skipped, with its reason, by a
+    submission."""
+
+
 class DependencyError(BenchError):
     """An optional dependency that is missing or broken."""
 

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from bench.data import Dataset, from_tensors, load_dataset, subset_indices
 from bench.devices import module_device, resolve_device
-from bench.errors import BenchError
+from bench.errors import BenchError, NotApplicable
 from bench.implementation import differences, implementation, numerics
-from bench.models.build import check_input
+from bench.models.build import check_input, probes
 from bench.models.card import ModelCard, closure, load_model_card, references
 from bench.tasks import TASKS, Task
 from bench.threats import Target, Threat, ThreatCard, make_threat, resolve_threat
@@ -135,6 +135,22 @@ def _check_pairing(subject: Subject, card: ThreatCard, threat: Threat, data: Dat
         _check_pairing(subject, *make_threat(member), data)
 
 
+def _check_supported(subject: Subject, card: ThreatCard, threat: Threat) -> None:
+    """Refuse a threat that cannot evaluate a model of this kind (asked of the module, or of the card's own
+    architecture with fresh weights) before anything is built or trained."""
+    if subject.module is not None:
+        modules = [subject.module]
+    else:
+        with torch.random.fork_rng(devices=[]):  # fresh weights draw from the global RNG: keep it as it was
+            modules = [module for part, module in probes(subject.card) if part is subject.card]
+    for module in modules:
+        why = threat.unsupported(module)
+        if why is not None:
+            raise NotApplicable(f"threat {card.id} cannot evaluate {subject.name}: it {why.problem}", why.fix)
+    for member in threat.member_cards():
+        _check_supported(subject, *make_threat(member))
+
+
 def _positions(data: Dataset, tensors: bool, n: int | None) -> Tensor:
     """The evaluation points: the first n of the fixed subset of a split (default 1000, or the whole split if
     smaller), or of the caller's tensors in their order (default all)."""
@@ -170,6 +186,7 @@ def plan(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatC
         data = load_dataset(name, "test", data_root)
     threat_card, threat_obj = make_threat(threat_card)
     _check_pairing(subject, threat_card, threat_obj, data)
+    _check_supported(subject, threat_card, threat_obj)
     dev = module_device(subject.module, device) if subject.module is not None else resolve_device(device)
     if subject.card is None or x is not None or data.name != subject.card.dataset:  # a card takes its own dataset
         check_input(subject.card or subject.module, subject.task, subject.name, data, dev, data_root)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.errors import BenchError, CardError, WeightsError
+from bench.errors import BenchError, CardError, NotApplicable, WeightsError
 from bench.leaderboard.entries import MetricPart, Points, read_entry, save_entry
 from bench.leaderboard.submit import check_card, claimed_entry, submit, submit_claim
 from bench.leaderboard.verify import changed_entries, verify_entry
@@ -45,7 +45,8 @@ def board(tmp_path_factory) -> dict:
         shutil.copy(FINGERPRINTS / "cards" / f"{name}.yaml", lb)
     (lb / "protocols.yaml").write_text("version: 1\ndatasets:\n  digits:\n    classifier: [clean.yaml, pgd.yaml]\n")
     card = _card(root / "submitted")
-    written = submit(card, out=lb, n=N, batch_size=BATCH, results=root / "results", progress=False)
+    written, skipped = submit(card, out=lb, n=N, batch_size=BATCH, results=root / "results", progress=False)
+    assert not skipped
     return {"root": root, "lb": lb, "card": card, "entries": written}
 
 
@@ -64,8 +65,8 @@ def test_submit_runs_every_protocol_and_writes_verified_entries(board):
 
 
 def test_rerunning_a_submission_resumes_instead_of_recomputing(board, capsys):
-    again = submit(board["card"], out=board["lb"], n=N, batch_size=BATCH, results=board["root"] / "results",
-                   progress=False)
+    again, _ = submit(board["card"], out=board["lb"], n=N, batch_size=BATCH, results=board["root"] / "results",
+                      progress=False)
     assert again == board["entries"]
     assert "[2/2] fingerprint-digits-cnn x pgd.yaml" in capsys.readouterr().err
 
@@ -269,3 +270,26 @@ def test_the_readme_path_from_a_model_to_a_site_page_and_a_ci_gate(board, tmp_pa
     assert "fingerprint-digits-cnn" in page
     gate = runner.invoke(app, ["check", "--model", str(board["card"]), "--baseline", str(pgd), "--results", results])
     assert gate.exit_code == 0 and "PASSED" in gate.output, gate.output
+
+
+def test_a_protocol_that_cannot_evaluate_the_model_kind_is_skipped_with_its_reason(tmp_path, capsys):
+    """A VAE submitted where the protocols ask for the Lipschitz certificate too: that protocol cannot evaluate
+    a conv-vae, which is said before anything runs (and by `bench run`), and the others are still run."""
+    lb = tmp_path / "lb"
+    lb.mkdir()
+    for name in ("clean", "vae-lipschitz-margin"):
+        shutil.copy(FINGERPRINTS / "cards" / f"{name}.yaml", lb)
+    (lb / "protocols.yaml").write_text("version: 1\ndatasets:\n  digits:\n    generative: [clean.yaml, "
+                                       "vae-lipschitz-margin.yaml]\n")
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    shutil.copy(FINGERPRINTS / "models" / "digits-vae.safetensors", folder)
+    card = folder / "digits-vae.yaml"
+    card.write_text((FINGERPRINTS / "models" / "digits-vae.yaml").read_text() + "license: MIT\n")
+    written, skipped = submit(card, out=lb, n=N, batch_size=BATCH, results=tmp_path / "results", progress=False)
+    assert [read_entry(p).protocol.family for p in written] == ["clean"]
+    assert list(skipped) == ["vae-lipschitz-margin.yaml"]
+    assert "has no lipschitz_constants()" in skipped["vae-lipschitz-margin.yaml"]
+    assert "not applicable: " in capsys.readouterr().err
+    with pytest.raises(NotApplicable, match="cannot evaluate fingerprint-digits-vae: it has no lipschitz"):
+        evaluate(card, lb / "vae-lipschitz-margin.yaml", n=N, results=tmp_path / "results", progress=False)

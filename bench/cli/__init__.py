@@ -168,10 +168,11 @@ def submit(card: str = typer.Argument(..., help="The model card (id or YAML path
     from bench.leaderboard.submit import submit_claim
 
     if claimed is None:
-        written = run_submit(card, out=out, protocols=protocols, n=n, seed=seed, batch_size=batch_size,
-                             threads=threads, device=device, results=results, trust_code=tuple(trust_code),
-                             progress=sys.stderr.isatty())
-        typer.echo("\n".join(f"verified entry: {p}" for p in written))
+        written, skipped = run_submit(card, out=out, protocols=protocols, n=n, seed=seed, batch_size=batch_size,
+                                      threads=threads, device=device, results=results,
+                                      trust_code=tuple(trust_code), progress=sys.stderr.isatty())
+        typer.echo("\n".join([f"verified entry: {p}" for p in written] +
+                             [f"not applicable: {t} ({why})" for t, why in skipped.items()]))
         return
     outcome, path = submit_claim(card, claimed, out=out, fraction=spot, seed=spot_seed, device=device,
                                  results=results, trust_code=tuple(trust_code))

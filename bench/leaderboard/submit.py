@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.errors import BenchError, WeightsError
+from bench.errors import BenchError, NotApplicable, WeightsError
 from bench.files import atomic_write, safe_filename
 from bench.leaderboard.entries import Entry, entry_from_run, read_entry, read_protocols, save_entry
 from bench.leaderboard.spot import SpotCheck, spot_check
@@ -101,9 +101,10 @@ def publish_card(card: ModelCard, out: Path) -> Path | None:
 def submit(card: str | Path | ModelCard, *, out: str | Path = "leaderboard", protocols: str | Path | None = None,
            n: int | None = None, seed: int = 0, batch_size: int = 500, threads: int | None = None,
            device: str | None = "auto", results: str | Path | None = None, trust_code: tuple[str, ...] = (),
-           progress: bool = True) -> list[Path]:
+           progress: bool = True) -> tuple[list[Path], dict[str, str]]:
     """Run every protocol the leaderboard asks of the card's dataset and task (resuming what was run before)
-    and write a verified entry for each under ``out``."""
+    and write a verified entry for each under ``out``: the entries, and why each protocol that cannot evaluate
+    a model of this kind (e.g. a certificate for another architecture) was skipped."""
     from bench.run import evaluate
     from bench.store import Store
     from bench.summary import read_summary
@@ -115,16 +116,22 @@ def submit(card: str | Path | ModelCard, *, out: str | Path = "leaderboard", pro
         raise BenchError(f"{protocols} asks no protocol of a {card.task} on {card.dataset}",
                          f"add {card.dataset}: {{{card.task}: [...]}} to it")
     publish_card(card, Path(out))
-    store, written = Store(results), []
+    store, written, skipped = Store(results), [], {}
     for i, threat in enumerate(required, 1):
         print(f"[{i}/{len(required)}] {card.id} x {threat}", file=sys.stderr, flush=True)
-        summary = evaluate(card, _protocol(threat, protocols), n=n, seed=seed, batch_size=batch_size,
-                           threads=threads, device=device, results=results, trust_code=trust_code, progress=progress)
+        try:
+            summary = evaluate(card, _protocol(threat, protocols), n=n, seed=seed, batch_size=batch_size,
+                               threads=threads, device=device, results=results, trust_code=trust_code,
+                               progress=progress)
+        except NotApplicable as err:
+            skipped[threat] = err.problem
+            print(f"  not applicable: {err.problem}", file=sys.stderr, flush=True)
+            continue
         record = read_summary(store, summary.run_id)
         if record is None:
             raise BenchError(f"the run of {threat} is incomplete ({summary.n} points)", "rerun the command to resume")
         written.append(save_entry(entry_from_run(store, record), Path(out)))
-    return written
+    return written, skipped
 
 
 def _protocol(threat: str, protocols: Path) -> str | Path:

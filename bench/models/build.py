@@ -61,12 +61,12 @@ def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
     return wrap(card, net).to(device).eval()
 
 
-def _probes(card: ModelCard) -> list[tuple[ModelCard, nn.Module]]:
+def probes(card: ModelCard) -> list[tuple[ModelCard, nn.Module]]:
     """Modules with a card's input shape, built without training or downloading: its architecture with fresh
     weights, or each part's for a composition (a part takes its own dataset's images, which the composition
     checks are the composed card's); none for a card whose weights build the model itself."""
     if card.compose is not None:
-        return [probe for ref in card.composition.parts.values() for probe in _probes(ref.card)]
+        return [probe for ref in card.composition.parts.values() for probe in probes(ref.card)]
     if card.weights is not None and card.weights.builds_model:
         return []
     return [(card, wrap(card, skeleton(card)))]
@@ -94,7 +94,7 @@ def check_input(model: ModelCard | nn.Module, task: Task, name: str, data: Datas
 
     x = data.x[:1]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        for card, module in [(None, model)] if isinstance(model, nn.Module) else _probes(model):
+        for card, module in [(None, model)] if isinstance(model, nn.Module) else probes(model):
             was_training = module.training
             dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
             try:

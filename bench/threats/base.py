@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.errors import NotApplicable
 from bench.metrics import Metric
 from bench.params import Params
 from bench.registry import Registry
@@ -109,6 +110,16 @@ class Threat(ABC):
     @abstractmethod
     def attack(self, target: Target, batch: Batch) -> Outcome:
         """Evaluate one batch; ``target.module`` is in eval mode on the batch's device."""
+
+    def unsupported(self, model: nn.Module) -> NotApplicable | None:
+        """Why this threat cannot evaluate a model like ``model`` (None: it can). Asked at plan time of the card's
+        architecture with fresh weights, so it may look at the model's kind, never its weights."""
+        return None
+
+    def require_supported(self, model: nn.Module, name: str) -> None:
+        why = self.unsupported(model)
+        if why is not None:
+            raise NotApplicable(f"{name} {why.problem}", why.fix)
 
     def checks(self, target: Target, batch: Batch) -> list[str]:
         """Notes on what could make this family's numbers misleading for this model (none by default)."""

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, NotApplicable
 from bench.metrics import Metric
 from bench.ops.gradients import input_gradient
 from bench.ops.norms import normalized
@@ -95,10 +95,13 @@ def maximise(value: Callable[[Tensor], Tensor], x: Tensor, *, norm: str, radius:
     return best
 
 
-def _check_vae(model: nn.Module) -> None:
-    if not all(callable(getattr(model, name, None)) for name in ("encode", "reconstruct", "elbo")):
-        raise BenchError(f"{type(model).__name__} has no encode(x) -> (mu, logvar), reconstruct(x) and elbo(x)",
-                         "vae-attack needs a VAE (e.g. architecture conv-vae); other generative models lack encode()")
+def not_a_vae(model: nn.Module) -> NotApplicable | None:
+    """Why the VAE attacks cannot attack ``model`` (None: they can)."""
+    if all(callable(getattr(model, name, None)) for name in ("encode", "reconstruct", "elbo")):
+        return None
+    return NotApplicable("has no encode(x) -> (mu, logvar), reconstruct(x) and elbo(x)",
+                         "the VAE attacks need a VAE (e.g. architecture conv-vae); other generative models lack "
+                         "encode()")
 
 
 @THREAT_FAMILIES.register("vae-attack")
@@ -125,9 +128,12 @@ class VAEAttack(Threat):
             return -(model.encode(x_adv)[0] - target_mu).norm(dim=1)
         return -model.elbo(x_adv)
 
+    def unsupported(self, model: nn.Module) -> NotApplicable | None:
+        return not_a_vae(model)
+
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model, x = self.params, target.module, batch.x.detach()
-        _check_vae(model)
+        self.require_supported(model, model_name(model))
         with torch.no_grad():
             recon, mu = model.reconstruct(x), model.encode(x)[0]
             target_mu = mu.roll(1, dims=0)

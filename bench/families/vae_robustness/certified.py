@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from bench.errors import BenchError
-from bench.families.vae_robustness.attacks import VAEAttack, VAEAttackParams, _check_vae
+from bench.errors import NotApplicable
+from bench.families.vae_robustness.attacks import VAEAttack, VAEAttackParams, not_a_vae
 from bench.families.vae_robustness.ibp import interval
 from bench.metrics import Metric
 from bench.params import Params, Steps
@@ -99,12 +99,15 @@ class VAECertifiedELBO(Threat):
                       higher_is_better=False))
     headline = "certified_elbo"
 
+    def unsupported(self, model: nn.Module) -> NotApplicable | None:
+        if not all(hasattr(model, name) for name in ("encoder", "heads", "decoder", "noise", "likelihood")):
+            return NotApplicable("is not a conv-vae; the certified ELBO bounds conv-vae models",
+                                 "use an architecture: conv-vae card (vae-lipschitz-margin certifies a lipschitz-vae)")
+        return not_a_vae(model)
+
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model = self.params, target.module
-        _check_vae(model)
-        if not all(hasattr(model, name) for name in ("encoder", "heads", "decoder", "noise", "likelihood")):
-            raise BenchError(f"{type(model).__name__} is not a conv-vae; the certified ELBO bounds conv-vae models",
-                             "use an architecture: conv-vae card")
+        self.require_supported(model, model_name(model))
         certified = certified_elbo(model, batch.x, p.eps)
         if p.eps > 0:
             elbo_attack = VAEAttack(VAEAttackParams(objective="elbo", norm="Linf", eps=p.eps, steps=p.steps,

@@ -22,11 +22,12 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from bench.errors import BenchError
+from bench.errors import BenchError, NotApplicable
 from bench.families.vae_robustness.vae import VAEMixin
 from bench.metrics import Metric
 from bench.models.archs import architecture
 from bench.params import Params
+from bench.tasks.generative import model_name
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 
 
@@ -99,12 +100,15 @@ class VAELipschitzMargin(Threat):
                       agg="rate"))
     headline = "certified_margin"
 
+    def unsupported(self, model: nn.Module) -> NotApplicable | None:
+        if callable(getattr(model, "lipschitz_constants", None)):
+            return None
+        return NotApplicable("has no lipschitz_constants(); the certificate needs global Lipschitz constants",
+                             "use an architecture: lipschitz-vae card (or vae-margin for the first-order estimate)")
+
     def attack(self, target: Target, batch: Batch) -> Outcome:
         model = target.module
-        if not callable(getattr(model, "lipschitz_constants", None)):
-            raise BenchError(f"{type(model).__name__} has no lipschitz_constants(); the certificate needs global "
-                             "Lipschitz constants", "use an architecture: lipschitz-vae card (or vae-margin for "
-                             "the first-order estimate)")
+        self.require_supported(model, model_name(model))
         k = model.lipschitz_constants()
         if not all(isinstance(k.get(name), (int, float)) and k[name] > 0 for name in "abc"):
             raise BenchError(f"{type(model).__name__}.lipschitz_constants() gave {k}; the certificate needs positive "

@@ -22,10 +22,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from bench.errors import BenchError
-from bench.families.vae_robustness.attacks import _check_vae, maximise
+from bench.errors import BenchError, NotApplicable
+from bench.families.vae_robustness.attacks import maximise, not_a_vae
 from bench.metrics import Metric
 from bench.params import Params, Samples, Steps
+from bench.tasks.generative import model_name
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target, Threat
 
 NORMAL = torch.distributions.Normal(0.0, 1.0)
@@ -114,9 +115,12 @@ class VAEMargin(Threat):
     )
     headline = "margin_est"
 
+    def unsupported(self, model: nn.Module) -> NotApplicable | None:
+        return not_a_vae(model)
+
     def attack(self, target: Target, batch: Batch) -> Outcome:
         p, model, x = self.params, target.module, batch.x.detach()
-        _check_vae(model)
+        self.require_supported(model, model_name(model))
         gen = batch.generator()
         stochastic = Stochastic(model, x, p.r, p.samples, gen)
         p0 = stochastic.probability(x)
