@@ -30,7 +30,7 @@ from bench.implementation import differences
 from bench.models.card import ModelCard
 from bench.spec import Plan, RunSpec, build, plan, spec_of, threat_references
 from bench.store import STORE_VERSION, Store, now
-from bench.summary import Summary, summarize, write_summary
+from bench.summary import Summary, stored_summary, summarize, write_summary
 from bench.threats import ThreatCard
 
 
@@ -130,7 +130,7 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     start = time.perf_counter()
     runner.execute(spec, store, progress=progress, desc=f"{p.subject.name} x {p.threat_card.id}")
     summary = summarize(store, spec.run_id)
-    if summary.complete:
+    if summary.complete and stored_summary(store, spec.run_id) is None:  # a rerun keeps its date and time taken
         write_summary(store, summary, time.perf_counter() - start)
     summary.notes = list(dict.fromkeys(notes + summary.notes))
     return summary

@@ -114,7 +114,22 @@ def summary_record(store: Store, summary: Summary, wall_seconds: float | None) -
               "specs": [spec.to_dict() for spec in summary.specs.values()], "stats": summary.stats,
               "notes": summary.notes, "seconds": summary.seconds, "wall_seconds": wall_seconds,
               "key": meta["key"], "spec": meta["spec"], "created": meta["created"], "finished": now(),
-              "shards": {p.name: p.stat().st_size for p in store.shard_files(summary.run_id)}}
+              "shards": shard_sizes(store, summary.run_id)}
+
+
+def shard_sizes(store: Store, run_id: str) -> dict[str, int]:
+    """The run's shard files and their sizes: what a summary was computed from."""
+    return {p.name: p.stat().st_size for p in store.shard_files(run_id)}
+
+
+def stored_summary(store: Store, run_id: str) -> dict[str, Any] | None:
+    """The run's ``summary.json`` if it still describes the run's shard files (None: none yet, damaged, or
+    written before a shard was added, damaged or removed)."""
+    try:
+        record = read_summary(store, run_id)
+    except StoreError:
+        return None
+    return record if record is not None and record.get("shards") == shard_sizes(store, run_id) else None
 
 
 def write_summary(store: Store, summary: Summary, wall_seconds: float) -> dict[str, Any]:

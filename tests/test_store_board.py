@@ -251,3 +251,13 @@ def test_a_run_without_its_summary_is_left_off_until_its_command_is_rerun(digits
     evaluate(digits_model, card, n=60, results=tmp_path, **KW)
     assert (tmp_path / "runs" / summary.run_id / "summary.json").is_file()
     assert [r["run_id"] for r in build_board(Store(tmp_path)).blocks[0].rows] == [summary.run_id]
+
+
+def test_rerunning_a_complete_run_keeps_its_summary_date_and_time(digits_model, tmp_path):
+    """A rerun computes nothing, so its summary (when the run finished, how long it took) stays as it was."""
+    card = threat("pgd", norm="Linf", eps=0.1, steps=3)
+    summary = evaluate(digits_model, card, n=60, results=tmp_path, **KW)
+    path = tmp_path / "runs" / summary.run_id / "summary.json"
+    first = path.read_bytes()
+    evaluate(digits_model, card, n=60, results=tmp_path, **KW)
+    assert path.read_bytes() == first and json.loads(first)["wall_seconds"] > 0
