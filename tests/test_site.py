@@ -264,9 +264,15 @@ def test_every_shipped_family_gets_its_page_marks_and_plots(all_families_site):
     plotted = {p.name: svg_titles(p) for p in site.glob("*.html") if svg_titles(p)}
     assert sorted(plotted) == ["digits--vae-lipschitz-margin.html", "digits--vae-margin.html", "index.html",
                                "model--fingerprint-digits-cnn--08f5f0e1c61e.html"]
-    # corruptions at two severities: its entry holds only the mean over them, so no cell of its own
-    assert plotted["model--fingerprint-digits-cnn--08f5f0e1c61e.html"] == [
-        "fingerprint-digits-cnn, fingerprint-ood: accuracy per group and level"]
+    # corruptions at two severities: every cell from its per-point column, as the shift grid
+    model_page = "model--fingerprint-digits-cnn--08f5f0e1c61e.html"
+    assert plotted[model_page] == ["fingerprint-digits-cnn, fingerprint-corruptions: accuracy per group and level",
+                                   "fingerprint-digits-cnn, fingerprint-ood: accuracy per group and level"]
+    corrupted = next(e for e in entries if e.protocol.family == "corruptions").points.frame()
+    text = (site / model_page).read_text()
+    for column in ("correct_gaussian_noise_1", "correct_fog_3"):
+        group, level = column.removeprefix("correct_").rsplit("_", 1)
+        assert f"{group}, {level}: {100 * corrupted[column].mean():.1f}%" in text
     assert plotted["digits--vae-lipschitz-margin.html"] == [
         "fingerprint-vae-lipschitz-margin: share of points whose certified margin is at least r"]
 

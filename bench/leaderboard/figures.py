@@ -154,12 +154,23 @@ def grid_cells(card: dict[str, Any], source_dir: str | None) -> list[tuple[str, 
 
 
 def grid_heatmap(entry: Entry, cells: list[tuple[str, int]]) -> Markup | None:
-    """The entry's accuracy per group (row) and level (column) of its protocol's cells, where it holds it."""
+    """The entry's accuracy per group (row) and level (column) of its protocol's cells: each cell's per-point
+    column where the entry holds it, else a single-level group's ``acc_<group>`` metric (older entries)."""
+    from bench.threats.grid_board import cell_columns
+
     levels: dict[str, list[int]] = {}
     for group, level in cells:
         levels.setdefault(group, []).append(level)
-    values = {(group, str(found[0])): value for group, found in levels.items() if len(found) == 1
-              and (value := _value(entry.metrics.get(f"acc_{group}"))) is not None}
+    rows = entry.points.frame() if entry.points is not None else None
+    stored = set() if rows is None else {c for columns in cell_columns(rows).values() for c in columns}
+    values = {}
+    for group, found in levels.items():
+        for level in found:
+            column = f"correct_{group}_{level}"
+            value = (float(rows[column].mean()) if column in stored else
+                     _value(entry.metrics.get(f"acc_{group}")) if len(found) == 1 else None)
+            if value is not None:
+                values[(group, str(level))] = value
     columns = [str(k) for k in sorted({level for _, level in cells})]
     return heatmap(f"{entry.model.id}, {entry.protocol.id}: accuracy per group and level",
                    "group (corruption or shift)", "level (severity, 1 = mildest)", list(levels), columns, values)
