@@ -119,3 +119,18 @@ def test_run_on_another_dataset_with_the_same_classes_takes_the_whole_smaller_sp
     assert 0.5 < summary["clean_acc"] < 1
     r = cli("run", "--model", "mnist-cnn-pgd-at", "--threat", "clean", "--dataset", "digits28", "--n", 600)
     assert r.exit_code != 0 and "500" in r.output
+
+
+@pytest.mark.parametrize("command, default", [
+    (["submit"], "[default: OUT/protocols.yaml]"), (["run"], "[default: the model card's dataset]"),
+    (["leaderboard", "verify"], "[default: those changed since --since, else all]"),
+    (["perturbation", "report"], "store, resumable [default: bench-results/report-SETTING]")])
+def test_help_keeps_the_defaults_written_in_brackets(cli, command, default):
+    """Help text is not read as rich markup, which took "[default: ...]" for a tag and dropped it."""
+    done = cli(*command, "--help")
+    assert done.exit_code == 0 and default.replace(" ", "") in "".join(done.output.split()), done.output
+
+
+def test_version(cli):
+    done = cli("--version")
+    assert done.exit_code == 0 and done.output.strip() == f"bench {bench.__version__}"

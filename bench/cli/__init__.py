@@ -40,7 +40,7 @@ def _family_command(family) -> object:
         command = typer.main.get_group(importlib.import_module(f"{family.package}.cli").app)
     except Exception as err:  # noqa: BLE001  (any import failure makes only this family's commands unusable)
         problem = f"{type(err).__name__}: {err}"
-        sub = typer.Typer(add_completion=False)
+        sub = typer.Typer(add_completion=False, rich_markup_mode=None)
 
         @sub.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
                      help=f"(unavailable: the family {family.name} cannot be imported)")
@@ -57,15 +57,27 @@ def _family_command(family) -> object:
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_RootCommands,
+                  rich_markup_mode=None,
                   help="bench: robustness evaluation of image classifiers and generative models.")
-data_app = typer.Typer(no_args_is_help=True, help="List and fetch datasets.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="List and fetch datasets.")
 app.add_typer(data_app, name="data")
-leaderboard_app = typer.Typer(no_args_is_help=True, help="Leaderboard entries (the top-level leaderboard/ folder).")
+leaderboard_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                              help="Leaderboard entries (the top-level leaderboard/ folder).")
 app.add_typer(leaderboard_app, name="leaderboard")
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from bench import __version__
+
+        typer.echo(f"bench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug_flag: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+def _root(debug_flag: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+          version: bool = typer.Option(False, "--version", help="Print bench's version and exit.", is_eager=True,
+                                       callback=_version)) -> None:
     debug["on"] = debug_flag
 
 

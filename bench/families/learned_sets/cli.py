@@ -12,8 +12,9 @@ import typer
 from bench.cli.common import DeviceOpt, friendly, print_listing
 from bench.errors import BenchError
 
-app = typer.Typer(no_args_is_help=True, help="Learned perturbation sets (CVAE cards): statistics, pictures, "
-                                             "reproduction report. Set quality: bench run --threat set-quality.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  help="Learned perturbation sets (CVAE cards): statistics, pictures, reproduction report. Set "
+                       "quality: bench run --threat set-quality.")
 
 
 @app.command("stats")

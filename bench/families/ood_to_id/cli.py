@@ -7,7 +7,8 @@ import typer
 
 from bench.cli.common import DeviceOpt, friendly
 
-app = typer.Typer(no_args_is_help=True, help="OOD-to-ID mapping defences (Amich & Eshete): reproduction report.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  help="OOD-to-ID mapping defences (Amich & Eshete): reproduction report.")
 
 
 @app.command("report")

@@ -7,7 +7,8 @@ import typer
 
 from bench.cli.common import DeviceOpt, friendly
 
-app = typer.Typer(no_args_is_help=True, help="VAE robustness (margins, certified ELBO): reproduction report.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  help="VAE robustness (margins, certified ELBO): reproduction report.")
 
 
 @app.command("report")
