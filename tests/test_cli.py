@@ -54,6 +54,12 @@ def test_run_then_board(cli, digits_card, tmp_path):
                                                                       "robust_acc (%)", "95% interval"]
     r = cli("board", "--results", tmp_path / "r", "--format", "xml")
     assert r.exit_code == 2 and "unknown format" in r.output
+    r = cli("board", "--results", tmp_path / "r", "--threat", "pdg")  # a typo: said, not an empty board
+    assert r.exit_code == 2 and "no threat card, family or stored run is called 'pdg'" in r.output
+    assert "did you mean 'pgd'?" in r.output
+    for known in ("pgd", "test-pgd", "autoattack-linf-0.3"):  # a family, a stored run's card, a card not run
+        r = cli("board", "--results", tmp_path / "r", "--threat", known)
+        assert r.exit_code == 0 and ("digits-cnn" in r.output) == (known != "autoattack-linf-0.3"), r.output
 
 
 def test_board_without_results_is_a_clear_error(cli, tmp_path):

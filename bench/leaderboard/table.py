@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 from bench.leaderboard.defences import defence_rows, render_defences
 from bench.leaderboard.marks import CurrentCode, adaptive, stale_reason
 from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
@@ -110,13 +110,18 @@ def _stale(summary: dict[str, Any], current: CurrentCode) -> str:
 def _protocols_named(threat: str, summaries: list[dict]) -> set[str]:
     """Protocols a threat filter selects: those any run recorded under this card id or family ran, and the
     one the card of that id names now."""
+    from bench.cards import catalogue
+    from bench.threats import THREAT_FAMILIES, load_threat_card
+
     protocols = {s["key"]["protocol"] for s in summaries if threat in (s["threat"], s["family"])}
     try:
-        from bench.threats import load_threat_card
-
         protocols.add(load_threat_card(threat).hash)
     except BenchError:
-        pass
+        known = {name for s in summaries for name in (s["threat"], s["family"])}
+        known |= set(catalogue("threat").cards) | set(THREAT_FAMILIES.names())
+        if not protocols and threat not in known:
+            raise BenchError(f"no threat card, family or stored run is called {threat!r}",
+                             f"{did_you_mean(threat, known)}`bench threats` lists the cards and families") from None
     return protocols
 
 
