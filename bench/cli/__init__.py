@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from bench.cli.common import DataRootOpt, DeviceOpt, ListingFormatOpt, ResultsOpt, TrustCodeOpt, console, debug, \
-    friendly, print_listing, warn_broken_families
+    friendly, print_listing, print_warnings, warn_broken_families
 from bench.errors import BenchError
 
 
@@ -234,8 +234,7 @@ def leaderboard_entries(out: Path = typer.Option(Path("leaderboard"), "--out", h
 
     warnings: list[str] = []
     written = write_entries(Store(results), out, warnings)
-    for warning in warnings:
-        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    print_warnings(warnings)
     typer.echo("\n".join(str(p) for p in written) or "no entries written")
 
 
@@ -249,8 +248,7 @@ def leaderboard_import(model_info: Path = typer.Argument(..., help="RobustBench'
 
     warnings: list[str] = []
     written = import_robustbench(model_info, out, warnings)
-    for warning in warnings:
-        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    print_warnings(warnings)
     typer.echo(f"{len(written)} entries imported under {out / 'entries'}")
 
 
@@ -265,8 +263,7 @@ def leaderboard_export(out: Path = typer.Option(..., "--out", help="The model_in
 
     warnings: list[str] = []
     written = export_robustbench(sorted(entries.glob("entries/*/*.json")), out, warnings)
-    for warning in warnings:
-        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    print_warnings(warnings)
     typer.echo(f"{len(written)} model_info files written under {out}")
 
 
@@ -337,8 +334,7 @@ def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only th
     if fmt not in FORMATS:
         raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     result = build_board(Store(results), dataset, threat)
-    for warning in result.warnings:
-        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    print_warnings(result.warnings)
     typer.echo(render(result, fmt))
 
 

@@ -46,6 +46,11 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
+def print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+
+
 def print_listing(title: str, columns: list[str], rows: list[list[str]], fmt: str) -> None:
     """A catalogue listing: a rich table on a terminal, plain aligned text in a pipe (never wrapped, so an id
     stays on one line for grep), or JSON / CSV records."""

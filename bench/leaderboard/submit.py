@@ -62,14 +62,14 @@ def check_card(card: str | Path | ModelCard, trust_code: tuple[str, ...] = ()) -
     return card
 
 
-def builtin(card: ModelCard) -> bool:
-    """Whether the catalogue holds this very card (its id, hashing the same), so entries need no copy of it."""
-    from bench.models.card import load_model_card
-
+def in_catalogue(card: ModelCard) -> ModelCard | None:
+    """The catalogue's card of this id if it is this very card (it hashes the same), with its own folder, so
+    entries need no copy of it; else None."""
     try:
-        return load_model_card(card.id).hash == card.hash
+        found = load_model_card(card.id)
     except BenchError:
-        return False
+        return None
+    return found if found.hash == card.hash else None
 
 
 def publish_card(card: ModelCard, out: Path) -> Path | None:
@@ -77,7 +77,7 @@ def publish_card(card: ModelCard, out: Path) -> Path | None:
     so ``verify`` can rebuild the model from the leaderboard alone; nothing for a card of the catalogue."""
     import yaml
 
-    if builtin(card):
+    if in_catalogue(card) is not None:
         return None
     folder = out / "cards" / f"{safe_filename(card.id)}--{card.hash[:12]}"
     target = folder / "card.yaml"

@@ -42,7 +42,7 @@ def all_entries(leaderboard: Path) -> list[Path]:
 def entry_card(entry: Entry, leaderboard: Path) -> ModelCard:
     """The entry's model card: the catalogue's card of that id, or the copy ``bench submit`` published under
     ``leaderboard/cards/`` (weight files beside it), whichever hashes to the entry's model hash."""
-    from bench.leaderboard.submit import builtin
+    from bench.leaderboard.submit import in_catalogue
     from bench.models.card import load_model_card
 
     if entry.model.card is not None:
@@ -51,8 +51,9 @@ def entry_card(entry: Entry, leaderboard: Path) -> ModelCard:
         except ValidationError as err:
             raise BenchError(f"the entry's model card {entry.model.id} is not a valid card: "
                              f"{err.errors()[0]['msg']}", "regenerate the entry from a valid card") from err
-        if builtin(card):
-            return load_model_card(card.id)
+        found = in_catalogue(card)
+        if found is not None:
+            return found
     published = leaderboard / "cards" / f"{safe_filename(entry.model.id)}--{entry.model.hash[:12]}" / "card.yaml"
     if not published.is_file():
         raise BenchError(f"the card of {entry.model.id} ({entry.model.hash[:12]}) is neither in the catalogue nor "
