@@ -10,7 +10,7 @@ The Python API mirrors the CLI::
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_data", "evaluate", "train", "list_models", "list_threats", "board", "BenchError"]
+__all__ = ["load_model", "load_data", "evaluate", "check_convergence", "train", "list_models", "list_threats", "board", "BenchError"]
 
 from bench.errors import BenchError
 
@@ -39,6 +39,14 @@ def evaluate(model, threat, **kwargs):
     from bench.run import evaluate as run_evaluate
 
     return run_evaluate(model, threat, **kwargs)
+
+
+def check_convergence(summary, model, threat, **kwargs):
+    """Would twice the budget change the answer? Attack the run's survivors again with every budget param doubled
+    (``summary`` from ``evaluate(model, threat, ...)``, the same keyword arguments); see bench.convergence."""
+    from bench.convergence import check_convergence as check
+
+    return check(summary, model=model, threat=threat, **kwargs)
 
 
 def train(card, **kwargs):

@@ -2,11 +2,14 @@
 runs into one resumable results folder, per-seed verdicts, mean ± sd formatting and atomic writing."""
 from __future__ import annotations
 
+import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from bench.errors import BenchError
 from bench.files import atomic_write
 
 from bench.cards import locate, read_card
@@ -52,19 +55,80 @@ class SeedRunner:
         return evaluate(str(model), threat if not isinstance(threat, Path) else str(threat), n=n, seed=self.seed,
                         device=self.device, batch_size=batch_size, results=self.results)
 
+    def convergence(self, model: Path | str, threat: Path, summary, points: int, batch_size: int = 500) -> dict:
+        """The convergence check of a run made with ``run`` (``bench.convergence``), as a dict."""
+        from dataclasses import asdict
+
+        from bench.convergence import check_convergence
+
+        return asdict(check_convergence(summary, model=str(model), threat=str(threat), points=points,
+                                        results=self.results, progress=False, n=summary.n, seed=self.seed,
+                                        device=self.device, batch_size=batch_size))
+
     def rows(self, run_id: str):
         from bench.store import Store
 
         return Store(self.results).read_run(run_id).rows
 
 
-Verdict = bool | str | None  # True / False: every seed agrees; "mixed": the seeds disagree; None: untestable
-VERDICT_WORDS = {None: "NOT TESTABLE", "mixed": "MIXED (the seeds disagree)", True: "PASS", False: "FAIL"}
+Verdict = bool | str | None  # True / False: every seed agrees; "mixed": the seeds disagree; None: untestable;
+# "unresolved": in some seed the claim's interval crosses its threshold
+UNRESOLVED = "unresolved"
+VERDICT_WORDS = {None: "NOT TESTABLE", "mixed": "MIXED (the seeds disagree)", True: "PASS", False: "FAIL",
+                 UNRESOLVED: "NOT RESOLVED (an interval crosses the threshold)"}
 
 
-def verdict(per_seed_holds: list[bool]) -> Verdict:
-    """A claim holds when it holds in every seed, fails when it fails in every seed, and is mixed otherwise."""
+def verdict(per_seed_holds: list[bool | str]) -> Verdict:
+    """A claim holds when it holds in every seed, fails when it fails in every seed, and is mixed otherwise; it is
+    not resolved when in some seed its interval crosses the threshold (a per-seed value ``UNRESOLVED``)."""
+    if UNRESOLVED in per_seed_holds:
+        return UNRESOLVED
     return True if all(per_seed_holds) else False if not any(per_seed_holds) else "mixed"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two per-point rates on the same points: the difference a - b with its 95% interval (Agresti-Min adjusted
+    Wald, for paired proportions) and McNemar's exact two-sided p, from the points only a or only b got right."""
+
+    diff: float
+    low: float
+    high: float
+    p: float
+    a_only: int
+    b_only: int
+    n: int
+
+    def above(self, threshold: float = 0.0) -> bool | str:
+        """Whether a - b exceeds ``threshold``: True when the interval lies above it, False when it lies at or
+        below it, ``UNRESOLVED`` when it crosses it."""
+        return True if self.low > threshold else False if self.high <= threshold else UNRESOLVED
+
+    def below(self, threshold: float) -> bool | str:
+        """Whether a - b stays under ``threshold`` (the mirror of ``above``)."""
+        return True if self.high < threshold else False if self.low >= threshold else UNRESOLVED
+
+    def __str__(self) -> str:
+        return (f"{100 * self.diff:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}], McNemar p = "
+                f"{self.p:.2g} ({self.a_only} vs {self.b_only} discordant of {self.n})")
+
+
+def paired(a: dict[int, bool], b: dict[int, bool]) -> Paired:
+    """Compare two runs' per-point outcomes, keyed by evaluation point; they must cover the same points."""
+    from scipy.stats import binomtest
+
+    if set(a) != set(b):
+        raise BenchError("a paired comparison needs both runs on the same evaluation points",
+                         "rerun the report with one number of points for both")
+    n = len(a)
+    a_only = sum(1 for k in a if a[k] and not b[k])
+    b_only = sum(1 for k in a if b[k] and not a[k])
+    diff = (a_only - b_only) / n if n else 0.0
+    adjusted = (a_only + 0.5 - b_only - 0.5) / (n + 2)
+    p_a, p_b = (a_only + 0.5) / (n + 2), (b_only + 0.5) / (n + 2)
+    half = 1.959964 * math.sqrt(max(p_a + p_b - (p_a - p_b) ** 2, 0.0) / (n + 2))
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return Paired(diff, max(-1.0, adjusted - half), min(1.0, adjusted + half), float(p), a_only, b_only, n)
 
 
 def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:

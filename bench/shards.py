@@ -61,7 +61,7 @@ def compute_shard(ev: Evaluation, shard: Shard) -> tuple[pa.Table, dict[str, Any
     x, y = ev.data.x[idx].to(ev.device), ev.data.y[idx].to(ev.device)
     target = replace(ev.target, module=ev.target.task.guarded(ev.target.module, ev.spec.model["id"]))
     clean = target.task.clean_pass(target.module, x, y, target.num_classes)
-    batch = Batch(x, y, idx, shard.seed, clean)
+    batch = Batch(x, y, idx, shard.seed, clean, run_seed=ev.spec.seed)
     devices = [ev.device] if ev.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the checks leave the attack's random state as it was
         notes = ev.threat.checks(target, batch)

@@ -43,3 +43,14 @@ def quantile_interval(values: np.ndarray, q: float, level: float = 0.95) -> tupl
     low = float(ordered[lo_rank - 1]) if lo_rank >= 1 else -math.inf
     high = float(ordered[hi_rank - 1]) if hi_rank <= n else math.inf
     return (low, high)
+
+
+def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial rate: conservative, and 0 or 1 only where observed."""
+    beta = require("scipy.stats", "exact binomial intervals", "pip install scipy").beta
+    if n == 0:
+        return (0.0, 1.0)
+    alpha = (1 - level) / 2
+    low = 0.0 if successes == 0 else float(beta.ppf(alpha, successes, n - successes + 1))
+    high = 1.0 if successes == n else float(beta.ppf(1 - alpha, successes + 1, n - successes))
+    return (low, high)

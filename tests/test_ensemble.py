@@ -22,7 +22,7 @@ MODELS = Path(__file__).parent / "fingerprints" / "models"
 KW = dict(n=60, batch_size=30, device="cpu", threads=1, progress=False)
 MEMBERS = {
     "pgd-weak": {"family": "pgd", "params": {"norm": "Linf", "eps": 0.1, "steps": 2, "step_size": 0.02}},
-    "latent": {"family": "learned-cvae", "params": {"cvae": str(MODELS / "digits-cvae.yaml"), "eps": 1.5,
+    "latent": {"family": "learned-cvae-pgd", "params": {"cvae": str(MODELS / "digits-cvae.yaml"), "eps": 1.5,
                                                      "steps": 5, "restarts": 2}},
     "random": {"family": "learned-cvae-random", "params": {"cvae": str(MODELS / "digits-cvae.yaml"), "eps": 1.5,
                                                             "samples": 30, "chunk": 200}},

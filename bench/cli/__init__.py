@@ -105,17 +105,37 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
                                               "HOST:PORT [default: a local cluster]."),
         results: Optional[Path] = ResultsOpt, data_root: Optional[Path] = DataRootOpt,
         trust_code: list[str] = TrustCodeOpt,
+        check_convergence: bool = typer.Option(False, "--check-convergence", help="Then attack a seeded subset of "
+                                               "the surviving points again with twice the budget (steps, restarts, "
+                                               "samples) and say whether robust accuracy drops."),
+        convergence_points: int = typer.Option(200, "--convergence-points", min=1,
+                                               help="Surviving points the convergence check attacks at most."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
     """Evaluate a model against a threat; resumes an interrupted run of the same arguments."""
     import json
+    from dataclasses import asdict
 
     from bench.run import evaluate
 
-    summary = evaluate(model, threat, dataset=dataset, n=n, seed=seed, device=device, batch_size=batch_size,
-                       threads=threads, executor=executor, workers=workers, address=address, results=results,
-                       data_root=data_root, trust_code=tuple(trust_code),
-                       progress=sys.stderr.isatty() or not json_out)
-    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else str(summary))
+    progress = sys.stderr.isatty() or not json_out
+    args = dict(dataset=dataset, n=n, seed=seed, device=device, batch_size=batch_size, threads=threads,
+                data_root=data_root)
+    if check_convergence:
+        from bench.convergence import check_convergence as check
+        from bench.convergence import planned_check
+
+        planned_check(model, threat, **args)  # refuses a threat it does not apply to before anything runs
+    summary = evaluate(model, threat, executor=executor, workers=workers, address=address, results=results,
+                       trust_code=tuple(trust_code), progress=progress, **args)
+    checked = None
+    if check_convergence:
+        checked = check(summary, model=model, threat=threat, points=convergence_points, results=results,
+                        progress=progress, **args)
+    if json_out:
+        typer.echo(json.dumps({**summary.to_dict(), **({"convergence": asdict(checked)} if checked else {})},
+                              indent=2))
+    else:
+        typer.echo(str(summary) + (f"\n{checked}" if checked else ""))
 
 
 @app.command()

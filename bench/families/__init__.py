@@ -12,8 +12,9 @@ from bench.registry import Family
 FAMILIES = (
     Family("bench.families.learned_sets", command="perturbation",
            summary="Learned perturbation sets (Wong & Kolter): statistics, samples, reproduction report.",
-           provides={"threat family": ("learned-cvae", "learned-cvae-random", "learned-cvae-transfer",
-                                       "latent-smoothing", "perturbed", "set-quality"),
+           provides={"threat family": ("learned-cvae", "learned-cvae-apgd", "learned-cvae-pgd", "learned-cvae-random",
+                                       "learned-cvae-real-grid", "learned-cvae-transfer",
+                                       "latent-smoothing", "latent-smoothing-attack", "perturbed", "set-quality"),
                      "task": ("perturbation-set",),
                      "architecture": ("cvae-conv", "cvae-rectangle", "cvae-stn"),
                      "recipe": ("cvae", "cvae-adv", "cvae-aug", "cvae-smoothing", "perturbation-aug")}),

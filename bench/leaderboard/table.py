@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.errors import BenchError, did_you_mean
 from bench.leaderboard.defences import defence_rows, render_defences
+from bench.convergence import stored_convergence
 from bench.leaderboard.marks import CurrentCode, adaptive, stale_reason
 from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
 from bench.store import STORE_VERSION, Store, StoreError
@@ -178,6 +179,11 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
         for row in block.rows:
             flags = [f"name used by {len(hashes[row['model']])} different models"] \
                 if len(hashes[row["model"]]) > 1 else []
+            checked = stored_convergence(store, row["run_id"])
+            row["convergence"] = checked.verdict if checked else "not checked"
+            if checked and checked.verdict != "converged":
+                flags.append(f"{checked.verdict}: twice the budget drops it {100 * checked.drop:.1f} points "
+                             f"[{100 * checked.low:.1f}, {100 * checked.high:.1f}]")
             row["flag"] = "; ".join(flags + ([row["stale"]] if row["stale"] else []))
     ordered = sorted(blocks.values(), key=lambda b: (b.dataset, b.threats[0], b.protocol))
     composed = {s["key"]["model"][:12] for _, s, _ in best.values()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from bench.errors import NotApplicable
 from bench.metrics import Metric
+from bench.ops.draws import PointDraws
 from bench.params import Params
 from bench.registry import Registry
 
@@ -40,14 +41,21 @@ class Target:
 
 @dataclass
 class Batch:
-    """One shard's points: ``index`` are their positions in the split, ``seed`` the shard's seed and
-    ``clean`` the task's clean-pass columns (e.g. ``clean_pred``, ``clean_correct``)."""
+    """One shard's points: ``index`` are their positions in the split, ``seed`` the shard's seed,
+    ``clean`` the task's clean-pass columns (e.g. ``clean_pred``, ``clean_correct``) and ``run_seed`` the run's
+    seed, which keys per-point draws (``bench.ops.draws.PointDraws``; the shard's seed where not given)."""
 
     x: Tensor
     y: Tensor
     index: Tensor
     seed: int
     clean: dict[str, Tensor]
+    run_seed: int | None = None
+
+    def point_draws(self, points: Tensor, stream: str = "") -> PointDraws:
+        """Draws keyed by the points at mask ``points``: each point's noise depends only on the run seed, the
+        point and ``stream``, not on its batch."""
+        return PointDraws(self.seed if self.run_seed is None else self.run_seed, self.index[points.cpu()], stream)
 
     def generator(self) -> torch.Generator:
         """A fresh CPU generator seeded with the shard's seed (the same on every device)."""
@@ -80,6 +88,8 @@ class Threat(ABC):
     adaptive: ClassVar[bool] = True  # False: the attack ignores the evaluated model (e.g. transfer); never a
     # defence's robustness ranking (the board ranks defences by their worst adaptive number)
     revision: ClassVar[int] = 1  # bump whenever the family's numbers may change; its fingerprint test says when
+    budget: ClassVar[tuple[str, ...]] = ()  # the params that set its effort (steps, restarts, samples): the
+    # convergence check (``bench.convergence``) doubles them all
 
     def __init__(self, params: Params):
         self.params = params

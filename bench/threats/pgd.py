@@ -37,6 +37,7 @@ class PGD(PerturbStep):
     Params = PGDParams
     params: PGDParams
     gradient_based = True
+    budget = ("restarts",)
 
     def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
         p = self.params

@@ -51,8 +51,17 @@ class StepResult:
 class PerturbStep(ClassifierAttack):
     """A classifier family made of one perturb step (see the module docstring); it may join an ensemble."""
 
+    point_draws: ClassVar[bool] = False  # True: its draws are keyed by point (``Batch.point_draws``, on the stream
+    # ``draw_stream``), so a point's outcome depends only on the point; False: drawn for the whole ``attacked`` set
+    # and sliced (older families)
     aligned_draws: ClassVar[bool] = True  # False: its randomness is its own (e.g. a backend seeded per batch), so
     # its outcome on a point may depend on which other points it attacks
+
+    @property
+    def draw_stream(self) -> str:
+        """The stream of a point's noise this family draws from (its class): a family inside another (a member of
+        ``learned-cvae``) draws exactly what it draws on its own."""
+        return type(self).__name__
 
     def attacked(self, batch: Batch) -> Tensor:
         """The points this family attacks on its own (default: those classified right clean)."""
@@ -74,8 +83,11 @@ class PerturbStep(ClassifierAttack):
         columns: dict[str, Tensor] = {}
         if not todo.any():
             return StepResult(adv_pred, columns, {}, [])
-        rows = None if survivors is None else torch.nonzero(todo[attacked].cpu()).flatten()
-        draws = Draws(batch.generator(), int(attacked.sum()), rows, seed=batch.seed)
+        if self.point_draws:
+            draws = batch.point_draws(todo, self.draw_stream)
+        else:
+            rows = None if survivors is None else torch.nonzero(todo[attacked].cpu()).flatten()
+            draws = Draws(batch.generator(), int(attacked.sum()), rows, seed=batch.seed)
         x = batch.x[todo]
         candidates = self.perturb(target, x, batch.y[todo], draws)
         self.check(x, candidates)

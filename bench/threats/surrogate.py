@@ -57,6 +57,7 @@ class PGDBPDA(_Crafted):
 
     Params = PGDParams
     gradient_based = True
+    budget = ("restarts",)
 
     @staticmethod
     def surrogate(module: nn.Module) -> nn.Module | None:

@@ -13,10 +13,15 @@ FAMILY_CARDS: dict[str, dict] = {
     "clean": {},
     "pgd": {"norm": "Linf", "eps": 0.1, "steps": 3},
     "autoattack": {"norm": "Linf", "eps": 0.1, "version": "custom", "attacks": ["apgd-ce"]},
-    "learned-cvae": {"cvae": "<cvae>", "eps": 1.0, "steps": 3},
+    "learned-cvae": {"cvae": "<cvae>", "eps": 1.0, "steps": 3, "targets": 2, "samples": 10},
+    "learned-cvae-pgd": {"cvae": "<cvae>", "eps": 1.0, "steps": 3},
+    "learned-cvae-apgd": {"cvae": "<cvae>", "eps": 1.0, "steps": 3, "loss": "dlr-targeted", "targets": 2},
     "learned-cvae-random": {"cvae": "<cvae>", "eps": 1.0, "samples": 20},
+    "learned-cvae-real-grid": {"cvae": "<cvae>", "eps": 1.0, "rotations": 3, "scales": 2, "shifts": 2},
     "learned-cvae-transfer": {"cvae": "<cvae>", "eps": 1.0, "source": "<source>", "steps": 3},
     "latent-smoothing": {"cvae": "<cvae>", "sigma": 0.5, "n0": 10, "n": 30},
+    "latent-smoothing-attack": {"cvae": "<cvae>", "sigma": 0.5, "eps": 0.5, "steps": 2, "samples": 4, "n0": 10,
+                                "n": 30},
     "perturbed": {"pairs": {"kind": "rts", "rotation": 20}},
     "set-quality": {"eps": 1.0, "steps": 3},
     "corruptions": {"suite": "cifar10-c", "corruptions": ["gaussian_noise", "contrast"], "severities": [1]},
@@ -29,9 +34,11 @@ FAMILY_CARDS: dict[str, dict] = {
     "vae-lipschitz-margin": {"r": 1.0},
     "ensemble": {"members": ["<pgd-card>", "<learned-cvae-card>"]},
 }
-PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-random", "learned-cvae-transfer", "latent-smoothing",
+PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-pgd", "learned-cvae-apgd", "learned-cvae-random",
+              "learned-cvae-transfer", "learned-cvae-real-grid", "latent-smoothing", "latent-smoothing-attack",
               "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer", "ensemble"}
-GRADIENT = {"pgd", "learned-cvae", "pgd-bpda", "ensemble"}
+GRADIENT = {"pgd", "learned-cvae", "learned-cvae-pgd", "learned-cvae-apgd", "latent-smoothing-attack", "pgd-bpda",
+            "ensemble"}
 
 
 # --- hostile cards: file name -> (text, what the error says) ------------------------------------------

@@ -62,7 +62,7 @@ def shared_cache(monkeypatch, tmp_path_factory):
 
 
 def learned_threat(cvae: str, **params):
-    return bench.testing.threat_card("learned-cvae", cvae=cvae, **params)
+    return bench.testing.threat_card("learned-cvae-pgd", cvae=cvae, **params)
 
 
 def test_cvae_card_trains_resumably_and_gives_ordered_statistics(cards):
@@ -376,18 +376,24 @@ def test_missing_corruption_files_say_how_to_make_them(tmp_path):
         parse_pairs({"kind": "corruption-files", "root": str(tmp_path)}).build("train")
 
 
+def _points(rate: float, n: int = 200) -> dict[int, bool]:
+    return {i: i < round(rate * n) for i in range(n)}
+
+
 def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_worst: float = 0.5,
-               combined_off: float = 0.0) -> dict:
+               combined_off: float = 0.0, drop: float = 0.0) -> dict:
     from bench.families.learned_sets.report import ADVERSARIAL, QUALITY, QUALITY_AFFINE, REAL, SETTINGS
 
     setting = SETTINGS["mnist-rts"]
-    rows = {row: {c: 0.9 for c in [*setting.accuracy, *setting.attacks, "smoothed", "certified"]}
+    rows = {row: {c: 0.9 for c in [*setting.accuracy, *setting.attacks, *setting.paper, "smoothed", "certified"]}
             for row in setting.rows}
     for row in rows:
         rows[row]["robust @p50"] = 0.1
     rows[ADVERSARIAL]["robust @p50"] = adv_p50
     for column in ("RTS (in-family)", "shear (held out)", "thicken (held out)"):
         rows[REAL][column] = 0.85
+    points = {row: {c: _points(rows[row][c]) for c in ("clean", "RTS (in-family)", "shear (held out)",
+                                                      "thicken (held out)", "robust @p50")} for row in rows}
 
     def quality(keys):
         out = {}
@@ -397,15 +403,19 @@ def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_wors
                                  "identity": 0.06}
         return out
 
-    checks = {row: {"robust": {"latent PGD": 0.6, "strong": 0.59, "random": random, "transfer": 0.8},
-                    "beaten": {"latent PGD": 0, "random": 3 if random < 0.59 else 0, "transfer": 0},
-                    "worst": adv_worst if row == ADVERSARIAL else 0.4,
-                    "combined": (adv_worst if row == ADVERSARIAL else 0.4) + combined_off}
-              for row in setting.rows if row != "standard"}
+    def check(row: str) -> dict:
+        worst = adv_worst if row == ADVERSARIAL else 0.4
+        return {"robust": {"ensemble": 0.59, "paper": 0.6, "strong": 0.6, "random": random, "transfer": 0.8},
+                "beaten": {"paper": 0, "strong": 0, "random": 3 if random < 0.59 else 0, "transfer": 0},
+                "seconds": {"ensemble": 0.3, "paper": 0.1, "strong": 1.7, "random": 0.5, "transfer": 0.1},
+                "convergence": {"drop": drop, "verdict": "converged" if drop <= 0.01 else "not converged"},
+                "worst": worst, "worst_points": _points(worst), "combined": worst + combined_off}
+
     curve = {"radii": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], "certified": [0.9, 0.8, 0.6, 0.4, 0.2, 0.1],
-             "empirical": [0.95, 0.9, 0.8, 0.7, 0.5, 0.4], "n": 10000, "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
+             "empirical": [0.95, 0.9, 0.8, 0.7, 0.5, 0.4], "attacked": [0.9, 0.85, 0.7, 0.5, 0.3, 0.1], "n": 10000, "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
     return {"stats": {"n": 5000.0, "mean": 2.0, "p50": 2.0, "max": 4.0}, "quality": quality(QUALITY),
-            "quality_affine": quality(QUALITY_AFFINE), "rows": rows, "checks": checks, "curve": curve}
+            "quality_affine": quality(QUALITY_AFFINE), "rows": rows, "points": points,
+            "checks": {row: check(row) for row in setting.rows if row != "standard"}, "curve": curve}
 
 
 SETTINGS_SEEN = {"command": "bench perturbation report", "n_eval": 10, "n_quality": 10, "n_attack": 10,
@@ -416,19 +426,41 @@ def test_report_checks_the_claims_against_the_numbers():
     from bench.families.learned_sets.report import SETTINGS, render
 
     good = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05), _fake_seed(0.8, 0.06)], [0, 1], SETTINGS_SEEN, 60.0)
-    assert good.count("**holds**") == 18 and "does NOT" not in good and "75.0 ± 7.1" in good
+    assert good.count("**PASS**") == 21 and "FAIL" not in good and "75.0 ± 7.1" in good
+    assert "seed 0: 70.0% [63.1%, 76.3%] vs standard 10.0% [6.2%, 15.0%], +60.0 points [+52.6, +66.2]" in good
+    assert "(seed 0: +5.0 points [+1.8, +8.1], McNemar p = 0.002 (10 vs 0 discordant of 200)" in good
+    assert "0.30 s per point against 1.70 s" in good
+    assert "| −0.0 ± 0.0 (converged, converged) |" in good and "| cost (s per point) | 0.30 ± 0.00 |" in good
     assert "with 2 CPU threads" in good and "## Conventions" in good and "renorm" in good
     assert "10 restarts of 200 steps" in good and "](x.svg)" in good  # the plot is embedded
-    assert "| 60.0 ± 0.0 | 59.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 50.0 ± 0.0 |" in good  # worst case last
+    assert "| 59.0 ± 0.0 | 60.0 ± 0.0 | 60.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 50.0 ± 0.0 |" in good  # worst last
     bad = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.012, random=0.3), _fake_seed(0.05, 0.012, adv_worst=0.3)],
                  [0, 1], SETTINGS_SEEN, 60.0)
-    assert "**does NOT hold**: CVAE adversarial training has the highest" in bad
-    assert "**does NOT hold**: it stays the most robust row at p50 when each point must survive" in bad
-    assert "**does NOT hold**: similarity warps, perturbed-shear: PGD AE clearly above" in bad
-    assert "**does NOT hold**: no defended row's latent-PGD number is undercut" in bad
-    assert "random beats the stronger attack (30.0% vs 59.0%" in bad
+    assert "**MIXED (the seeds disagree)**: CVAE adversarial training has the highest" in bad
+    assert "**MIXED (the seeds disagree)**: it stays the most robust row at p50 when each point must survive" in bad
+    assert "**FAIL**: similarity warps, perturbed-shear: PGD AE clearly above" in bad
+    assert "**MIXED (the seeds disagree)**: no gradient attack is beaten by a gradient-free or transfer" in bad
+    assert "random beats ensemble (30.0% vs 59.0%; it breaks 3 point(s) the ensemble leaves robust)" in bad
+    assert "random beats paper (30.0% vs 60.0%)" in bad
+    assert "twice the default ensemble's budget" in bad and "**FAIL**: twice" not in bad
+    moved = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05, drop=0.03)], [0], SETTINGS_SEEN, 60.0)
+    assert "**FAIL**: twice the default ensemble's budget (steps and samples) moves no defended row" in moved
+    assert "largest drop 3.0 points; verdicts: not converged" in moved
     off = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05, combined_off=0.01)], [0], SETTINGS_SEEN, 60.0)
-    assert "**does NOT hold**: the worst case of the ensemble card `learned-cvae-rts-p50-worst`" in off
+    assert "**FAIL**: the worst case of the ensemble card `learned-cvae-rts-p50-worst`" in off
+
+
+def test_paired_comparisons_resolve_only_outside_their_interval():
+    from bench.reports import UNRESOLVED, paired, verdict
+
+    clear = paired(_points(0.7), _points(0.1))
+    assert clear.diff == pytest.approx(0.6) and clear.above(0) is True and clear.p < 1e-6
+    assert paired(_points(0.1), _points(0.7)).above(0) is False
+    close = paired(_points(0.51), _points(0.5))
+    assert close.above(0) == UNRESOLVED and close.below(0.03) is True and close.below(0.02) == UNRESOLVED
+    assert verdict([True, UNRESOLVED]) == UNRESOLVED and verdict([True, False]) == "mixed"
+    with pytest.raises(bench.errors.BenchError, match="same evaluation points"):
+        paired(_points(0.5, 10), _points(0.5, 20))
 
 
 def test_worst_case_counts_a_point_only_if_it_survives_every_attack():
@@ -448,13 +480,14 @@ def test_check_flags_a_masked_row_that_latent_pgd_alone_would_pass():
     """The numbers of the masked classifier in test_gradient_free_and_transfer_checks_see_through_gradient_masking."""
     from bench.families.learned_sets.report import check_flags
 
-    masked = {"latent PGD": 0.65, "strong": 0.65, "random": 0.45, "transfer": 0.45}
-    flags = check_flags(masked, {"latent PGD": 0, "random": 16, "transfer": 16})
-    assert len(flags) == 2 and all("beats the stronger attack" in f for f in flags)
-    honest = {"latent PGD": 0.60, "strong": 0.59, "random": 0.85, "transfer": 0.80}
-    assert check_flags(honest, {"latent PGD": 0, "random": 0, "transfer": 0}) == []
-    none_beaten = {"latent PGD": 0, "random": 0, "transfer": 0}
-    assert "finds 10.0% more than latent PGD" in check_flags({**honest, "strong": 0.50}, none_beaten)[0]
+    masked = {"ensemble": 0.65, "paper": 0.65, "strong": 0.65, "random": 0.45, "transfer": 0.45}
+    flags = check_flags(masked, {"paper": 0, "strong": 0, "random": 16, "transfer": 16})
+    assert len(flags) == 6 and sum("beats ensemble" in f and "breaks 16 point(s)" in f for f in flags) == 2
+    honest = {"ensemble": 0.59, "paper": 0.75, "strong": 0.60, "random": 0.85, "transfer": 0.80}
+    none_beaten = {"paper": 0, "strong": 0, "random": 0, "transfer": 0}
+    assert check_flags(honest, none_beaten) == []
+    assert check_flags({**honest, "random": 0.7}, none_beaten) == ["random beats paper (70.0% vs 75.0%)"]
+    assert "finds 9.0% more than the default ensemble" in check_flags({**honest, "strong": 0.50}, none_beaten)[0]
 
 
 @pytest.mark.parametrize("name", ["mnist-rts", "mnist-rts-mild"])
@@ -472,7 +505,8 @@ def test_report_settings_use_one_cvae_throughout(name):
         params = load_model_card(model_id).recipe.params
         assert params.get("cvae", setting.cvae) == setting.cvae
         assert params.get("pairs", pairs) == pairs
-    for threat_id in [*setting.attacks.values(), *setting.checks.values(), setting.certify, setting.curve]:
+    for threat_id in [*setting.attacks.values(), *setting.paper.values(), *setting.checks.values(), setting.certify,
+                      setting.curve]:
         assert load_threat_card(threat_id).params["cvae"] == setting.cvae
     assert load_threat_card(setting.accuracy["RTS (in-family)"]).params["pairs"] == pairs
 

@@ -53,6 +53,14 @@ def class_counts(cvae: CVAE, classifier: nn.Module, x: Tensor, *, sigma: float, 
     return counts
 
 
+def classes(target: Target, x: Tensor) -> int:
+    """The number of classes: the dataset's, else the model's output width."""
+    if target.num_classes is not None:
+        return target.num_classes
+    with torch.no_grad():
+        return int(logits(target.module, x[:1]).shape[1])
+
+
 class LatentSmoothingParams(CVAEThreatParams):
     sigma: float = Field(gt=0)
     n0: Samples = 100  # selection samples
@@ -77,15 +85,8 @@ class LatentSmoothing(CVAEThreat):
         p, model, x, y = self.params, target.module, batch.x, batch.y
         self.check_input(x)
         cvae, gen = self.cvae(x.device), batch.generator()
-        if target.num_classes is None:
-            with torch.no_grad():
-                num_classes = int(logits(model, x[:1]).shape[1])
-        else:
-            num_classes = target.num_classes
-        kwargs = dict(sigma=p.sigma, num_classes=num_classes, gen=gen, chunk=p.chunk)
-        candidate = class_counts(cvae, model, x, samples=p.n0, **kwargs).argmax(1)
-        counts = class_counts(cvae, model, x, samples=p.n, **kwargs)
-        p_lower = clopper_pearson_lower(counts.gather(1, candidate.view(-1, 1)).squeeze(1), p.n, p.alpha)
+        num_classes = classes(target, x)
+        candidate, p_lower = smoothed_prediction(cvae, model, x, p, num_classes, gen)
         abstain = p_lower < 0.5
         normal = torch.distributions.Normal(0.0, 1.0)
         radius = torch.where(abstain, torch.zeros_like(p_lower),
@@ -94,3 +95,26 @@ class LatentSmoothing(CVAEThreat):
         certified = smoothed_correct & (radius >= self.radius(p.radius, x.device))
         return Outcome(values={"abstain": abstain, "smoothed_correct": smoothed_correct, "certified": certified,
                                "cert_radius": radius.float(), "p_lower": p_lower.float()})
+
+
+def smoothed_prediction(cvae: CVAE, classifier: nn.Module, x: Tensor, p: "LatentSmoothingParams", num_classes: int,
+                        gen: torch.Generator, shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(candidate class, one-sided lower bound p_A) of the smoothed classifier at x, with the latent noise
+    centred at ``shift`` (a point u of the ball; 0 by default): n0 selection and n estimation samples."""
+    moved = _Shifted(cvae, shift) if shift is not None else cvae
+    kwargs = dict(sigma=p.sigma, num_classes=num_classes, gen=gen, chunk=p.chunk)
+    candidate = class_counts(moved, classifier, x, samples=p.n0, **kwargs).argmax(1)
+    counts = class_counts(moved, classifier, x, samples=p.n, **kwargs)
+    return candidate, clopper_pearson_lower(counts.gather(1, candidate.view(-1, 1)).squeeze(1), p.n, p.alpha)
+
+
+class _Shifted(nn.Module):
+    """The CVAE with its prior mean moved to mu_p + sigma_p * shift: smoothing noise centred at u = shift."""
+
+    def __init__(self, cvae: CVAE, shift: Tensor):
+        super().__init__()
+        self.cvae, self.shift, self.generator = cvae, shift, cvae.generator
+
+    def prior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu_p, logvar_p = self.cvae.prior(x)
+        return mu_p + (0.5 * logvar_p).exp() * self.shift, logvar_p

@@ -109,6 +109,7 @@ class VAEAttack(Threat):
     tasks = ("generative",)
     Params = VAEAttackParams
     params: VAEAttackParams
+    budget = ("restarts",)
 
     def metrics_for(self, task: Task) -> tuple[Metric, ...]:
         names = ["damage", "latent_dist", "elbo_drop", "adv_elbo"]
