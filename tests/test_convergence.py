@@ -52,6 +52,8 @@ def test_check_convergence_reruns_the_survivors_with_twice_the_budget(tmp_path):
     board = invoke("board", "--results", tmp_path / "r", "--format", "json")
     rows = {row["run_id"]: row for row in json.loads(board.output)}
     assert rows[out["run_id"]]["convergence"] == checked["verdict"]
+    markdown = invoke("board", "--results", tmp_path / "r").output
+    assert "twice the budget" in markdown and checked["verdict"] in markdown
 
 
 def test_a_threat_without_a_budget_says_so(tmp_path):

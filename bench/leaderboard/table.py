@@ -288,6 +288,8 @@ def render(board: Board, fmt: str = "markdown") -> str:
                 if spec.name == block.headline:
                     low, high = row[f"{spec.name}_ci_low"], row[f"{spec.name}_ci_high"]
                     cells["95% interval"] = f"{cell_text(spec, low, 1)} - {cell_text(spec, high, 1)}"
+            if any(r["convergence"] != "not checked" for r in block.rows):  # --check-convergence ran for some
+                cells["twice the budget"] = row["convergence"]
             cells |= {"n": row["n"], "seed": row["seed"], "date": row["date"]}
             table.append(cells)
         direction = "higher" if headline.higher_is_better else "lower"

@@ -17,6 +17,8 @@ FAMILY_CARDS: dict[str, dict] = {
     "learned-cvae-pgd": {"cvae": "<cvae>", "eps": 1.0, "steps": 3},
     "learned-cvae-apgd": {"cvae": "<cvae>", "eps": 1.0, "steps": 3, "loss": "dlr-targeted", "targets": 2},
     "learned-cvae-random": {"cvae": "<cvae>", "eps": 1.0, "samples": 20},
+    "learned-cvae-real-fit": {"cvae": "<cvae>", "eps": 1.0, "steps": 3, "targets": 2, "samples": 10,
+                              "fit_steps": 3, "angles": 2},
     "learned-cvae-real-grid": {"cvae": "<cvae>", "eps": 1.0, "rotations": 3, "scales": 2, "shifts": 2},
     "learned-cvae-transfer": {"cvae": "<cvae>", "eps": 1.0, "source": "<source>", "steps": 3},
     "latent-smoothing": {"cvae": "<cvae>", "sigma": 0.5, "n0": 10, "n": 30},
@@ -35,10 +37,10 @@ FAMILY_CARDS: dict[str, dict] = {
     "ensemble": {"members": ["<pgd-card>", "<learned-cvae-card>"]},
 }
 PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-pgd", "learned-cvae-apgd", "learned-cvae-random",
-              "learned-cvae-transfer", "learned-cvae-real-grid", "latent-smoothing", "latent-smoothing-attack",
-              "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer", "ensemble"}
-GRADIENT = {"pgd", "learned-cvae", "learned-cvae-pgd", "learned-cvae-apgd", "latent-smoothing-attack", "pgd-bpda",
-            "ensemble"}
+              "learned-cvae-transfer", "learned-cvae-real-fit", "learned-cvae-real-grid", "latent-smoothing",
+              "latent-smoothing-attack", "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer", "ensemble"}
+GRADIENT = {"pgd", "learned-cvae", "learned-cvae-real-fit", "learned-cvae-pgd", "learned-cvae-apgd",
+            "latent-smoothing-attack", "pgd-bpda", "ensemble"}
 
 
 # --- hostile cards: file name -> (text, what the error says) ------------------------------------------

@@ -151,3 +151,21 @@ def test_the_smoothed_classifier_attack_never_breaks_a_point_certified_beyond_it
         inside = certified & (radius >= eps)
         assert inside.sum() > 20 and kept[inside].all()
         assert (certified & ~kept).any()  # points certified below eps do fall
+
+
+def test_a_known_rotation_scale_and_shift_is_recovered_and_judged_against_the_range():
+    from bench.families.learned_sets.pairs import RTS, affine_warp, rts_theta
+    from bench.families.learned_sets.real_fit import fit_rts, outside
+
+    canvas = torch.zeros(1, 1, 28, 28)
+    canvas[..., 6:22, 9:13] = 1.0  # an L: no symmetry for the fit to confuse
+    canvas[..., 18:22, 9:20] = 1.0
+    x = torch.nn.functional.avg_pool2d(canvas, 3, 1, 1).repeat(3, 1, 1, 1)
+    truth = torch.tensor([[20.0, 1.1, 0.05, -0.05], [-10.0, 0.9, 0.0, 0.1], [5.0, 0.5, 0.0, 0.0]])
+    theta = rts_theta(truth[:, 0] * torch.pi / 180, truth[:, 1], 2 * truth[:, 2], 2 * truth[:, 3])
+    target = affine_warp(x, theta)
+    spec = RTS(kind="rts", rotation=30, scale=(0.8, 1.2), translate=0.125)
+    params, error = fit_rts(x, target, spec, angles=5, steps=300, lr=0.05)
+    assert torch.allclose(params[:, 0], truth[:, 0], atol=2.0) and torch.allclose(params[:, 1:], truth[:, 1:], atol=0.03)
+    assert (error < 0.1 * ((x - target) ** 2).flatten(1).mean(1)).all()
+    assert outside(params, spec).tolist() == [False, False, True]  # scale 0.5 is below the family's 0.8

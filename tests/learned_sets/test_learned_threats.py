@@ -48,6 +48,7 @@ def cards(tmp_path_factory):
         "cvae-aug": {"name": "cvae-aug", "params": {**common, "cvae": f"{DIGITS_CVAE['id']}.yaml"}},
         "cvae-smoothing": {"name": "cvae-smoothing", "params": {**common, "cvae": cvae, "sigma": 0.5}},
         "cvae-adv": {"name": "cvae-adv", "params": {**common, "cvae": cvae, "eps": "p75", "steps": 3}},
+        "cvae-adv-apgd": {"name": "cvae-adv-apgd", "params": {**common, "cvae": cvae, "eps": "p75", "steps": 3}},
     }
     paths = {"cvae": cvae, "folder": folder}
     for name, recipe in recipes.items():
@@ -133,10 +134,11 @@ def test_downstream_recipes_train_and_the_cvae_hash_is_part_of_their_identity(ca
     assert load_model_card(moved).hash != card.hash
 
 
-def test_adversarial_loss_is_at_least_the_clean_loss(cards):
+@pytest.mark.parametrize("name", ["cvae-adv", "cvae-adv-apgd"])
+def test_adversarial_loss_is_at_least_the_clean_loss(cards, name):
     from bench.recipes.base import Batch
 
-    recipe = load_model_card(cards["cvae-adv"]).make_recipe()
+    recipe = load_model_card(cards[name]).make_recipe()
     recipe.prepare(device=torch.device("cpu"), data_root=None)
     model = build_trained(cards["standard"])
     x, y = bench.load_data("digits", split="train", n=64)
@@ -412,7 +414,8 @@ def _fake_seed(adv_p50: float, held_out_ae: float, random: float = 0.6, adv_wors
                 "worst": worst, "worst_points": _points(worst), "combined": worst + combined_off}
 
     curve = {"radii": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], "certified": [0.9, 0.8, 0.6, 0.4, 0.2, 0.1],
-             "empirical": [0.95, 0.9, 0.8, 0.7, 0.5, 0.4], "attacked": [0.9, 0.85, 0.7, 0.5, 0.3, 0.1], "n": 10000, "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
+             "empirical": [0.95, 0.9, 0.8, 0.7, 0.5, 0.4], "attacked": [0.9, 0.85, 0.7, 0.5, 0.3, 0.1], "n": 10000,
+             "markers": {"p25": 1.5, "p50": 2.0, "p75": 2.5}}
     return {"stats": {"n": 5000.0, "mean": 2.0, "p50": 2.0, "max": 4.0}, "quality": quality(QUALITY),
             "quality_affine": quality(QUALITY_AFFINE), "rows": rows, "points": points,
             "checks": {row: check(row) for row in setting.rows if row != "standard"}, "curve": curve}

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import BenchError
-from bench.families.learned_sets.pairs import RTS, Pairs, affine_warp, parse_pairs, rts_theta
+from bench.families.learned_sets.pairs import RTS, Pairs, PairSpec, affine_warp, parse_pairs, rts_theta
 from bench.families.learned_sets.sets import Radius
 from bench.families.learned_sets.threats import CVAEThreatParams, RadiusColumn
 from bench.metrics import Metric
@@ -37,6 +37,19 @@ class RealGridParams(CVAEThreatParams):
     chunk: Samples = 4000  # warped images per forward pass (memory only)
 
 
+def rts_family(card, pairs: PairSpec | None) -> RTS:
+    """The real RTS family of a set: ``pairs`` where a threat card names them, else the pairs the CVAE card was
+    learned from; an error for a set learned from anything else."""
+    pairs = pairs or (card.recipe.params if card.recipe else {}).get("pairs")
+    spec = parse_pairs(pairs) if pairs is not None else None
+    if not isinstance(spec, RTS):
+        raise BenchError(f"the real family needs a set learned from rts pairs; {card.id} was learned from "
+                         f"{getattr(spec, 'kind', 'no pairs it names')}",
+                         "use a CVAE card learned from pairs: {kind: rts, ...}, or name them (pairs: in the "
+                         "threat card's params)")
+    return spec
+
+
 def rts_grid(spec: RTS, rotations: int, scales: int, shifts: int) -> Tensor:
     """(G, 4) grid of (angle in radians, scale, shift x, shift y in normalised coordinates) over the ranges."""
     angle = torch.linspace(-spec.rotation, spec.rotation, rotations) * math.pi / 180
@@ -54,14 +67,7 @@ class RealFamilyGrid(RadiusColumn):
 
     def __init__(self, params: RealGridParams):
         super().__init__(params)
-        pairs = params.pairs or (self.card.recipe.params if self.card.recipe else {}).get("pairs")
-        spec = parse_pairs(pairs) if pairs is not None else None
-        if not isinstance(spec, RTS):
-            raise BenchError(f"the real-family grid needs a set learned from rts pairs; {self.card.id} was learned "
-                             f"from {getattr(spec, 'kind', 'no pairs it names')}",
-                             "use a CVAE card learned from pairs: {kind: rts, ...}, or name them (pairs: in the "
-                             "threat card's params)")
-        self.grid = rts_grid(spec, params.rotations, params.scales, params.shifts)
+        self.grid = rts_grid(rts_family(self.card, params.pairs), params.rotations, params.scales, params.shifts)
 
     def attacked(self, batch: Batch) -> Tensor:
         """Every point, so that each has its count of real transformations inside the ball."""

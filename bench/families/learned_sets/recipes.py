@@ -7,7 +7,9 @@ classifiers trained with it or with the real perturbations.
 - ``cvae-aug``: train on samples g(x, mu_p + sigma_p * u), u ~ N(0, sigma^2 I), unbounded;
 - ``cvae-smoothing``: the same with a chosen sigma, the base classifier of latent smoothing;
 - ``cvae-adv``: per example max(CE(f(x)), CE(f(x_adv))) with x_adv from latent PGD (7 steps,
-  step eps/5); eps may be a percentile of the set's latent statistics (p75, max, ...).
+  step eps/5); eps may be a percentile of the set's latent statistics (p75, max, ...);
+- ``cvae-adv-apgd``: the same with x_adv from latent APGD on cross-entropy (the default threat's first
+  member), the ablation of training against the stronger attack.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from bench.families.learned_sets.latent_apgd import latent_apgd
 from bench.families.learned_sets.latent_pgd import latent_pgd
+from bench.ops.draws import PointDraws
 from bench.families.learned_sets.pairs import Pairs
 from bench.families.learned_sets.sets import CVAERef, Radius, load_cvae, resolve_radius
 from bench.params import Samples, Steps
@@ -114,13 +118,34 @@ class CVAEAdversarialTraining(_WithCVAE):
         super().prepare(device=device, data_root=data_root)
         self.eps = resolve_radius(self.cvae_card, self.params.eps, device=device)
 
+    def adversarial(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The batch's adversarial members of the set (latent PGD, ``steps`` of eps/5 by default)."""
+        x_adv, _ = latent_pgd(self.cvae, model, batch.x, batch.y, eps=self.eps, steps=self.params.steps,
+                              step_size=self.params.step_size or self.eps / 5, gen=batch.gen)
+        return x_adv
+
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
-        step = self.params.step_size or self.eps / 5
         was_training = model.training
         model.eval()  # attack the deployed function, as the PGD-AT recipe does
-        x_adv, _ = latent_pgd(self.cvae, model, batch.x, batch.y, eps=self.eps, steps=self.params.steps,
-                              step_size=step, gen=batch.gen)
+        x_adv = self.adversarial(model, batch)
         model.train(was_training)
         clean = F.cross_entropy(model(batch.x), batch.y, reduction="none")
         adv = F.cross_entropy(model(x_adv), batch.y, reduction="none")
         return torch.maximum(clean, adv).mean()
+
+
+class CVAEAdvAPGDParams(UsesCVAE):
+    eps: Radius
+    steps: Steps = 10
+
+
+@RECIPES.register("cvae-adv-apgd")
+class CVAEAdversarialTrainingAPGD(CVAEAdversarialTraining):
+    Params = CVAEAdvAPGDParams
+
+    def adversarial(self, model: nn.Module, batch: Batch) -> Tensor:
+        seed = int(torch.randint(2 ** 62, (1,), generator=batch.gen))
+        u, _ = latent_apgd(self.cvae, model, batch.x, batch.y, eps=self.eps, steps=self.params.steps, restarts=1,
+                           draws=PointDraws(seed, batch.index))
+        with torch.no_grad():
+            return self.cvae.perturb(batch.x, u)
