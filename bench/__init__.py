@@ -10,7 +10,8 @@ The Python API mirrors the CLI::
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_data", "evaluate", "check_convergence", "train", "list_models", "list_threats", "board", "BenchError"]
+__all__ = ["load_model", "load_data", "evaluate", "check_convergence", "train", "list_models", "list_threats",
+           "board", "BenchError"]
 
 from bench.errors import BenchError
 

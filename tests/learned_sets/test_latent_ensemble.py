@@ -166,6 +166,7 @@ def test_a_known_rotation_scale_and_shift_is_recovered_and_judged_against_the_ra
     target = affine_warp(x, theta)
     spec = RTS(kind="rts", rotation=30, scale=(0.8, 1.2), translate=0.125)
     params, error = fit_rts(x, target, spec, angles=5, steps=300, lr=0.05)
-    assert torch.allclose(params[:, 0], truth[:, 0], atol=2.0) and torch.allclose(params[:, 1:], truth[:, 1:], atol=0.03)
+    assert torch.allclose(params[:, 0], truth[:, 0], atol=2.0)
+    assert torch.allclose(params[:, 1:], truth[:, 1:], atol=0.03)
     assert (error < 0.1 * ((x - target) ** 2).flatten(1).mean(1)).all()
     assert outside(params, spec).tolist() == [False, False, True]  # scale 0.5 is below the family's 0.8

@@ -4,10 +4,11 @@ It runs exactly the default latent attack ensemble (``learned-cvae``: same membe
 verdicts), then fits a rotation, scale and shift to each adversarial example it found: gradient descent on
 the pixel error between warp(x) and the example from a grid of starting angles and scales, keeping the best.
 Per broken point it stores the fitted transformation, how much of the example's change it explains
-(``fit_explained``: 1 - fit error / error of x itself; 0 for points not broken) and whether the fit lies outside the range of the pairs the set was learned from; the headline
-beside robust accuracy is the share of all points broken by an example whose best real fit is outside that
-range (divide by the broken share for the share of examples). An example far outside the range, or poorly
-explained, is one the real family does not make: the learned ball is larger than the real family.
+(``fit_explained``: 1 - fit error / error of x itself; 0 for points not broken) and whether the fit lies
+outside the range of the pairs the set was learned from; the headline beside robust accuracy is the share
+of all points broken by an example whose best real fit is outside that range (divide by the broken share for
+the share of examples). An example far outside the range, or poorly explained, is one the real family does
+not make: the learned ball is larger than the real family.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ QUALITY_BATCH = 250  # pairs per shard, as the quality runs of earlier reports u
 CHECKS = ("paper", "strong", "random", "transfer")  # attacks beside the default ensemble, on the checks' points
 GRADIENT = ("ensemble", "paper", "strong")  # the gradient attacks; random and transfer are not
 MATERIAL = 0.03  # a stronger attack finding 3 points more than the default ensemble is flagged
-PAIRED = ("clean", "RTS (in-family)", "shear (held out)", "thicken (held out)", "robust @p50")  # compared point by point
+PAIRED = ("clean", "RTS (in-family)", "shear (held out)", "thicken (held out)", "robust @p50")  # compared per point
 
 CONVENTIONS = [
     "Robust accuracy counts a point only if it is classified correctly both clean and under the attack. The "
