@@ -7,7 +7,9 @@ Clopper-Pearson interval (exact when every survivor was checked). The verdict co
 tolerance of one point: ``converged`` when its interval lies below it, ``not converged`` when above, ``not
 resolved`` otherwise (check more survivors). The doubled run is an ordinary stored run on the survivors'
 images, so the check resumes; its result is written beside the run (``convergence.json``), where the board
-and the summary find it.
+and the summary find it. Its random starts are fresh: an attack keyed by point draws by the survivor's place
+in the checked images, so twice the budget also means other starts, and a check of other survivors (another
+n) may break a point that this one leaves standing: on a few points the verdict is a sample, not a property.
 """
 from __future__ import annotations
 
