@@ -93,13 +93,14 @@ def drop_interval(broken: int, checked: int, survivors: int, n: int) -> tuple[fl
 
 
 def check_convergence(summary, *, model, threat, points: int = 200, results=None, progress: bool = True,
-                      **run_args) -> Convergence:
+                      planned: tuple | None = None, **run_args) -> Convergence:
     """Run the check for a finished run (``summary``) of ``model`` against ``threat`` (the card it ran), with
-    ``run_args`` as that run had them (dataset, n, seed, device, batch_size, threads, data_root)."""
+    ``run_args`` as that run had them (dataset, n, seed, device, batch_size, threads, data_root); ``planned``:
+    what ``planned_check`` already returned for them, so the plan is not made again."""
     from bench.run import evaluate
 
     store = Store(results)
-    p, card, doubled = planned_check(model, threat, **run_args)
+    p, card, doubled = planned or planned_check(model, threat, **run_args)
     rows = store.read_run(summary.run_id).rows
     survivors = np.sort(rows.loc[rows["robust"].astype(bool), "index"].to_numpy())
     chosen = np.sort(np.random.default_rng(p.seed).permutation(survivors)[:points]) if len(survivors) else survivors

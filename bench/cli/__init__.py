@@ -124,13 +124,13 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
         from bench.convergence import check_convergence as check
         from bench.convergence import planned_check
 
-        planned_check(model, threat, **args)  # refuses a threat it does not apply to before anything runs
+        planned = planned_check(model, threat, **args)  # refuses a threat it does not apply to before anything runs
     summary = evaluate(model, threat, executor=executor, workers=workers, address=address, results=results,
                        trust_code=tuple(trust_code), progress=progress, **args)
     checked = None
     if check_convergence:
         checked = check(summary, model=model, threat=threat, points=convergence_points, results=results,
-                        progress=progress, **args)
+                        progress=progress, planned=planned, **args)
     if json_out:
         typer.echo(json.dumps({**summary.to_dict(), **({"convergence": asdict(checked)} if checked else {})},
                               indent=2))

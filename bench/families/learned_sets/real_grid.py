@@ -19,7 +19,7 @@ from torch import Tensor
 from bench.errors import BenchError
 from bench.families.learned_sets.pairs import RTS, Pairs, PairSpec, affine_warp, parse_pairs, rts_theta
 from bench.families.learned_sets.sets import Radius
-from bench.families.learned_sets.threats import CVAEThreatParams, RadiusColumn
+from bench.families.learned_sets.threats import CVAEThreatParams, RadiusColumn, keep_first_fooling
 from bench.metrics import Metric
 from bench.ops.draws import Draws
 from bench.params import Samples
@@ -89,11 +89,6 @@ class RealFamilyGrid(RadiusColumn):
                 images = affine_warp(flat, theta)
                 inside = (cvae.standardized_distance(flat, images) <= eps).view(k, n)
                 votes = predict(target.module, images, target.num_classes).view(k, n)
-                wrong = inside & (votes != y)
                 members += inside.sum(0).cpu()
-                first = wrong.float().argmax(0)
-                hit = wrong.any(0) & (pred == y)
-                points = torch.arange(n, device=x.device)
-                pred[hit] = votes[first, points][hit]
-                found[hit] = images.view(k, *x.shape)[first, points][hit]
+                keep_first_fooling(found, pred, y, images, votes, inside & (votes != y))
         return Candidates(found, pred=pred, columns={"real_members": members.float()})

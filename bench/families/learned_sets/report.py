@@ -274,8 +274,9 @@ def _claims(setting: Setting, per_seed: list[dict]) -> list[tuple[str, Verdict, 
     def q(pairs: str, eps: str, metric: str, key: str = "quality") -> float:
         return statistics.fmean(s[key][(pairs, eps)][metric] for s in per_seed)
 
-    def best_other(s: dict, column: str, among: list[str], value) -> str:
-        return max((r for r in among if r != ADVERSARIAL), key=lambda r: value(s, r, column))
+    def best_other(among: list[str], score) -> str:
+        """The row other than CVAE adversarial training with the highest ``score(row)``."""
+        return max((r for r in among if r != ADVERSARIAL), key=score)
 
     def cp(points: dict) -> str:
         k, n = sum(points.values()), len(points)
@@ -283,7 +284,7 @@ def _claims(setting: Setting, per_seed: list[dict]) -> list[tuple[str, Verdict, 
         return f"{k / n:.1%} [{low:.1%}, {high:.1%}]"
 
     claims: list[tuple[str, Verdict, str]] = []
-    rivals = [best_other(s, "robust @p50", rows, lambda s, r, c: s["rows"][r][c]) for s in per_seed]
+    rivals = [best_other(rows, lambda r, s=s: s["rows"][r]["robust @p50"]) for s in per_seed]
     tests = [paired(s["points"][ADVERSARIAL]["robust @p50"], s["points"][rival]["robust @p50"])
              for s, rival in zip(per_seed, rivals)]
     claims.append(("CVAE adversarial training has the highest learned-set robust accuracy at p50 (the default "
@@ -292,7 +293,7 @@ def _claims(setting: Setting, per_seed: list[dict]) -> list[tuple[str, Verdict, 
                        f"{cp(x[0]['points'][ADVERSARIAL]['robust @p50'])} vs {x[1]} "
                        f"{cp(x[0]['points'][x[1]]['robust @p50'])}, {x[2]}"))))
     defended = [r for r in per_seed[0]["checks"] if r != ABLATION]
-    rivals = [best_other(s, "worst", defended, lambda s, r, c: s["checks"][r][c]) for s in per_seed]
+    rivals = [best_other(defended, lambda r, s=s: s["checks"][r]["worst"]) for s in per_seed]
     tests = [paired(s["checks"][ADVERSARIAL]["worst_points"], s["checks"][rival]["worst_points"])
              for s, rival in zip(per_seed, rivals)]
     claims.append(("it stays the most robust row at p50 when each point must survive every attack of the checks "

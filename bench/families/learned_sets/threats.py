@@ -196,6 +196,16 @@ def uniform_in_ball(rounds: int, dim: int, eps: float, draws: Draws) -> Tensor:
     return (direction * radius).view(rounds, -1, dim)
 
 
+def keep_first_fooling(found: Tensor, pred: Tensor, y: Tensor, images: Tensor, votes: Tensor, wrong: Tensor) -> None:
+    """Record in place, for each point no candidate has fooled yet, the first of this round's k candidates that
+    does (``images`` (k * n, ...) draw-major, ``votes`` and ``wrong`` (k, n)) and its prediction."""
+    first = wrong.float().argmax(0)
+    hit = wrong.any(0) & (pred == y)
+    points = torch.arange(len(y), device=y.device)
+    pred[hit] = votes[first, points][hit]
+    found[hit] = images.view(len(votes), *found.shape)[first, points][hit]
+
+
 class RandomSamplesParams(CVAEThreatParams):
     eps: Radius
     samples: Samples = 1000
@@ -231,12 +241,7 @@ class LearnedCVAERandom(CVAEStep):
                 u = uniform_in_ball(k, mu_p.shape[1], eps, draws).to(mu_p)
                 images = cvae.generator(x.repeat(k, 1, 1, 1), (mu_p + sigma_p * u).flatten(0, 1))
                 votes = predict(model, images, target.num_classes).view(k, len(x))
-                wrong = votes != y
-                first = wrong.float().argmax(0)  # the first draw that fools each point
-                hit = wrong.any(0) & (pred == y)
-                points = torch.arange(len(x), device=x.device)
-                pred[hit] = votes[first, points][hit]
-                found[hit] = images.view(k, *x.shape)[first, points][hit]
+                keep_first_fooling(found, pred, y, images, votes, votes != y)
                 done += k
         return Candidates(found, pred=pred)
 
