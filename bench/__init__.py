@@ -6,12 +6,14 @@ The Python API mirrors the CLI::
     model = bench.load_model("mnist-cnn-pgd-at")
     summary = bench.evaluate(model, "autoattack-linf-0.3", dataset="mnist", n=200)
     summary = bench.evaluate(model, "pgd", x=images, y=labels, dataset="mnist")   # tensors you hold
+    summary = bench.evaluate(model, "pgd", x=images, y=labels, eps="8/255", norm="Linf")   # at your own ball
+    adv = bench.attack(model, "pgd", images, labels, dataset="mnist").x_adv       # adversarial inputs
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_data", "evaluate", "check_convergence", "train", "list_models", "list_threats",
-           "board", "BenchError"]
+__all__ = ["load_model", "load_data", "evaluate", "attack", "saved_inputs", "check_convergence", "train",
+           "list_models", "list_threats", "board", "BenchError"]
 
 from bench.errors import BenchError
 
@@ -40,6 +42,21 @@ def evaluate(model, threat, **kwargs):
     from bench.run import evaluate as run_evaluate
 
     return run_evaluate(model, threat, **kwargs)
+
+
+def attack(model, threat, x, y, **kwargs):
+    """Each point's adversarial input and outcome (``.x_adv``, ``.robust``, ``.rows``), computed as a run computes
+    its rows, nothing stored; see bench.adversarial.attack."""
+    from bench.adversarial import attack as attack_points
+
+    return attack_points(model, threat, x, y, **kwargs)
+
+
+def saved_inputs(run_id, results=None):
+    """(indices, adversarial inputs) that `bench run --save-adv` stored for a run."""
+    from bench.adversarial import saved_inputs as read
+
+    return read(run_id, results)
 
 
 def check_convergence(summary, model, threat, **kwargs):

@@ -12,11 +12,15 @@ lists it as invalid, with its error, and every other card still works.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import os
 import stat
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +60,39 @@ class _BoundedLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
+_reads: ContextVar[list[tuple[str, str | None]] | None] = ContextVar("card_reads", default=None)
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[list[tuple[str, str | None]]]:
+    """Within the block, every card file read (includes and referenced cards too) is appended to the list it
+    gives, as (path, sha256 of the bytes read, or None where it could not be read): what a result computed from
+    cards depends on (``bench.cli.listings`` keys what it keeps by it)."""
+    token = _reads.set([])
+    try:
+        yield _reads.get()
+    finally:
+        _reads.reset(token)
+
+
 def _read_text(path: Path) -> str:
     """A card file's text: only a regular file, and only up to MAX_CARD_BYTES."""
+    raw = None
+    try:
+        raw = _read_bytes(path)
+    finally:
+        if (reads := _reads.get()) is not None:
+            reads.append((str(path), None if raw is None else hashlib.sha256(raw).hexdigest()))
+    if len(raw) > MAX_CARD_BYTES:
+        raise CardError(f"{path} is larger than {MAX_CARD_BYTES // 1024} KiB", "a card is a short YAML file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CardError(f"{path} is not UTF-8 text", "save the card as a UTF-8 YAML file") from err
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A card file's bytes: only a regular file, and only up to one byte past MAX_CARD_BYTES."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError as err:
@@ -68,15 +103,9 @@ def _read_text(path: Path) -> str:
         raise CardError(f"{path} is not a regular file", "a card (or an include:) must name a YAML file")
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_CARD_BYTES + 1)
+            return f.read(MAX_CARD_BYTES + 1)
     except OSError as err:
         raise CardError(f"card file {path} cannot be read: {err}", "check the path and its permissions") from err
-    if len(raw) > MAX_CARD_BYTES:
-        raise CardError(f"{path} is larger than {MAX_CARD_BYTES // 1024} KiB", "a card is a short YAML file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CardError(f"{path} is not UTF-8 text", "save the card as a UTF-8 YAML file") from err
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -97,18 +126,26 @@ def read_card(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise CardError(f"{path}: cannot be read ({type(err).__name__}: {err})", "check the file") from err
 
 
+_parsed: dict[str, Any] = {}  # card text -> its YAML, parsed (keyed by content, so never stale)
+
+
 def _read_card(path: Path, _seen: tuple[Path, ...]) -> dict[str, Any]:
     path = path.resolve()
     if path in _seen:
         raise CardError(f"{path}: include cycle", "remove the circular include:")
     text = _read_text(path)
-    try:
-        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
-    except yaml.YAMLError as err:
-        raise CardError(f"{path}: not valid YAML ({err})", "fix the YAML syntax") from err
-    except Exception as err:  # noqa: BLE001  (a value YAML cannot build: the date 2024-13-45, a 5,000-digit integer)
-        raise CardError(f"{path}: a value cannot be read ({type(err).__name__}: {err})",
-                        "fix the value, or quote it to keep it as text") from err
+    if text not in _parsed:  # a listing reads each card twice (its id, then the card): parse each text once
+        try:
+            parsed = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
+        except yaml.YAMLError as err:
+            raise CardError(f"{path}: not valid YAML ({err})", "fix the YAML syntax") from err
+        except Exception as err:  # noqa: BLE001  (a value YAML cannot build: the date 2024-13-45, a 5,000-digit int)
+            raise CardError(f"{path}: a value cannot be read ({type(err).__name__}: {err})",
+                            "fix the value, or quote it to keep it as text") from err
+        if len(_parsed) >= 1024:
+            _parsed.clear()
+        _parsed[text] = parsed
+    data = copy.deepcopy(_parsed[text])  # callers change what they get
     if not isinstance(data, dict):
         raise CardError(f"{path}: a card must be a YAML mapping", "write it as `key: value` lines")
     include = data.pop("include", None)

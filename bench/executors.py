@@ -48,8 +48,10 @@ def spec_threads(spec: RunSpec) -> Iterator[None]:
 
 class Executor(ABC):
     @abstractmethod
-    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str) -> list[str]:
-        """Compute every shard of the run not yet in ``store``; returns the threats' notes."""
+    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str,
+                save_inputs: bool = False) -> list[str]:
+        """Compute every shard of the run not yet in ``store`` (with ``save_inputs``, storing each point's
+        adversarial input too); returns the threats' notes."""
 
 
 class LocalExecutor(Executor):
@@ -58,12 +60,17 @@ class LocalExecutor(Executor):
     def __init__(self, evaluation: Evaluation):
         self.evaluation = evaluation
 
-    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str) -> list[str]:
+    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str,
+                save_inputs: bool = False) -> list[str]:
         with spec_threads(spec):
-            return execute(self.evaluation, shards_of(self.evaluation), store, progress=progress, desc=desc)
+            return execute(self.evaluation, shards_of(self.evaluation), store, progress=progress, desc=desc,
+                           save_inputs=save_inputs)
 
 
-def _portable(spec: RunSpec, executor: str) -> None:
+def _portable(spec: RunSpec, executor: str, save_inputs: bool = False) -> None:
+    if save_inputs:
+        raise BenchError(f"the {executor} executor does not save adversarial inputs",
+                         "run with --executor local to save them (--save-adv)")
     if not spec.portable:
         raise BenchError(f"the {executor} executor runs a model card on a named dataset; this run evaluates a "
                          "module or tensors held in memory", "write a model card (and a dataset folder) for it, or "
@@ -89,11 +96,12 @@ class ProcessExecutor(Executor):
             raise BenchError("the processes executor needs at least one worker", "pass --workers 2 (or more)")
         self.devices, self.trust_code = devices, trust_code
 
-    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str) -> list[str]:
+    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str,
+                save_inputs: bool = False) -> list[str]:
         from concurrent.futures import ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        _portable(spec, "processes")
+        _portable(spec, "processes", save_inputs)
         n_shards = -(-spec.n // spec.batch_size)
         notes: dict[str, None] = {}
         with _ShardBar(store, spec, n_shards, progress, desc) as bar:
@@ -177,8 +185,9 @@ class RayExecutor(Executor):
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         return ray
 
-    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str) -> list[str]:
-        _portable(spec, "ray")
+    def execute(self, spec: RunSpec, store: Store, *, progress: bool, desc: str,
+                save_inputs: bool = False) -> list[str]:
+        _portable(spec, "ray", save_inputs)
         ray = self._ray()
         threads = spec.numerics.get("threads") or 1
         resources = {"num_gpus": 1} if spec.numerics["device"] == "cuda" else {"num_cpus": threads}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: validating a card needs no numpy
+    import numpy as np
 
 from bench.stats import mean_interval, quantile_interval, wilson_interval
 
@@ -40,6 +41,8 @@ class Metric:
 
     def compute(self, values: np.ndarray) -> MetricValue:
         """The metric and its 95% interval over the per-example values of one run."""
+        import numpy as np
+
         values = np.asarray(values)
         n = len(values)
         if self.agg == "rate":

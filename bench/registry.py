@@ -2,12 +2,15 @@
 families, datasets, composers, attack losses, and the families' own (pair sources, corruptions).
 
 A registry is filled by decorators in the modules that define its entries. Which modules those are is
-explicit: each registry names its core ``providers`` (imported on the first look-up), and the method
-families are found through the family index ``bench.families.FAMILIES``, which says what each family
-provides without importing it. A look-up imports only the family that provides the name; listing every
-name imports every family. A family that fails to import is recorded as broken with its error
-(``broken_families()``): its names give that error, and every other family goes on working. A duplicate
-name is an error, and an unknown name a BenchError with a did-you-mean hint.
+explicit: each registry names its core ``providers``, either as modules imported on the first look-up or,
+where a cheap answer matters (``TASKS``: validating a card must not import torch), as module -> the names
+it registers, so that membership needs no import and a look-up imports only the module holding the name
+(a test checks each declaration against what the module registers). The method families are found
+through the family index ``bench.families.FAMILIES``, which says what each family provides without
+importing it. A look-up imports only the family that provides the name; listing every name imports every
+family. A family that fails to import is recorded as broken with its error (``broken_families()``): its
+names give that error, and every other family goes on working. A duplicate name is an error, and an unknown
+name a BenchError with a did-you-mean hint.
 """
 from __future__ import annotations
 
@@ -85,9 +88,12 @@ class Registry(Generic[T]):
     BenchError subclass raised for an unknown name.
     """
 
-    def __init__(self, what: str, *, providers: tuple[str, ...] = (), hint: str | None = None,
-                 error: type[BenchError] = CardError):
-        self.what, self.providers, self.hint, self.error = what, providers, hint, error
+    def __init__(self, what: str, *, providers: tuple[str, ...] | dict[str, tuple[str, ...]] = (),
+                 hint: str | None = None, error: type[BenchError] = CardError):
+        self.what, self.hint, self.error = what, hint, error
+        self.providers = tuple(providers)
+        # module -> the names it registers, where the registry declares them (then nothing is imported up front)
+        self._declared: dict[str, tuple[str, ...]] | None = dict(providers) if isinstance(providers, dict) else None
         self._entries: dict[str, T] = {}
         self._core_loaded = False
 
@@ -107,9 +113,21 @@ class Registry(Generic[T]):
             for module in self.providers:
                 importlib.import_module(module)
 
+    def _core_module(self, name: str) -> str | None:
+        """The core module declared as registering ``name`` (None if none is, or nothing is declared)."""
+        return next((m for m, names in (self._declared or {}).items() if name in names), None)
+
+    def _load_lazily(self, name: str | None = None) -> None:
+        """What a look-up of ``name`` needs of the core: every provider, or where the registry declares its
+        names, only the module declared for ``name`` (none for a name no core module declares)."""
+        if self._declared is None:
+            self._load_core()
+        elif name is not None and (module := self._core_module(name)) is not None:
+            importlib.import_module(module)
+
     def _find(self, name: str) -> None:
-        """Import the core providers, then the family the index names for ``name`` (if any)."""
-        self._load_core()
+        """Import the core provider(s) of ``name``, then the family the index names for it (if any)."""
+        self._load_lazily(name)
         if name not in self._entries:
             family = provider(self.what, name)
             if family is not None and not load_family(family):
@@ -128,9 +146,11 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
-        """Whether ``name`` is registered or declared by a family, without importing that family."""
-        self._load_core()
-        return name in self._entries or (isinstance(name, str) and provider(self.what, name) is not None)
+        """Whether ``name`` is registered or declared by a family (or a declaring core module), without
+        importing that family or module."""
+        self._load_lazily()
+        return name in self._entries or (isinstance(name, str) and (
+            self._core_module(name) is not None or provider(self.what, name) is not None))
 
     def names(self) -> list[str]:
         """Every name that loads (a broken family's names are left out: see ``broken_families``)."""

@@ -49,11 +49,11 @@ class SeedRunner:
     def card(self, kind: str, card_id: str, **refs: Path | list[Path]) -> Path:
         return seed_card(kind, card_id, self.seed, self.cards, refs)
 
-    def run(self, model: Path | str, threat, n: int, batch_size: int = 500):
+    def run(self, model: Path | str, threat, n: int, batch_size: int = 500, save_adv: bool = False):
         from bench.run import evaluate
 
         return evaluate(str(model), threat if not isinstance(threat, Path) else str(threat), n=n, seed=self.seed,
-                        device=self.device, batch_size=batch_size, results=self.results)
+                        device=self.device, batch_size=batch_size, results=self.results, save_adv=save_adv)
 
     def convergence(self, model: Path | str, threat: Path, summary, points: int, batch_size: int = 500) -> dict:
         """The convergence check of a run made with ``run`` (``bench.convergence``), as a dict."""

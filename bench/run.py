@@ -19,7 +19,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -34,12 +34,23 @@ from bench.summary import Summary, stored_summary, summarize, write_summary
 from bench.threats import ThreatCard
 
 
-def prepare(p: Plan, *, results: str | Path | None = None) -> None:
+Consent = Callable[[list[ModelCard]], bool]
+
+
+def prepare(p: Plan, *, results: str | Path | None = None, train: bool | Consent = True,
+            progress: bool = True) -> None:
     """Train every card the run builds that has no weights yet (the model, its parts, the cards the threat
-    names), before its spec is fixed: the spec holds the trained weights' sha256."""
-    from bench.training import ensure_trained
+    names), before its spec is fixed: the spec holds the trained weights' sha256. What will be trained is said
+    first; ``train`` False (or a consent callback answering no) refuses instead of training."""
+    from bench.training import TrainingNeeded, ensure_trained, plan_text, training_plan
 
     cards = ([p.subject.card] if p.subject.card is not None else []) + threat_references(p.threat)
+    todo = training_plan(cards)
+    if todo and (train is False or (callable(train) and not train(todo))):
+        raise TrainingNeeded(todo)
+    if todo and progress and not callable(train):
+        print(f"training first (not in the cache, none shipped): {plan_text(todo)}; the run resumes it if "
+              "interrupted, and --no-train (train=False) refuses instead", file=sys.stderr)
     for card in cards:
         ensure_trained(card, device=p.device, data_root=p.data_root, results=results)
 
@@ -99,7 +110,9 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
              workers: int | None = None, address: str | None = None, trust_code: tuple[str, ...] = (),
              dataset: str | None = None, x: Tensor | None = None, y: Tensor | None = None, n: int | None = None,
              seed: int = 0, device: str | None = "auto", batch_size: int = 500, threads: int | None = None,
-             data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None) -> Summary:
+             data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None,
+             train: bool | Consent = True, eps: float | str | None = None, norm: str | None = None,
+             save_adv: bool = False) -> Summary:
     """Evaluate a model card (or a bare ``nn.Module``) against a threat card or family. Rerunning it resumes;
     its summary reads only this run's rows.
 
@@ -109,14 +122,19 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     (CPU threads, part of the run's numerics), ``data_root``; ``model_name`` and ``task`` for a bare module (a
     classifier unless told otherwise); ``trust_code``: packages whose code an entry-point card may run.
     ``executor``: ``local`` (this process), ``processes`` (``workers`` processes, one per GPU on CUDA) or
-    ``ray`` (a Ray cluster at ``address``), or an ``Executor`` made with options of its own.
+    ``ray`` (a Ray cluster at ``address``), or an ``Executor`` made with options of its own. ``train``: what
+    the run needs trained first is trained (and said, with its cost); False refuses instead, and a callback
+    given the cards to train decides. ``eps`` (a number or a fraction such as "8/255") and ``norm`` (Linf, L2,
+    L1) run the threat at that ball, on any dataset the model takes: a card derived from the named card or family,
+    with its own id and protocol hash (``bench.threats.override``). ``save_adv``: store each point's adversarial
+    input beside its rows (``bench.adversarial.saved_inputs`` reads them back; local executor only).
     """
     p = plan(model, threat, dataset=dataset, x=x, y=y, n=n, seed=seed, device=device, batch_size=batch_size,
-             threads=threads, data_root=data_root, model_name=model_name, task=task)
+             threads=threads, data_root=data_root, model_name=model_name, task=task, eps=eps, norm=norm)
     devices = worker_devices(p.device, workers) if executor == "processes" else []
     if executor == "processes" and p.device.type == "cpu" and p.threads is None:
         p.threads = max(1, (os.cpu_count() or 1) // len(devices))  # the workers share the cores
-    prepare(p, results=results)
+    prepare(p, results=results, train=train, progress=progress)
     spec = spec_of(p)
     store = Store(results)
     notes = p.notes + earlier_runs(store, spec.key)
@@ -128,7 +146,8 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     runner = executor if isinstance(executor, Executor) else \
         make_executor(executor, evaluation=local, devices=devices, address=address, trust_code=trust_code)
     start = time.perf_counter()
-    runner.execute(spec, store, progress=progress, desc=f"{p.subject.name} x {p.threat_card.id}")
+    runner.execute(spec, store, progress=progress, desc=f"{p.subject.name} x {p.threat_card.id}",
+                   save_inputs=save_adv)
     summary = summarize(store, spec.run_id)
     if summary.complete and stored_summary(store, spec.run_id) is None:  # a rerun keeps its date and time taken
         write_summary(store, summary, time.perf_counter() - start)

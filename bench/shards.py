@@ -18,8 +18,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError
+from bench.progress import listening
 from bench.spec import Evaluation
-from bench.store import Store, now
+from bench.store import VOLATILE, Store, now
 from bench.threats import Batch
 
 
@@ -56,6 +57,13 @@ def shards_of(ev: Evaluation) -> list[Shard]:
 
 def compute_shard(ev: Evaluation, shard: Shard) -> tuple[pa.Table, dict[str, Any]]:
     """One shard's rows (one per evaluation point) and its info: stats, notes, seconds."""
+    table, info, _ = attack_shard(ev, shard)
+    return table, info
+
+
+def attack_shard(ev: Evaluation, shard: Shard) -> tuple[pa.Table, dict[str, Any], Tensor | None]:
+    """``compute_shard``, plus the inputs each point was last classified on (None where the threat makes no
+    adversarial inputs)."""
     start = time.perf_counter()
     idx = torch.tensor(shard.indices)
     x, y = ev.data.x[idx].to(ev.device), ev.data.y[idx].to(ev.device)
@@ -76,7 +84,7 @@ def compute_shard(ev: Evaluation, shard: Shard) -> tuple[pa.Table, dict[str, Any
                **{k: v.detach().cpu().numpy() for k, v in values.items()},
                "seconds": [seconds / len(idx)] * len(idx)}
     info = {"shard": shard.number, "stats": out.stats, "notes": out.notes, "seconds": seconds, "written": now()}
-    return pa.table(columns), info
+    return pa.table(columns), info, None if out.inputs is None else out.inputs.detach().cpu()
 
 
 def _check_values(values: dict[str, Tensor], n: int, family: str) -> None:
@@ -90,16 +98,41 @@ def _check_values(values: dict[str, Tensor], n: int, family: str) -> None:
                              "check the threat card's parameters; if they are sound, this is a bug in the family")
 
 
-def run_shard(ev: Evaluation, shard: Shard, store: Store) -> list[str]:
-    """Compute one shard and write its rows; returns the notes the threat made on it."""
-    table, info = compute_shard(ev, shard)
+def run_shard(ev: Evaluation, shard: Shard, store: Store, *, save_inputs: bool = False) -> list[str]:
+    """Compute one shard and write its rows (and, with ``save_inputs``, the adversarial inputs beside them);
+    returns the notes the threat made on it."""
+    table, info, inputs = attack_shard(ev, shard)
+    if save_inputs:
+        store.write_inputs(ev.run_id, shard.number, table.column("index").to_pylist(), _inputs_of(inputs, ev))
     store.write_shard(ev.run_id, shard.number, table, info)
     return info["notes"]
 
 
-def execute(ev: Evaluation, shards: list[Shard], store: Store, *, progress: bool, desc: str) -> list[str]:
+def _inputs_of(inputs: Tensor | None, ev: Evaluation) -> Tensor:
+    if inputs is None:
+        raise BenchError(f"threat family {ev.spec.threat['card']['family']} makes no adversarial inputs to save",
+                         "leave out --save-adv for this threat")
+    return inputs
+
+
+def add_inputs(ev: Evaluation, shard: Shard, store: Store) -> None:
+    """Save the adversarial inputs of a shard written without them: recomputed, and kept only if the
+    recomputed rows are the stored ones (else the inputs would not be what the rows scored)."""
+    table, _, inputs = attack_shard(ev, shard)
+    stored = store.read_shard(ev.run_id, shard.number).drop_columns(sorted(VOLATILE))
+    if not stored.equals(table.drop_columns(sorted(VOLATILE))):
+        raise BenchError(f"recomputing shard {shard.number} of run {ev.run_id} to save its adversarial inputs gave "
+                         "other rows than the stored ones, so they would not be the inputs that were scored",
+                         "save them in a fresh run (another --results folder or --seed), and report the "
+                         "nondeterminism")
+    store.write_inputs(ev.run_id, shard.number, table.column("index").to_pylist(), _inputs_of(inputs, ev))
+
+
+def execute(ev: Evaluation, shards: list[Shard], store: Store, *, progress: bool, desc: str,
+            save_inputs: bool = False) -> list[str]:
     """Run every shard not yet written, in this process; shards another process is computing are waited for,
-    not redone (if that process dies, its lock goes with it and the shard is computed here)."""
+    not redone (if that process dies, its lock goes with it and the shard is computed here). With
+    ``save_inputs``, a shard written earlier without its adversarial inputs gets them (``add_inputs``)."""
     done = {s.number for s in shards if store.shard_done(ev.run_id, s.number)}
     bar = tqdm(total=sum(len(s.indices) for s in shards), disable=not progress, desc=desc, unit="pt",
                initial=sum(len(s.indices) for s in shards if s.number in done), dynamic_ncols=True)
@@ -109,11 +142,17 @@ def execute(ev: Evaluation, shards: list[Shard], store: Store, *, progress: bool
     was_training = net.training
     net.eval()
     try:
+        for shard in (s for s in shards if save_inputs and s.number in done):
+            if not store.inputs_done(ev.run_id, shard.number):
+                bar.set_postfix_str(f"saving the adversarial inputs of shard {shard.number}, written without them")
+                add_inputs(ev, shard, store)
         for wait, todo in ((False, [s for s in shards if s.number not in done]), (True, waiting)):
             for shard in todo:
                 with store.claim(ev.run_id, shard.number, wait=wait) as mine:
                     if mine:
-                        new = run_shard(ev, shard, store)
+                        with listening(lambda text, k=shard.number: bar.set_postfix_str(
+                                f"shard {k + 1}/{len(shards)}: {text}")):
+                            new = run_shard(ev, shard, store, save_inputs=save_inputs)
                         if new and not notes.keys() >= set(new):
                             bar.write("\n".join(n for n in dict.fromkeys(new) if n not in notes))
                         notes.update(dict.fromkeys(new))

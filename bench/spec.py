@@ -164,8 +164,10 @@ def _positions(data: Dataset, tensors: bool, n: int | None) -> Tensor:
 def plan(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatCard, *, dataset: str | None = None,
          x: Tensor | None = None, y: Tensor | None = None, n: int | None = None, seed: int = 0,
          device: str | None = "auto", batch_size: int = 500, threads: int | None = None,
-         data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None) -> Plan:
-    """Resolve the model, threat and data and check that they fit, building and training nothing."""
+         data_root: str | Path | None = None, model_name: str | None = None, task: str | None = None,
+         eps: float | str | None = None, norm: str | None = None) -> Plan:
+    """Resolve the model, threat and data and check that they fit, building and training nothing. ``eps`` and
+    ``norm`` run the threat at that ball: a card derived from it (``bench.threats.override``)."""
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be positive, got {batch_size}", "pass e.g. --batch-size 256")
     if not 0 <= seed <= MAX_SEED:
@@ -175,7 +177,7 @@ def plan(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatC
     subject = _subject(model, task, model_name)
     name = dataset or (subject.card.dataset if subject.card else None)
     threat_card, chosen = resolve_threat(threat, dataset=name or ("tensors" if x is not None else None),
-                                         task=subject.task.name)
+                                         task=subject.task.name, eps=eps, norm=norm)
     if name is None and x is None and len(threat_card.datasets) == 1:
         name = threat_card.datasets[0]
     if x is not None:
@@ -191,6 +193,9 @@ def plan(model: str | Path | ModelCard | nn.Module, threat: str | Path | ThreatC
     if subject.card is None or x is not None or data.name != subject.card.dataset:  # a card takes its own dataset
         check_input(subject.card or subject.module, subject.task, subject.name, data, dev, data_root)
     notes = [f"threat {threat}: the family's default card for {data.name} is {threat_card.id}"] if chosen else []
+    if eps is not None or norm is not None:
+        notes = [f"threat {getattr(threat, 'id', threat)}: {threat_card.id} is {threat_card.description} "
+                 f"(protocol {threat_card.hash[:12]})"]
     return Plan(subject, threat_card, threat_obj, data, x is not None, _positions(data, x is not None, n), dev,
                 seed, batch_size, threads, None if data_root is None else os.path.abspath(data_root), notes)
 

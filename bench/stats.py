@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: validating a card needs no numpy
+    import numpy as np
 
 from bench.errors import require
 
@@ -37,6 +39,8 @@ def quantile_interval(values: np.ndarray, q: float, level: float = 0.95) -> tupl
     n = len(values)
     if n == 0:
         return (math.nan, math.nan)
+    import numpy as np
+
     ordered = np.sort(values)
     alpha = (1 - level) / 2
     lo_rank, hi_rank = int(binom.ppf(alpha, n, q)), int(binom.ppf(1 - alpha, n, q)) + 1  # 1-based ranks

@@ -6,6 +6,8 @@ Layout under the root (``--results``, ``$BENCH_RESULTS`` or ``./bench-results``)
   sha256 of its content;
 - ``runs/<run_id>/shard-<k>.parquet``: the rows of shard k, one per evaluation point, with per-shard
   stats and notes in the Parquet metadata, and ``shard-<k>.parquet.sha256``, the file's checksum;
+- ``runs/<run_id>/inputs-<k>.npz`` (only with ``--save-adv``): the adversarial input of each point of shard
+  k, as compressed float32 arrays ``index`` and ``x``, with its checksum beside it;
 - ``training/<card>-<hash>.parquet``: per-epoch metrics of a trained card.
 
 Integrity at rest: a shard whose bytes do not match the checksum recorded when it was written (one
@@ -29,8 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +41,9 @@ import pyarrow.parquet as pq
 from bench.digests import sha256_file
 from bench.errors import BenchError
 from bench.files import atomic_write, exclusive, safe_filename
+
+if TYPE_CHECKING:
+    import torch
 
 META_KEY = b"bench"
 STORE_VERSION = 4  # 3: run keys hold numerics, implementation identity and trained weights; 4: sealed records
@@ -197,6 +203,30 @@ class Store:
             raise _unwritable(path.parent, err) from err
         return path
 
+    def inputs_path(self, run_id: str, shard: int) -> Path:
+        return self.run_dir(run_id) / f"inputs-{shard:06d}.npz"
+
+    def write_inputs(self, run_id: str, shard: int, index: list[int], x: torch.Tensor) -> Path:
+        """Store a shard's adversarial inputs (compressed), checksum first as for its rows."""
+        path = self.inputs_path(run_id, shard)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.savez_compressed(f, index=np.asarray(index, dtype=np.int64),
+                                    x=x.detach().cpu().float().numpy())
+            digest = sha256_file(tmp)
+            atomic_write(self.checksum_path(path), lambda side: side.write_text(digest))
+
+        try:
+            atomic_write(path, write)
+        except OSError as err:
+            raise _unwritable(path.parent, err) from err
+        return path
+
+    def inputs_done(self, run_id: str, shard: int) -> bool:
+        path = self.inputs_path(run_id, shard)
+        return path.is_file() and self.damage(path, {path.name: self.recorded_checksum(path)}) is None
+
     def write_training(self, card_id: str, training_hash: str, history: list[dict[str, float]]) -> Path:
         """Per-epoch metrics of one trained card (replacing an earlier record of the same training)."""
         folder = self.root / "training"
@@ -218,6 +248,31 @@ class Store:
             raise StoreError(f"{path} describes another run than {run_id} (it was edited or moved)",
                              "rerun the run's command: the record is set aside and the run computed again")
         return meta
+
+    def read_shard(self, run_id: str, shard: int) -> pa.Table:
+        """One shard's rows, checked against its recorded checksum."""
+        path = self.shard_path(run_id, shard)
+        if not self.shard_done(run_id, shard):
+            raise StoreError(f"shard {shard} of run {run_id} is missing or damaged", "rerun the run's command")
+        return pq.read_table(path)
+
+    def read_inputs(self, run_id: str) -> tuple[np.ndarray, torch.Tensor]:
+        """The run's saved adversarial inputs (evaluation-point index, input), shard by shard; a file that does not
+        match its checksum is an error, never read."""
+        import torch
+
+        indices, xs = [], []
+        for path in sorted(self.run_dir(run_id).glob("inputs-*.npz")):
+            problem = self.damage(path, {path.name: self.recorded_checksum(path)})
+            if problem is not None:
+                raise StoreError(f"the saved inputs {path} {problem}",
+                                 "delete the file and rerun the run's command with --save-adv")
+            with np.load(path, allow_pickle=False) as data:
+                indices.append(data["index"])
+                xs.append(torch.from_numpy(data["x"]))
+        if not xs:
+            raise StoreError(f"run {run_id} has no saved adversarial inputs", "rerun its command with --save-adv")
+        return np.concatenate(indices), torch.cat(xs)
 
     def read_run(self, run_id: str, columns: list[str] | None = None) -> RunRows:
         """The run's rows, one per evaluation point (duplicates from copies or concurrent writers are

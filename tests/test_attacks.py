@@ -159,3 +159,16 @@ def test_custom_attack_list_only_with_custom_version():
 def test_clean_threat_reports_clean_accuracy(digits_model, tmp_path):
     s = evaluate(digits_model, threat("clean"), dataset="digits", n=200, results=tmp_path, progress=False)
     assert s.clean_acc > 0.85 and s.headline == "clean_acc"
+
+
+def test_autoattack_warnings_reach_the_user_once_and_its_stages_show_as_progress(digits_model, tmp_path, capfd,
+                                                                                     caplog):
+    """Its checks' warnings went on to the root logger (printed by logging's last resort) and again as notes; the
+    bar showed 0/n until the whole cascade ended. Now a warning is a note only, and each stage shows in the bar."""
+    kw = dict(dataset="digits", n=20, batch_size=20, results=tmp_path, progress=True)
+    capfd.readouterr()
+    noisy = evaluate(NoisyModel(digits_model), threat("autoattack", **CHEAP_AA), **kw)
+    assert any(note.startswith("AutoAttack check:") for note in noisy.notes)
+    assert not [r for r in caplog.records if r.name == "auto-attack"]  # nothing left for the root logger to print
+    err = capfd.readouterr().err
+    assert "AutoAttack robust accuracy after APGD-CE" in err and "shard 1/1" in err

@@ -140,3 +140,10 @@ def test_help_keeps_the_defaults_written_in_brackets(cli, command, default):
 def test_version(cli):
     done = cli("--version")
     assert done.exit_code == 0 and done.output.strip() == f"bench {bench.__version__}"
+
+
+def test_a_family_without_a_default_for_the_models_data_names_where_it_runs(cli):
+    out = cli("run", "--model", "mnist-cnn-standard", "--threat", "learned-cvae", "--n", "5")
+    assert out.exit_code == 2
+    assert "mnist42 (`learned-cvae-rts-p50`" in out.output
+    assert "`bench run --model mnist42-cnn-cvae-adv --threat learned-cvae`" in " ".join(out.output.split())

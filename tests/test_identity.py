@@ -118,3 +118,17 @@ def test_a_folder_whose_classes_do_not_match_the_model_is_a_clear_error(digits_m
     with pytest.raises(bench.BenchError, match="returned 10 logits per image, but the dataset has 11 classes"):
         bench.evaluate(digits_model, threat("clean"), dataset=f"folder:{data}", n=11, results=tmp_path,
                        progress=False)
+
+
+def test_a_family_architecture_hashes_the_same_before_and_after_its_family_is_imported():
+    """A card whose architecture a family provides was once hashed without the architecture's revision when it
+    was the first thing a process hashed: one card had two training hashes, so cached weights went unseen."""
+    import subprocess
+    import sys
+
+    code = ("from bench.models import load_model_card as load\n"
+            "first = load('mnist-rts-cvae').training_hash\n"
+            "import bench.families.learned_sets.cvae\n"
+            "print(first == load('mnist-rts-cvae').training_hash)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -177,3 +177,99 @@ def test_a_model_trained_on_first_use_inside_no_grad_still_trains(tmp_path, monk
     test = load_dataset("digits", "test")
     with torch.no_grad():
         assert float((model(test.x).argmax(1) == test.y).float().mean()) > 0.5
+
+
+def _tiny_card(folder, training_time=None):
+    data = {"id": "tiny-prebuilt", "dataset": "digits", "architecture": {"name": "small-cnn", "kwargs": {
+        "input_size": 8}}, "recipe": {"name": "standard", "params": {"epochs": 1, "batch_size": 64}}}
+    path = folder / "tiny-prebuilt.yaml"
+    path.write_text(yaml.safe_dump(data | ({"training_time": training_time} if training_time else {})))
+    return load_model_card(path)
+
+
+def _ship(tmp_path, monkeypatch, card):
+    """Train the card in one cache, then lay its weights and record out as the suite ships them."""
+    import shutil
+
+    import bench.models.prebuilt as prebuilt
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "builder"))
+    trained = train(card)
+    shipped = tmp_path / "prebuilt"
+    shipped.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(trained.with_suffix(suffix), shipped / trained.with_suffix(suffix).name)
+    monkeypatch.setattr(prebuilt, "prebuilt_dir", lambda: shipped)
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "user"))
+    return shipped / trained.name
+
+
+def test_shipped_weights_are_installed_instead_of_training(tmp_path, monkeypatch):
+    import bench.training as training
+    from bench.models.weights import sha256_file
+
+    card = _tiny_card(tmp_path)
+    shipped = _ship(tmp_path, monkeypatch, card)
+    assert not trained_path(card).is_file() and training.training_plan([card]) == []
+    monkeypatch.setattr(training, "_fit", lambda *a, **k: pytest.fail("trained although weights are shipped"))
+    training.ensure_trained(card)
+    assert sha256_file(trained_path(card)) == sha256_file(shipped)
+    assert json.loads(trained_path(card).with_suffix(".json").read_text())["prebuilt"] == shipped.name
+
+
+def test_damaged_shipped_weights_are_refused_not_used(tmp_path, monkeypatch):
+    from bench.errors import WeightsError
+    from bench.training import ensure_trained
+
+    card = _tiny_card(tmp_path)
+    shipped = _ship(tmp_path, monkeypatch, card)
+    data = bytearray(shipped.read_bytes())
+    data[-1] ^= 1
+    shipped.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="do not match the sha256"):
+        ensure_trained(card)
+    assert not trained_path(card).is_file()
+
+
+def test_a_run_says_what_it_would_train_and_no_train_refuses(tmp_path, monkeypatch, capsys):
+    import bench
+    from bench.training import TrainingNeeded
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "empty"))
+    card = _tiny_card(tmp_path, training_time="about 2 s on 2 CPU cores")
+    with pytest.raises(TrainingNeeded, match=r"tiny-prebuilt \(recipe standard, about 2 s on 2 CPU cores\)"):
+        bench.evaluate(card, "clean", n=8, train=False)
+    assert not trained_path(card).is_file()
+    asked = []
+    with pytest.raises(TrainingNeeded, match="bench train tiny-prebuilt"):
+        bench.evaluate(card, "clean", n=8, train=lambda cards: asked.append([c.id for c in cards]) or False)
+    assert asked == [["tiny-prebuilt"]]
+    summary = bench.evaluate(card, "clean", n=8, progress=True)
+    assert summary.complete and trained_path(card).is_file()
+    assert "training first (not in the cache, none shipped): tiny-prebuilt" in capsys.readouterr().err
+
+
+def test_the_cli_no_train_flag_fails_fast_naming_the_command(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "empty"))
+    card = _tiny_card(tmp_path)
+    out = CliRunner().invoke(app, ["run", "--model", str(card.source_dir) + "/tiny-prebuilt.yaml", "--threat",
+                                   "clean", "--n", "8", "--no-train"])
+    assert out.exit_code == 2 and "`bench train tiny-prebuilt`" in out.output
+    assert not trained_path(card).is_file()
+
+
+def test_bench_train_retrains_a_prebuilt_card_and_compares_with_the_shipped_weights(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    card = _tiny_card(tmp_path)
+    _ship(tmp_path, monkeypatch, card)
+    out = CliRunner().invoke(app, ["train", str(tmp_path / "tiny-prebuilt.yaml"), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    lines = {line.split()[0]: line for line in out.output.splitlines() if line.split()}
+    assert "trained" in lines and "shipped" in lines and "clean_acc" in lines["shipped"]

@@ -76,17 +76,32 @@ def _version(asked: bool) -> None:
 
 @app.callback()
 def _root(debug_flag: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+          verbose: bool = typer.Option(False, "--verbose", help="Print the attack packages' own logs as they run "
+                                       "(e.g. AutoAttack's per-attack lines)."),
           version: bool = typer.Option(False, "--version", help="Print bench's version and exit.", is_eager=True,
                                        callback=_version)) -> None:
     debug["on"] = debug_flag
+    if verbose:
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logging.getLogger("auto-attack").addHandler(handler)  # AutoAttack's own log, beside our progress bar
 
 
 @app.command()
 @friendly
-def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or path to a card YAML."),
+def run(model: str = typer.Option(..., "--model", "-m", help="Model card id, path to a card YAML, or a RobustBench "
+                                  "zoo model: robustbench:NAME[:DATASET:THREAT]."),
         threat: str = typer.Option(..., "--threat", "-t",
                                    help="Threat card id, path to a card YAML, or a threat family (its default card "
                                         "for the model's dataset)."),
+        eps: Optional[str] = typer.Option(None, "--eps", help="Run the threat at this radius, on any dataset the "
+                                          "model takes: a number or a fraction such as 8/255 (a card derived from "
+                                          "--threat, with its own id and protocol hash)."),
+        norm: Optional[str] = typer.Option(None, "--norm", help="Run the threat in this norm: Linf, L2 or L1 (as "
+                                           "the family takes; `bench threats` says which)."),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Test split to evaluate on [default: the "
                                               "model card's dataset]; another with the same classes is a dataset "
                                               "shift (e.g. digits28 for an MNIST model)."),
@@ -110,23 +125,31 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
                                                "samples) and say whether robust accuracy drops."),
         convergence_points: int = typer.Option(200, "--convergence-points", min=1,
                                                help="Surviving points the convergence check attacks at most."),
+        save_adv: bool = typer.Option(False, "--save-adv", help="Store each point's adversarial input beside its "
+                                      "rows (compressed; bench.saved_inputs(run_id) reads them back), to check or "
+                                      "re-score the evaluation elsewhere."),
+        no_train: bool = typer.Option(False, "--no-train", help="Fail at once, naming what to train, instead of "
+                                      "training a card whose weights are neither cached nor shipped."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
     """Evaluate a model against a threat; resumes an interrupted run of the same arguments."""
     import json
     from dataclasses import asdict
 
+    from bench.cli.common import check_model_card
+
+    check_model_card(model)  # an unknown or invalid card fails here, before torch is imported
     from bench.run import evaluate
 
     progress = sys.stderr.isatty() or not json_out
     args = dict(dataset=dataset, n=n, seed=seed, device=device, batch_size=batch_size, threads=threads,
-                data_root=data_root)
+                data_root=data_root, eps=eps, norm=norm)
     if check_convergence:
         from bench.convergence import check_convergence as check
         from bench.convergence import planned_check
 
         planned = planned_check(model, threat, **args)  # refuses a threat it does not apply to before anything runs
     summary = evaluate(model, threat, executor=executor, workers=workers, address=address, results=results,
-                       trust_code=tuple(trust_code), progress=progress, **args)
+                       trust_code=tuple(trust_code), progress=progress, train=not no_train, save_adv=save_adv, **args)
     checked = None
     if check_convergence:
         checked = check(summary, model=model, threat=threat, points=convergence_points, results=results,
@@ -136,11 +159,15 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id or p
                               indent=2))
     else:
         typer.echo(str(summary) + (f"\n{checked}" if checked else ""))
+        if save_adv:
+            typer.echo(f"adversarial inputs  {Path(summary.results) / 'runs' / summary.run_id}/inputs-*.npz "
+                       f"(bench.saved_inputs({summary.run_id!r}, results=...) reads them)")
 
 
 @app.command()
 @friendly
-def check(model: str = typer.Option(..., "--model", "-m", help="Model card id or path to a card YAML."),
+def check(model: str = typer.Option(..., "--model", "-m", help="Model card id, path to a card YAML, or a RobustBench "
+                                    "zoo model: robustbench:NAME[:DATASET:THREAT]."),
           baseline: list[str] = typer.Option(..., "--baseline", "-b", help="A baseline: a run id in --results, a run "
                                              "folder (<results>/runs/<run_id>) or a leaderboard entry (.json); "
                                              "repeat for more."),
@@ -320,12 +347,13 @@ def leaderboard_schema(out: Optional[Path] = typer.Option(None, "--out", help="W
 def train(card: str = typer.Argument(..., help="Model card id or path."), device: str = DeviceOpt,
           fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted run's checkpoint."),
           data_root: Optional[Path] = DataRootOpt, results: Optional[Path] = ResultsOpt) -> None:
-    """Train a card's recipe into the cache; compare with the weights the card ships, if any."""
+    """Train a card's recipe into the cache; compare with the weights the card or the suite ships, if any."""
     from bench.models import from_file, load_model_card
     from bench.models.weights import sha256_file
     from bench.devices import resolve_device
     from bench.tasks import TASKS
     from bench.training import train as train_card
+    from bench.models.prebuilt import prebuilt_path
 
     model_card = load_model_card(card)
     dev = resolve_device(device)
@@ -333,9 +361,9 @@ def train(card: str = typer.Argument(..., help="Model card id or path."), device
     typer.echo(f"trained weights  {path}\nsha256           {sha256_file(path)}")
     task = TASKS.get(model_card.task)
     rows = [("trained", task.trained_summary(model_card, from_file(model_card, path, device=dev), dev))]
-    if model_card.weights_path is not None and model_card.weights_path.is_file():
-        shipped = from_file(model_card, model_card.weights_path, device=dev)
-        rows.append(("shipped", task.trained_summary(model_card, shipped, dev)))
+    shipped = model_card.weights_path if model_card.weights_path is not None else prebuilt_path(model_card)
+    if shipped is not None and shipped.is_file():
+        rows.append(("shipped", task.trained_summary(model_card, from_file(model_card, shipped, device=dev), dev)))
     for name, metrics in rows:
         typer.echo(f"{name:8s}         " + "   ".join(
             f"{k} {v:.2%}" if k.endswith("_acc") else f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -347,7 +375,8 @@ def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only th
           threat: Optional[str] = typer.Option(None, "--threat", help="Only this threat card id, or family."),
           fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json."),
           results: Optional[Path] = ResultsOpt) -> None:
-    """Print the leaderboard from the results store: one table per dataset and protocol."""
+    """Print the leaderboard from the results store: one table per dataset and protocol. A row evaluated on fewer
+    points than the largest run in its table is marked (*, a note names the n; csv and json: n_differs)."""
     from bench.leaderboard import FORMATS, build_board, render
     from bench.store import Store
 
@@ -362,32 +391,15 @@ def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only th
 @friendly
 def models(task: Optional[str] = typer.Option(None, "--task", help="Only cards of this task."),
            fmt: str = ListingFormatOpt) -> None:
-    """List the model cards (cards that cannot be read are listed with their error)."""
-    from bench.cards import catalogue
-    from bench.models import load_model_card
+    """List the model cards (cards that cannot be read are listed with their error); JSON adds each card's
+    hash."""
+    from bench.cli.common import check_listing_format
+    from bench.cli.listings import MODEL_COLUMNS, model_listing, model_row
 
-    found = catalogue("model")
-    rows = []
-    for card_id, path in found.cards.items():
-        try:
-            c = load_model_card(path)
-        except BenchError as err:
-            rows.append([card_id, "", "", "", "", f"invalid: {err.problem}"])
-            continue
-        if task is not None and c.task != task:
-            continue
-        source = c.weights.source if c.weights else "trained on first use"
-        if c.compose is not None:
-            source = "composed of " + ", ".join(f"{role} {ref}" for role, ref in c.compose.parts.items())
-        if c.weights is not None and c.weights.source == "entry_point":
-            source = f"entry_point {c.weights.entry_point} (runs code)"
-        recipe = f" / recipe {c.recipe.name}" if c.recipe else ""
-        arch = c.architecture.name if c.architecture else c.compose.name if c.compose else "-"
-        rows.append([c.id, c.task, c.dataset, arch, source + recipe,
-                     c.description or ""])
-    rows += [[path.stem, "", "", "", "", f"invalid: {err.problem}"] for path, err in found.invalid.items()]
-    print_listing("model cards", ["id", "task", "dataset", "architecture", "weights", "description"], rows, fmt)
-    warn_broken_families()
+    check_listing_format(fmt)
+    records, broken = model_listing(task, hashes=fmt == "json")  # a hash may need a family's recipe (and torch)
+    print_listing("model cards", MODEL_COLUMNS, [model_row(r) for r in records], fmt, records)
+    warn_broken_families(broken)
 
 
 @app.command()
@@ -395,30 +407,16 @@ def models(task: Optional[str] = typer.Option(None, "--task", help="Only cards o
 def threats(task: Optional[str] = typer.Option(None, "--task", help="Only threats for models of this task."),
             fmt: str = ListingFormatOpt) -> None:
     """List the threat cards and families (cards that cannot be read are listed with their error)."""
-    from bench.cards import catalogue
-    from bench.threats import THREAT_FAMILIES, make_threat
+    from bench.cli.common import check_listing_format
+    from bench.cli.listings import THREAT_COLUMNS, threat_json, threat_listing, threat_row
 
-    found = catalogue("threat")
-    rows = []
-    for card_id, path in found.cards.items():
-        try:
-            c, threat = make_threat(path)
-            protocol = c.hash[:12]
-        except BenchError as err:
-            rows.append([card_id, "", "", "", "", "", f"invalid: {err.problem}"])
-            continue
-        if task is not None and task not in type(threat).tasks:
-            continue
-        params = ", ".join(f"{k}={v}" for k, v in c.params.items())
-        rows.append([c.id, c.family + (" (default)" if c.default else ""), ", ".join(type(threat).tasks),
-                     ", ".join(c.datasets) or "any", params, protocol, c.description or ""])
-    rows += [[path.stem, "", "", "", "", "", f"invalid: {err.problem}"] for path, err in found.invalid.items()]
-    print_listing("threat cards", ["id", "family", "tasks", "datasets", "params", "protocol", "description"],
-                  rows, fmt)
+    check_listing_format(fmt)
+    records, footer, broken = threat_listing(task)  # kept between runs: it needs every family's code
+    print_listing("threat cards", THREAT_COLUMNS, [threat_row(r) for r in records], fmt,
+                  [threat_json(r) for r in records])
     if fmt == "table":
-        families = [name for name, cls in THREAT_FAMILIES.items() if task is None or task in cls.tasks]
-        typer.echo(f"\nfamilies (`bench run --threat FAMILY` runs its default card): {', '.join(families)}")
-    warn_broken_families()
+        typer.echo("\n".join(footer))
+    warn_broken_families(broken)
 
 
 @data_app.command("list")

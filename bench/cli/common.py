@@ -51,13 +51,20 @@ def print_warnings(warnings: list[str]) -> None:
         console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
-def print_listing(title: str, columns: list[str], rows: list[list[str]], fmt: str) -> None:
-    """A catalogue listing: a rich table on a terminal, plain aligned text in a pipe (never wrapped, so an id
-    stays on one line for grep), or JSON / CSV records."""
+def check_listing_format(fmt: str) -> None:
     if fmt not in LISTING_FORMATS:
         raise BenchError(f"unknown format {fmt!r}", f"use one of {', '.join(LISTING_FORMATS)}")
+
+
+def print_listing(title: str, columns: list[str], rows: list[list[str]], fmt: str,
+                  records: list[dict] | None = None) -> None:
+    """A catalogue listing: a rich table on a terminal, plain aligned text in a pipe (never wrapped, so an id
+    stays on one line for grep), CSV rows, or JSON: ``records`` (structured fields: lists, objects, booleans)
+    where given, else one object per row."""
+    check_listing_format(fmt)
     if fmt == "json":
-        typer.echo(json.dumps([dict(zip(columns, row)) for row in rows], indent=2))
+        typer.echo(json.dumps(records if records is not None else [dict(zip(columns, row)) for row in rows],
+                              indent=2))
     elif fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
@@ -79,10 +86,19 @@ def print_listing(title: str, columns: list[str], rows: list[list[str]], fmt: st
         typer.echo(tabulate(rows, headers=columns, tablefmt="plain", disable_numparse=True))
 
 
-def warn_broken_families() -> None:
-    """Say which method families failed to import (on stderr, so a piped listing stays clean)."""
+def warn_broken_families(known: dict[str, str] | None = None) -> None:
+    """Say which method families failed to import (on stderr, so a piped listing stays clean): in this process,
+    and those ``known`` to a kept listing (``bench.cli.listings``)."""
     from bench.registry import broken_families
 
-    for name, error in broken_families().items():
+    for name, error in {**(known or {}), **broken_families()}.items():
         console.print(f"warning: the method family {name} cannot be imported ({error}); its cards are listed as "
                       "invalid and every other family works", highlight=False, soft_wrap=True)
+
+
+def check_model_card(model: str) -> None:
+    """Read and validate the model card ``bench run`` was given (an id or a YAML file): an unknown id (with a
+    did-you-mean) or an invalid card is an error before torch and the run machinery are imported."""
+    from bench.models.card import load_model_card
+
+    load_model_card(model)

@@ -126,6 +126,20 @@ def _protocols_named(threat: str, summaries: list[dict]) -> set[str]:
     return protocols
 
 
+def _check_dataset(dataset: str, summaries: list[dict]) -> None:
+    """Refuse a dataset filter that names neither a stored run's dataset nor a known dataset (a typo), instead of
+    printing an empty board."""
+    from bench.data import DATASETS
+
+    stored = {name for s in summaries for name in (s["dataset"], s["key"]["dataset"])}
+    if dataset in stored or dataset.startswith("folder:"):
+        return
+    known = stored | set(DATASETS.names())
+    if dataset not in known:
+        raise BenchError(f"no dataset or stored run's dataset is called {dataset!r}",
+                         f"{did_you_mean(dataset, known)}`bench data list` lists the datasets")
+
+
 def _needs_rows(family: str) -> bool:
     """Whether the family's board hooks read stored rows (only they make the board open shard files)."""
     from bench.threats.base import Threat, family_class
@@ -145,6 +159,8 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
     for s in summaries:
         names.setdefault(s["key"]["protocol"], set()).add(s["threat"])
     wanted = None if threat is None else _protocols_named(threat, summaries)
+    if dataset is not None:
+        _check_dataset(dataset, summaries)
     best = _best(s for s in summaries if (dataset is None or dataset in (s["dataset"], s["key"]["dataset"])) and
                  (wanted is None or s["key"]["protocol"] in wanted))
     contents: dict[str, set[str]] = {}  # dataset name -> the content identities stored under it
@@ -173,6 +189,7 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
         block.notes += _numerics_notes(runs)
         headline = next(m for m in block.metrics if m.name == block.headline)
         block.rows.sort(key=lambda r: (bool(r["stale"]), rank_key(headline, r[headline.name]), r["model"]))
+        _mark_smaller_n(block)
         hashes: dict[str, set[str]] = {}
         for row in block.rows:
             hashes.setdefault(row["model"], set()).add(row["model_hash"])
@@ -190,6 +207,21 @@ def build_board(store: Store, dataset: str | None = None, threat: str | None = N
                 if (s["spec"]["model"]["card"] or {}).get("compose")}
     params = {key: runs[0]["spec"]["threat"]["card"].get("params", {}) for key, runs in chosen.items()}
     return Board(ordered, warnings, defence_rows(ordered, params, composed))
+
+
+N_MARK = "*"
+
+
+def _mark_smaller_n(block: Block) -> None:
+    """Mark the rows evaluated on fewer points than the block's largest run (``n_differs``, ``largest_n``), and
+    say so under the table: their points are a subset of that run's, their intervals wider."""
+    largest = max(row["n"] for row in block.rows)
+    for row in block.rows:
+        row |= {"n_differs": row["n"] != largest, "largest_n": largest}
+    smaller = [f"{row['model']} (n = {row['n']})" for row in block.rows if row["n_differs"]]
+    if smaller:
+        block.notes.append(f"{N_MARK} n differs: {', '.join(smaller)} evaluated fewer points than the largest run "
+                           f"here (n = {largest}): a subset of its points, with wider intervals")
 
 
 def _best(summaries) -> dict[tuple, tuple]:
@@ -290,7 +322,8 @@ def render(board: Board, fmt: str = "markdown") -> str:
                     cells["95% interval"] = f"{cell_text(spec, low, 1)} - {cell_text(spec, high, 1)}"
             if any(r["convergence"] != "not checked" for r in block.rows):  # --check-convergence ran for some
                 cells["twice the budget"] = row["convergence"]
-            cells |= {"n": row["n"], "seed": row["seed"], "date": row["date"]}
+            cells |= {"n": f"{row['n']} {N_MARK}" if row["n_differs"] else row["n"], "seed": row["seed"],
+                      "date": row["date"]}
             table.append(cells)
         direction = "higher" if headline.higher_is_better else "lower"
         caveat = "" if adaptive(block.family) else "non-adaptive: not a defence's robustness, see Defences; "

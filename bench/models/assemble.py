@@ -36,9 +36,19 @@ def trained_path(card: ModelCard) -> Path:
 
 def trained_weights(cards: list[ModelCard], *, missing_ok: bool = False) -> dict[str, str]:
     """``"<card id>@<training hash>"`` -> sha256 of the trained weight file, for each card whose weights come
-    from its recipe (shipped weights are pinned by the sha256 in the card itself)."""
+    from its recipe (shipped weights are pinned by the sha256 in the card itself), and ``"<card id>@robustbench"``
+    -> sha256 of the local checkpoint of a RobustBench card that pins none (one the package has yet to download
+    is left out)."""
     out = {}
     for card in cards:
+        w = card.weights
+        if w is not None and w.source == "robustbench" and w.sha256 is None:
+            from bench.models.zoo import checkpoint, digest
+
+            path = checkpoint(w.robustbench.name, w.robustbench.dataset, w.robustbench.threat_model)
+            if path is not None:
+                out[f"{card.id}@robustbench"] = digest(W.readable(path))
+            continue
         if card.weights is None and card.compose is None:
             path = trained_path(card)
             if not path.is_file():

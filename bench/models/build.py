@@ -55,7 +55,13 @@ def create(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
         net = W.load_entry_point(w.entry_point, card.architecture.kwargs if card.architecture else {},
                                  W.trusted_packages(trust_code), card.id)
     elif w.source == "robustbench":
-        net = W.load_robustbench(w.robustbench.name, w.robustbench.dataset, w.robustbench.threat_model)
+        from bench.models.zoo import load
+
+        rb, norm = w.robustbench, card.normalization
+        net = load(rb.name, rb.dataset, rb.threat_model, sha256=w.sha256, where=f"model card {card.id}",
+                   architecture=None if card.architecture is None else (card.architecture.name,
+                                                                        card.architecture.kwargs),
+                   normalization=None if norm is None else (norm.mean, norm.std))
     else:
         return from_file(card, weights_file(card), device=device)
     return wrap(card, net).to(device).eval()
@@ -68,7 +74,14 @@ def probes(card: ModelCard) -> list[tuple[ModelCard, nn.Module]]:
     if card.compose is not None:
         return [probe for ref in card.composition.parts.values() for probe in probes(ref.card)]
     if card.weights is not None and card.weights.builds_model:
-        return []
+        if card.weights.source != "robustbench":
+            return []  # an entry point's code makes the model: nothing to probe before it is trusted and run
+        if card.architecture is None:  # a zoo model bench lists: its architecture, as the zoo builds it
+            from bench.models.zoo import skeleton as zoo_skeleton
+
+            rb = card.weights.robustbench
+            net = zoo_skeleton(rb.name, rb.dataset, rb.threat_model)
+            return [] if net is None else [(card, wrap(card, net))]
     return [(card, wrap(card, skeleton(card)))]
 
 

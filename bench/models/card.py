@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SOURCES = ("file", "package_file", "url", "robustbench", "entry_point")
-PROSE = {"description", "paper", "license"}  # not part of any hash: editing prose re-runs nothing
+PROSE = {"description", "paper", "license", "training_time"}  # in no hash: editing prose re-runs nothing
 # Blocks added to the schema after cards already had hashes: left out of the hash while unset, so adding one
 # did not re-key every existing card's weights and results.
 LATER_BLOCKS = {"compose"}
@@ -74,8 +74,8 @@ class Weights(Strict):
         if sources[0] in ("file", "package_file", "url"):
             if self.sha256 is None:
                 raise ValueError(f"weights.{sources[0]} needs a sha256 (run `sha256sum FILE`)")
-            if not SHA256.match(self.sha256):
-                raise ValueError("sha256 must be 64 lower-case hex digits")
+        if self.sha256 is not None and not SHA256.match(self.sha256):  # robustbench: optional, checked if given
+            raise ValueError("sha256 must be 64 lower-case hex digits")
         if self.size is not None and self.url is None:
             raise ValueError("size is for url weights (the download's cap)")
         if self.url is not None and (problem := url_problem(self.url, allow_http=True)):
@@ -136,6 +136,7 @@ class ModelCard(CardSchema):
     compose: Compose | None = None
     paper: str | None = None
     license: str | None = None
+    training_time: str | None = None  # what training on first use costs, in words ("about 25 min on 2 CPU cores")
     description: str | None = None
     version: int = 1
     # Set by the loader, not written in YAML: the folder that relative paths (weights, references) start from.
@@ -181,7 +182,7 @@ class ModelCard(CardSchema):
         """The card as data without prose, plus its architecture's revision and its recipe's validated
         params (defaults written out, card references as those cards' hashes): what an older revision or
         another referenced card built (weights, cached statistics, results) never passes for this card's."""
-        from bench.models.archs import REVISIONS
+        from bench.models.archs import revision
 
         key, stack = f"{self.source_dir}/{self.id}", _hashing.get()
         check_chain("model", self.id, key, stack)
@@ -191,8 +192,8 @@ class ModelCard(CardSchema):
             data = self.model_dump(mode="json", include=include, exclude=PROSE | unset)
             if data.get("weights") is not None:
                 del data["weights"]["size"]  # a download cap, implied by the sha256: not identity
-            if "architecture" in data and data["architecture"] is not None and REVISIONS.get(self.architecture.name):
-                data["architecture"]["revision"] = REVISIONS[self.architecture.name]
+            if data.get("architecture") is not None and revision(self.architecture.name):
+                data["architecture"]["revision"] = revision(self.architecture.name)
             if data.get("recipe") is not None:
                 data["recipe"]["params"] = self.make_recipe().params.model_dump(mode="json")
             if data.get("compose") is not None:
@@ -238,6 +239,11 @@ class ModelCard(CardSchema):
 
 
 def load_model_card(name: str | Path) -> ModelCard:
+    """A card by id or file, or the card made for ``robustbench:NAME[:DATASET:THREAT]`` (``bench.models.zoo``)."""
+    if isinstance(name, str) and name.startswith("robustbench:"):
+        from bench.models.zoo import card_data
+
+        return validate(ModelCard, card_data(name), f"model reference {name}")
     path = locate("model", name)
     data = read_card(path)
     data.setdefault("id", path.stem)

@@ -140,8 +140,9 @@ def load_entry_point(spec: str, kwargs: dict, trusted: Collection[str], card_id:
     return model
 
 
-def load_robustbench(name: str, dataset: str, threat_model: str) -> nn.Module:
-    """A RobustBench zoo model (needs the optional robustbench package and the network)."""
+def load_robustbench(name: str, dataset: str, threat_model: str, model_dir: Path | None = None) -> nn.Module:
+    """A RobustBench zoo model through the optional robustbench package, which downloads its checkpoint into
+    ``model_dir`` (default: the cache) unless it is there (``bench.models.zoo`` reads such files without it)."""
     import sys
 
     try:
@@ -154,10 +155,12 @@ def load_robustbench(name: str, dataset: str, threat_model: str) -> nn.Module:
         from robustbench.utils import load_model
     except ImportError as err:
         raise WeightsError(f"RobustBench model {name} needs the robustbench package ({err})",
-                           "pip install robustbench, or download the checkpoint and use weights.file") from err
+                           "pip install robustbench, or put its checkpoint where RobustBench keeps it "
+                           f"({model_dir or cache_dir('robustbench')}/{dataset}/{threat_model}/{name}.pt), or "
+                           "download the checkpoint and use weights.file") from err
     try:
         return load_model(model_name=name, dataset=dataset, threat_model=threat_model,
-                          model_dir=str(cache_dir("robustbench")))
+                          model_dir=str(model_dir or cache_dir("robustbench")))
     except Exception as err:  # gdown / requests raise many types; all mean "could not fetch"
         raise WeightsError(f"could not load RobustBench model {name}: {err}",
                            "check the network and the model name (robustbench.model_zoo lists them)") from err

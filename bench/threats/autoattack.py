@@ -19,6 +19,7 @@ from torch import Tensor
 from bench.errors import BenchError, require
 from bench.ops.draws import Draws
 from bench.params import Eps, Params, check_linf_eps
+from bench.progress import stage
 from bench.threats.base import THREAT_FAMILIES, Batch, Target
 from bench.threats.step import Candidates, PerturbStep
 
@@ -47,13 +48,21 @@ def _carries_gradient(model, x) -> bool:
         return bool(model(x[:1].detach().clone().requires_grad_(True)).requires_grad)
 
 
+_STAGE = re.compile(r"^(initial accuracy|robust accuracy after \S+|\S+ - \d+/\d+ - \d+ out of \d+ successfully)")
+
+
 class _Capture(logging.Handler):
+    """Keeps the package's log records (its checks become run notes) and passes its stage lines on as progress."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+        message = record.getMessage()
+        if _STAGE.match(message):
+            stage(f"AutoAttack {message}")
 
 
 @THREAT_FAMILIES.register("autoattack")
@@ -89,9 +98,11 @@ class AutoAttack(PerturbStep):
         for key in checks.funcs:  # upstream never resets it: one dynamic model would taint every later one
             checks.funcs[key] = 0
         logger = logging.getLogger("auto-attack")
-        capture, old_level = _Capture(), logger.level
+        capture, old_level, old_propagate = _Capture(), logger.level, logger.propagate
         logger.addHandler(capture)
         logger.setLevel(logging.DEBUG)
+        logger.propagate = False  # its warnings reach the user once, as run notes (not also through logging's last
+        # resort); `bench --verbose` gives the logger a handler of its own that prints its whole log
         try:
             aa = package.AutoAttack(model, eps=p.eps, norm=p.norm, seed=draws.seed, version=p.version,
                                     attacks=p.attacks, device=x.device)
@@ -99,6 +110,7 @@ class AutoAttack(PerturbStep):
         finally:
             logger.removeHandler(capture)
             logger.setLevel(old_level)
+            logger.propagate = old_propagate
         stats: dict[str, int] = {}
         for record in capture.records:
             match = _PERTURBED.match(record.getMessage())

@@ -78,6 +78,8 @@ class Outcome:
     values: dict[str, Tensor]
     stats: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    inputs: Tensor | None = None  # per point, the input it was last classified on under the threat (its adversarial
+    # example where the attack made one, else the clean input): what `bench.attack` and `--save-adv` return
 
 
 class Threat(ABC):

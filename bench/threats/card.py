@@ -8,12 +8,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, PlainSerializer, PlainValidator, ValidationInfo
+from pydantic import Field, PlainSerializer, PlainValidator, ValidationInfo, field_validator
 
 from bench.cards import ReferenceChainError, canonical_hash, check_chain, locate, read_card, validate
 from bench.errors import CardError
 from bench.params import CardSchema, Params
 
+ANY_DATASET = "any"  # a card's datasets: [any]; what the listing prints for a card of no particular dataset
 _resolving: ContextVar[tuple[str, ...]] = ContextVar("resolving", default=())
 
 
@@ -21,12 +22,25 @@ class ThreatCard(CardSchema):
     id: str
     family: str
     version: int = 1
-    datasets: list[str] = Field(default_factory=list)  # empty: any dataset
+    datasets: list[str] = Field(default_factory=list)  # [any] (or empty): any dataset whose images the model takes
     params: dict[str, Any] = Field(default_factory=dict)
     default: bool = False  # the family's card for its datasets when a run names the family, not a card
     description: str | None = None
     # Set by the loader, not written in YAML: the folder that relative card references start from.
     source_dir: str | None = Field(default=None, exclude=True)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _any_dataset(cls, value: Any) -> Any:
+        """``datasets: [any]`` (or ``datasets: any``), as ``bench threats`` prints it, is the empty list: any
+        dataset the model takes."""
+        if value == ANY_DATASET:
+            return []
+        if not isinstance(value, list) or ANY_DATASET not in value:
+            return value
+        if len(value) > 1:
+            raise ValueError(f"{ANY_DATASET!r} stands alone: write datasets: [any], or list the datasets without it")
+        return []
 
     def validated_params(self) -> Params:
         """The params checked by the family's schema (card references resolved from the card's folder)."""

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from bench.metrics import Metric
 from bench.params import Params
+from bench.progress import stage
 from bench.tasks import Task
 from bench.threats.base import THREAT_FAMILIES, Batch, ClassifierAttack, Outcome, Target
 from bench.threats.card import ThreatCard, threat_ref
@@ -77,8 +78,11 @@ class Ensemble(ClassifierAttack):
         columns: dict[str, Tensor] = {}
         stats: dict[str, int] = {}
         notes: list[str] = []
+        inputs = batch.x.clone()
         for k, (name, member) in enumerate(self.members):
+            stage(f"member {k + 1}/{len(self.members)} {name} on {int(survivors.sum())} standing")
             result = member.step(target, batch, survivors)
+            inputs[result.attacked] = result.inputs[result.attacked]  # a survivor keeps the last member's try
             broken = survivors & (result.adv_pred != batch.y)
             adv_pred[broken] = result.adv_pred[broken]
             survivors &= ~broken
@@ -86,5 +90,5 @@ class Ensemble(ClassifierAttack):
             stats[f"broken_by:{name}"] = int(broken.sum())
             stats |= {f"{name}/{key}": value for key, value in result.stats.items()}
             notes += [f"{name}: {note}" for note in result.notes]
-        return Outcome(values=self.scored(batch, adv_pred, **columns), stats=stats, notes=notes)
+        return Outcome(values=self.scored(batch, adv_pred, **columns), stats=stats, notes=notes, inputs=inputs)
 

@@ -46,6 +46,8 @@ class StepResult:
     columns: dict[str, Tensor]
     stats: dict[str, int]
     notes: list[str]
+    inputs: Tensor  # the candidate of each attacked point, the clean input elsewhere
+    attacked: Tensor  # the points this step attacked
 
 
 class PerturbStep(ClassifierAttack):
@@ -81,8 +83,9 @@ class PerturbStep(ClassifierAttack):
         todo = attacked if survivors is None else attacked & survivors
         adv_pred = batch.clean["clean_pred"].clone()
         columns: dict[str, Tensor] = {}
+        inputs = batch.x.clone()
         if not todo.any():
-            return StepResult(adv_pred, columns, {}, [])
+            return StepResult(adv_pred, columns, {}, [], inputs, todo)
         if self.point_draws:
             draws = batch.point_draws(todo, self.draw_stream)
         else:
@@ -94,12 +97,13 @@ class PerturbStep(ClassifierAttack):
         pred = candidates.pred if candidates.pred is not None else predict(target.module, candidates.x,
                                                                               target.num_classes)
         adv_pred[todo] = torch.where(batch.clean["clean_correct"][todo], pred, adv_pred[todo])
+        inputs[todo] = candidates.x.detach().to(inputs.dtype)
         for name, values in candidates.columns.items():
             columns[name] = torch.zeros(len(batch.x), dtype=values.dtype)
             columns[name][todo.cpu()] = values.cpu()
-        return StepResult(adv_pred, columns, candidates.stats, candidates.notes)
+        return StepResult(adv_pred, columns, candidates.stats, candidates.notes, inputs, todo)
 
     def attack(self, target: Target, batch: Batch) -> Outcome:
         result = self.step(target, batch)
         return Outcome(values=self.scored(batch, result.adv_pred, **result.columns), stats=result.stats,
-                       notes=result.notes)
+                       notes=result.notes, inputs=result.inputs)

@@ -14,17 +14,51 @@ from pathlib import Path
 
 import torch
 
+from bench.errors import BenchError
 from bench.files import atomic_write, exclusive
 from bench.models.assemble import skeleton, trained_path, unwrap, wrap
 from bench.models.card import ModelCard, as_card, card_references
 from bench.models.weights import sha256_file
+from bench.models.prebuilt import install_prebuilt, prebuilt_path
 
-__all__ = ["build_trained", "ensure_trained", "needs_training", "train"]
+__all__ = ["TrainingNeeded", "build_trained", "ensure_trained", "needs_training", "plan_text", "train",
+           "training_plan"]
 
 
 def needs_training(card: ModelCard) -> bool:
     """Whether the card's own weights come from its recipe and are not in the cache yet."""
     return card.weights is None and card.compose is None and not trained_path(card).is_file()
+
+
+def training_plan(cards: list[ModelCard]) -> list[ModelCard]:
+    """The cards ``ensure_trained`` would train for these (references first, each once): those with no weights
+    in the cache and none shipped for their training hash."""
+    out: dict[str, ModelCard] = {}
+
+    def visit(card: ModelCard) -> None:
+        for ref in card_references(card):
+            visit(ref)
+        if needs_training(card) and prebuilt_path(card) is None:
+            out.setdefault(card.training_hash, card)
+
+    for card in cards:
+        visit(as_card(card))
+    return list(out.values())
+
+
+def plan_text(cards: list[ModelCard]) -> str:
+    """What will be trained, with the time each card says its training takes."""
+    return "; ".join(f"{c.id} (recipe {c.recipe.name}, {c.training_time or 'training time not stated by the card'})"
+                     for c in cards)
+
+
+class TrainingNeeded(BenchError):
+    """A run that would train first was told not to (``--no-train``, or a caller that said no)."""
+
+    def __init__(self, cards: list[ModelCard]):
+        super().__init__(f"this needs weights that are not trained yet: {plan_text(cards)}",
+                         "train them first with " + ", then ".join(f"`bench train {c.id}`" for c in cards)
+                         + ", or let the run train them (leave out --no-train)")
 
 
 def ensure_trained(card: str | Path | ModelCard, *, device: str | torch.device = "cpu",
@@ -58,7 +92,7 @@ def train(card: str | Path | ModelCard, *, device: str | torch.device = "cpu", d
         ensure_trained(ref, device=device, data_root=data_root, results=results)
     target = trained_path(card)
     with exclusive(target.with_name(f".{target.name}.lock")):
-        if if_missing and target.is_file():
+        if if_missing and (target.is_file() or install_prebuilt(card, target)):
             return target
         return _fit(card, target, device=device, data_root=data_root, fresh=fresh, results=results)
 
@@ -76,6 +110,7 @@ def _fit(card: ModelCard, target: Path, *, device, data_root, fresh: bool, resul
         checkpoint.unlink(missing_ok=True)
     recipe.prepare(device=torch.device(device), data_root=data_root)
     torch.manual_seed(card.recipe.seed)
+    start = time.perf_counter()
     model = wrap(card, skeleton(card))
     with torch.enable_grad():  # a model trained on first use may be asked for inside a caller's no_grad()
         history = fit(model, recipe, load_dataset(card.dataset, "train", data_root), seed=card.recipe.seed,
@@ -84,6 +119,7 @@ def _fit(card: ModelCard, target: Path, *, device, data_root, fresh: bool, resul
     atomic_write(target, lambda tmp: save_file(state, str(tmp)))
     record = {"card": card.id, "training_hash": card.training_hash, "sha256": sha256_file(target),
               "device": str(device), "threads": torch.get_num_threads(), "history": history,
+              "seconds": round(time.perf_counter() - start, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     target.with_suffix(".json").write_text(json.dumps(record, indent=2))
     Store(results).write_training(card.id, card.training_hash, history)

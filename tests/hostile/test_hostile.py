@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import threading
 import time
@@ -191,8 +192,10 @@ def test_an_entry_point_runs_nothing_without_consent(tmp_path, monkeypatch):
                                           "--results", str(tmp_path / "r")])
     assert result.exit_code == 2 and "builds its model by running code" in result.output
     assert "--trust-code os" in result.output and not marker.exists()
-    listing = CliRunner().invoke(app, ["models", "--format", "json"]).stdout
-    assert "entry_point os:system (runs code)" in listing
+    assert "entry_point os:system (runs code)" in CliRunner().invoke(app, ["models"]).stdout
+    listing = {r["id"]: r for r in json.loads(CliRunner().invoke(app, ["models", "--format", "json"]).stdout)}
+    assert listing["mnist-cnn-standard"]["weights"] == "entry_point"
+    assert listing["mnist-cnn-standard"]["entry_point"] == "os:system"
 
 
 # --- hostile files and arguments ---------------------------------------------------------------------

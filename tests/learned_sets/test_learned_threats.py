@@ -626,3 +626,28 @@ def test_the_chunk_of_noise_draws_is_part_of_the_protocol(cards):
         hashes = {bench.testing.threat_card(family, cvae=cards["cvae"], chunk=chunk, **params).hash
                   for chunk in (500, 1000)}
         assert len(hashes) == 2, family
+
+
+def test_the_report_pictures_show_the_runs_own_adversarial_inputs(tmp_path):
+    """The pictures read the ranked run's stored inputs back: each is the input that run scored, so re-classifying
+    it gives the stored prediction; rendering twice writes the same bytes."""
+    from bench.families.learned_sets.report import SETTINGS, _Runner, examples, plot_examples, render
+
+    models = Path(__file__).parents[1] / "fingerprints" / "models"
+    threat = tmp_path / "latent.yaml"
+    threat.write_text(yaml.safe_dump({"id": "latent", "family": "learned-cvae-pgd", "params": {
+        "cvae": str(models / "digits-cvae.yaml"), "eps": 1.5, "steps": 5}}))
+    runner = _Runner(0, tmp_path / "work", "cpu")
+    summary = runner.run(models / "digits-cnn.yaml", threat, 30, save_adv=True)
+    shown = examples(runner, summary, k=6)
+    assert len(shown["label"]) == 6
+    with torch.no_grad():
+        pred = bench.load_model(str(models / "digits-cnn.yaml"))(torch.tensor(shown["x_adv"])).argmax(1)
+    assert pred.tolist() == shown["adv_pred"] and shown["x"] != shown["x_adv"]
+    assert any(p != y for p, y in zip(shown["adv_pred"], shown["label"]))
+    path = plot_examples(tmp_path / "examples.png", {"a row": shown, "another": shown}, "title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_examples(tmp_path / "again.png", {"a row": shown, "another": shown}, "title").read_bytes() == \
+        path.read_bytes()
+    text = render(SETTINGS["mnist-rts"], [_fake_seed(0.7, 0.05)], [0], SETTINGS_SEEN | {"examples": "ex.png"}, 60.0)
+    assert "## Adversarial examples (seed 0)" in text and "(ex.png)" in text

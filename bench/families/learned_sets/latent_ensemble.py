@@ -20,6 +20,7 @@ from bench.families.learned_sets.threats import (CVAEThreatParams, LatentAPGD, L
 from bench.metrics import Metric
 from bench.ops.draws import Draws, PointDraws
 from bench.params import Steps
+from bench.progress import stage
 from bench.tasks import Task
 from bench.tasks.classifier import predict
 from bench.threats.base import THREAT_FAMILIES, Target
@@ -76,6 +77,7 @@ class LatentEnsemble(RadiusColumn):
             columns[f"broken_by_{name}"] = torch.zeros(len(x), dtype=torch.bool)
             if not len(rows):
                 continue
+            stage(f"{name} on {len(rows)} of {len(x)} standing")
             part = member.perturb(target, x[rows.to(x.device)], y[rows.to(x.device)],
                                   PointDraws(draws.seed, draws.keys[rows], member.draw_stream))
             member.check(x[rows.to(x.device)], part)

@@ -45,6 +45,7 @@ QUALITY_METRICS = ("encoder_ae", "pgd_ae", "eae", "recon", "kl", "identity")
 QUALITY_BATCH = 250  # pairs per shard, as the quality runs of earlier reports used
 CHECKS = ("paper", "strong", "random", "transfer")  # attacks beside the default ensemble, on the checks' points
 GRADIENT = ("ensemble", "paper", "strong")  # the gradient attacks; random and transfer are not
+EXAMPLES = 8  # points per row in the report's pictures of adversarial examples
 MATERIAL = 0.03  # a stronger attack finding 3 points more than the default ensemble is flagged
 PAIRED = ("clean", "RTS (in-family)", "shear (held out)", "thicken (held out)", "robust @p50")  # compared per point
 
@@ -166,7 +167,7 @@ def run_seed(setting: Setting, seed: int, work: Path, *, n_eval: int, n_quality:
     for row in setting.rows:
         if row == "standard":
             continue
-        runs = {"ensemble": runner.run(models[row], threats["robust @p50"], n_check)}
+        runs = {"ensemble": runner.run(models[row], threats["robust @p50"], n_check, save_adv=True)}
         runs |= {name: runner.run(models[row], threat, n_check) for name, threat in checks.items()}
         robust = {name: runner.rows(s.run_id).set_index("index")["robust"] for name, s in runs.items()}
         worst_run = runner.run(models[row], worst, n_check)
@@ -177,7 +178,7 @@ def run_seed(setting: Setting, seed: int, work: Path, *, n_eval: int, n_quality:
                               "beaten": {name: int((robust["ensemble"] & ~robust[name]).sum())
                                          for name in robust if name != "ensemble"},
                               "worst": worst_run.robust_acc, "worst_points": points(runner, worst_run),
-                              "combined": worst_case(robust)}
+                              "combined": worst_case(robust), "examples": examples(runner, runs["ensemble"])}
     curve = runner.run(models[SMOOTHING], runner.card("threat", setting.curve, cvae=cvae_path), n_certify)
     cert_rows = runner.rows(curve.run_id)
     radii = _curve_radii(stats)
@@ -197,6 +198,52 @@ def run_seed(setting: Setting, seed: int, work: Path, *, n_eval: int, n_quality:
                     "empirical": empirical, "n": read_card(locate("threat", setting.curve))["params"]["n"],
                     "markers": {q: stats.resolve(q) for q in ("p25", "p50", "p75")}}
     return out
+
+
+def examples(runner: _Runner, summary, k: int = EXAMPLES) -> dict[str, list]:
+    """The first ``k`` points a run's model got right clean: image, adversarial input (``--save-adv``), label and
+    prediction under the attack, for the report's pictures."""
+    from bench.adversarial import saved_inputs
+    from bench.data import load_dataset
+
+    index, x_adv = saved_inputs(summary.run_id, runner.results)
+    rows = runner.rows(summary.run_id).set_index("index").loc[index.numpy()]
+    chosen = [i for i, right in enumerate(rows["clean_correct"].astype(bool)) if right][:k]
+    data = load_dataset(summary.dataset, "test")
+    return {"x": data.x[index[chosen]].tolist(), "x_adv": x_adv[chosen].tolist(),
+            "label": rows["label"].iloc[chosen].tolist(), "adv_pred": rows["adv_pred"].iloc[chosen].tolist()}
+
+
+def plot_examples(path: Path, examples_by_row: dict[str, dict], title: str) -> Path:
+    """Per training row, its points (top) and the default attack's adversarial inputs (below), labelled with the
+    class and the prediction under attack (red where the attack broke the point): what the learned threat asks."""
+    matplotlib = require("matplotlib", "the report's pictures", "pip install 'bench[report]'")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", "the report's pictures", "pip install 'bench[report]'")
+    import numpy as np
+
+    k = max(len(e["label"]) for e in examples_by_row.values())
+    figure, axes = plt.subplots(2 * len(examples_by_row), k, figsize=(1.1 * k, 2.3 * len(examples_by_row)),
+                                squeeze=False)
+    for r, (row, e) in enumerate(examples_by_row.items()):
+        for j in range(k):
+            for line, key in ((2 * r, "x"), (2 * r + 1, "x_adv")):
+                ax = axes[line][j]
+                ax.set_xticks([]), ax.set_yticks([])
+                if j >= len(e["label"]):
+                    ax.axis("off")
+                    continue
+                ax.imshow(np.asarray(e[key][j]).squeeze(0), cmap="gray", vmin=0, vmax=1)
+                broken = e["adv_pred"][j] != e["label"][j]
+                ax.set_title(f"{e['label'][j]}" if key == "x" else f"→ {e['adv_pred'][j]}", fontsize=8,
+                             color="red" if key == "x_adv" and broken else "black")
+            axes[2 * r][0].set_ylabel(row, fontsize=8)
+            axes[2 * r + 1][0].set_ylabel("attacked", fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=80, metadata={"Software": None}))
+    plt.close(figure)
+    return path
 
 
 def points(runner: _Runner, summary) -> dict[int, bool]:
@@ -494,6 +541,14 @@ def render(setting: Setting, per_seed: list[dict], seeds: list[int], settings: d
                        ("empirical", "ensemble on the base classifier")):
         lines.append(f"| {label} | " + " | ".join(_fmt([s["curve"][key][i] for s, i in zip(per_seed, at)])
                                                  for _, _, at in radius_columns) + " |")
+    if settings.get("examples"):
+        lines += ["", f"## Adversarial examples (seed {seeds[0]})", "",
+                  f"The first {EXAMPLES} points each defended row gets right clean (top) and the input the default "
+                  "attack ensemble (`" + setting.attacks["robust @p50"] + "`) left them at (below; the prediction in "
+                  "red where it broke the point), read back from the run's stored adversarial inputs (`--save-adv`). "
+                  "Look for inputs that no longer show the digit they are labelled with: the learned ball is larger "
+                  "than the real family (see the real-family columns).", "",
+                  f"![adversarial examples per row]({settings['examples']})"]
     lines += ["", "## Per seed", ""]
     for seed, s in zip(seeds, per_seed):
         lines += [f"Seed {seed}:", "", "| training | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -513,5 +568,9 @@ def build_report(setting: Setting, seeds: list[int], out: Path, work: Path, *, n
     per_seed = [run_seed(setting, seed, work, **sizes, device=device) for seed in seeds]
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = plot_certificates(out.with_name(f"{out.stem}-certificates.svg"), per_seed, setting.name)
-    settings = {"command": command, **sizes, "device": device, "threads": torch.get_num_threads(), "plot": plot.name}
+    pictures = plot_examples(out.with_name(f"{out.stem}-examples.png"),
+                             {row: c["examples"] for row, c in per_seed[0]["checks"].items()},
+                             f"{setting.name}, seed {seeds[0]}: default attack at p50")
+    settings = {"command": command, **sizes, "device": device, "threads": torch.get_num_threads(), "plot": plot.name,
+                "examples": pictures.name}
     return write_report(out, render(setting, per_seed, seeds, settings, time.perf_counter() - start))

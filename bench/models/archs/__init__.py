@@ -29,6 +29,14 @@ def architecture(name: str, revision: int = 0) -> Callable[[Builder], Builder]:
     return wrap
 
 
+def revision(name: str) -> int:
+    """The architecture's revision, after importing the family that provides it: read before that import, a
+    family's architecture would hash without its revision, so one card would have two training hashes."""
+    if name in ARCHITECTURES:
+        ARCHITECTURES.get(name)
+    return REVISIONS.get(name, 0)
+
+
 def build(name: str, kwargs: dict, where: str) -> nn.Module:
     builder = ARCHITECTURES.get(name, where)
     try:
