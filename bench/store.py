@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -190,15 +190,18 @@ class Store:
         """Write the shard with its checksum beside it; the checksum goes first, so a reader never sees the
         shard without it."""
         schema_meta = {**(table.schema.metadata or {}), META_KEY: json.dumps(info).encode()}
-        path = self.shard_path(run_id, shard)
+        return self._write_checked(self.shard_path(run_id, shard),
+                                   lambda tmp: pq.write_table(table.replace_schema_metadata(schema_meta), tmp))
 
-        def write(tmp: Path) -> None:
-            pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+    def _write_checked(self, path: Path, write: Callable[[Path], None]) -> Path:
+        """Write a file atomically with its checksum beside it, the checksum first."""
+        def checked(tmp: Path) -> None:
+            write(tmp)
             digest = sha256_file(tmp)
             atomic_write(self.checksum_path(path), lambda side: side.write_text(digest))
 
         try:
-            atomic_write(path, write)
+            atomic_write(path, checked)
         except OSError as err:
             raise _unwritable(path.parent, err) from err
         return path
@@ -208,20 +211,11 @@ class Store:
 
     def write_inputs(self, run_id: str, shard: int, index: list[int], x: torch.Tensor) -> Path:
         """Store a shard's adversarial inputs (compressed), checksum first as for its rows."""
-        path = self.inputs_path(run_id, shard)
-
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:
-                np.savez_compressed(f, index=np.asarray(index, dtype=np.int64),
-                                    x=x.detach().cpu().float().numpy())
-            digest = sha256_file(tmp)
-            atomic_write(self.checksum_path(path), lambda side: side.write_text(digest))
+                np.savez_compressed(f, index=np.asarray(index, dtype=np.int64), x=x.detach().cpu().float().numpy())
 
-        try:
-            atomic_write(path, write)
-        except OSError as err:
-            raise _unwritable(path.parent, err) from err
-        return path
+        return self._write_checked(self.inputs_path(run_id, shard), write)
 
     def inputs_done(self, run_id: str, shard: int) -> bool:
         path = self.inputs_path(run_id, shard)
