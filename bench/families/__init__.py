@@ -29,4 +29,7 @@ FAMILIES = (
            summary="VAE robustness: margins, certified ELBO, reproduction report.",
            provides={"threat family": ("vae-attack", "vae-certified-elbo", "vae-lipschitz-margin", "vae-margin"),
                      "architecture": ("conv-vae", "lipschitz-vae"), "recipe": ("vae",)}),
+    Family("bench.families.robust_training", command="robust-training",
+           summary="Robust training recipes (TRADES, MART, ARMOR_D): reproduction report.",
+           provides={"recipe": ("armor-alpha", "armor-kl", "mart", "trades")}),
 )

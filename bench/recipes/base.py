@@ -170,6 +170,11 @@ class Recipe:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what ``state_dict`` saved (on resume)."""
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Per-epoch statistics of the recipe's own (e.g. the mean dual variable over the epoch's batches), added
+        to the epoch's training record; called once at the end of every epoch, so it starts the next one afresh."""
+        return {}
+
     def inputs(self, model: nn.Module, batch: Batch) -> Tensor:
         """The inputs to train on."""
         return batch.x

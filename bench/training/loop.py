@@ -81,7 +81,7 @@ def fit(model: nn.Module, recipe: Recipe, train: Dataset, *, seed: int, device: 
             loss_sum += loss.item()
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch}
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch} | recipe.epoch_metrics()
         if validation:
             model.eval()
             record |= recipe.validate(model, train.x[held_out].to(device), train.y[held_out].to(device),

@@ -42,6 +42,14 @@ PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-pgd", "learned-
 GRADIENT = {"pgd", "learned-cvae", "learned-cvae-real-fit", "learned-cvae-pgd", "learned-cvae-apgd",
             "latent-smoothing-attack", "pgd-bpda", "ensemble"}
 
+# --- a cheap digits card per classifier training recipe: its trained model meets the hostile models like any card
+RECIPE_CARDS: dict[str, dict] = {
+    "pgd-at": {"eps": 0.1, "steps": 2, "step_size": 0.05},
+    "trades": {"eps": 0.1, "steps": 2, "step_size": 0.05, "beta": 6.0},
+    "mart": {"eps": 0.1, "steps": 2, "step_size": 0.05, "beta": 6.0},
+    "armor-kl": {"eps": 0.1, "steps": 2, "step_size": 0.05, "base": "trades", "radius": 0.05, "t": 0.5},
+    "armor-alpha": {"eps": 0.1, "steps": 2, "step_size": 0.05, "base": "mart", "radius": 0.5, "alpha": 6.0},
+}
 
 # --- hostile cards: file name -> (text, what the error says) ------------------------------------------
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
