@@ -61,8 +61,10 @@ def _family_default(family: str, dataset: str | None, task: str | None) -> Threa
 
 
 def _elsewhere(family: str) -> str:
-    """Where the family does have default cards, with models that run there: what a user most likely wanted."""
+    """Where the family does have default cards, with models that run there (one whose weights ship first): what
+    a user most likely wanted."""
     from bench.cards import catalogue, read_card
+    from bench.models.prebuilt import shipped_for
 
     homes = {d: c.id for c in threat_cards() if c.family == family and c.default for d in c.datasets}
     if not homes:
@@ -76,8 +78,9 @@ def _elsewhere(family: str) -> str:
                 models.setdefault(str(data.get("dataset")), []).append(card_id)
     examples = [f"{d} (`{cid}`; models: {', '.join(models.get(d, [])[:3]) or 'none yet'}"
                 f"{', ...' if len(models.get(d, [])) > 3 else ''})" for d, cid in sorted(homes.items())]
-    most = max(homes, key=lambda d: len(models.get(d, [])))
-    run = f", e.g. `bench run --model {models[most][0]} --threat {family}`" if models.get(most) else ""
+    ready = [m for d in sorted(homes) for m in models.get(d, [])]
+    ready.sort(key=lambda m: not shipped_for(m))  # a model whose weights ship runs at once
+    run = f", e.g. `bench run --model {ready[0]} --threat {family}`" if ready else ""
     return f"its default cards are for {'; '.join(examples)}: evaluate a model of that dataset{run}; or "
 
 
