@@ -62,6 +62,7 @@ def test_eps_takes_a_named_radius_as_text():
 
 @pytest.mark.parametrize("text, problem", [("inf", "not a finite"), ("nan", "not a finite"), ("-inf", "not a finite"),
                                            ("1e400", "not a finite"), (math.nan, "not a finite"),
+                                           ("1e999999999", "not a finite"), ("1" * 65, "characters long"),
                                            ("-0.1", "negative"), ("-8/255", "negative"), ("0", "no perturbation"),
                                            ("8/0", "divides by zero"), ("2**8", "not a number"),
                                            ("__import__('os').system('true')", "not a number"),

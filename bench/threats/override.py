@@ -25,6 +25,20 @@ NORMS = ("Linf", "L2", "L1")
 EPS_FIX = "pass a positive number or fraction, e.g. --eps 0.3 or --eps 8/255"
 
 
+_PLAIN = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+
+
+def _fraction(text: str) -> Fraction:
+    """``a`` or ``a/b`` exactly; a part with an exponent goes through float first, since Fraction would build
+    10**exponent as an integer (``1e999999999`` would hang)."""
+    if any(c.isspace() for c in text):
+        raise ValueError(text)
+    num, slash, den = text.partition("/")
+    parts = [num, den] if slash else [num]
+    values = [Fraction(p) if _PLAIN.fullmatch(p) else Fraction(float(p)) for p in parts]
+    return values[0] / values[1] if slash else values[0]
+
+
 def parse_eps(value: Any) -> float | str:
     """``--eps``: a number or a fraction such as ``8/255`` (read as a fraction, never evaluated), as a float;
     or a named radius such as ``p50`` (families whose eps takes one, the learned sets), as text. Zero, negative
@@ -33,8 +47,10 @@ def parse_eps(value: Any) -> float | str:
         raise BenchError(f"--eps must be a number or a fraction, got {value!r}", EPS_FIX)
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > 64:
+            raise BenchError(f"--eps {value[:20]!r}... is {len(value)} characters long", EPS_FIX)
         try:
-            number = float(Fraction(text))
+            number = float(_fraction(text))
         except ZeroDivisionError:
             raise BenchError(f"--eps {value!r} divides by zero", EPS_FIX) from None
         except OverflowError:
