@@ -28,3 +28,34 @@ def tiny_digits_model(seed: int = 0, epochs: int = 30) -> torch.nn.Module:
 def threat_card(family: str, card_id: str | None = None, **params) -> ThreatCard:
     """A threat card built in code, e.g. ``threat_card("pgd", norm="Linf", eps=0.1, steps=10)``."""
     return ThreatCard(id=card_id or f"test-{family}", family=family, params=params)
+
+
+def fit_resumed(make, data, checkpoint, *, interrupt_at: float | None = None):
+    """Train the (model, recipe) that ``make()`` builds (after seeding torch with 0) and return (model, recipe,
+    history); with ``interrupt_at``, first kill that training at this share of its steps (a KeyboardInterrupt from
+    the loss, as Ctrl-C gives) and resume it from its checkpoint with a fresh model and recipe: what an
+    interrupted training must reproduce exactly."""
+    from bench.training.loop import fit
+
+    cpu = torch.device("cpu")
+    if interrupt_at is not None:
+        torch.manual_seed(0)
+        model, recipe = make()
+        real = recipe.loss
+
+        def dies(model, batch):
+            if batch.progress >= interrupt_at:
+                raise KeyboardInterrupt
+            return real(model, batch)
+
+        recipe.loss = dies
+        try:
+            fit(model, recipe, data, seed=0, device=cpu, checkpoint=checkpoint, desc=checkpoint.stem)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError(f"the training was not interrupted at {interrupt_at}")
+    torch.manual_seed(0)
+    model, recipe = make()
+    history = fit(model, recipe, data, seed=0, device=cpu, checkpoint=checkpoint, desc=checkpoint.stem)
+    return model, recipe, history

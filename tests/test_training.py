@@ -19,8 +19,8 @@ from bench.models.archs.small import small_cnn
 from bench.ops.losses import LOSSES
 from bench.ops.pgd import pgd
 from bench.store import Store
+from bench.testing import fit_resumed
 from bench.training import train
-from bench.training.loop import fit
 from bench.recipes.base import ParamGroup, Recipe, RecipeParams
 from conftest import threat
 
@@ -58,25 +58,11 @@ class DualRecipe(Recipe):
 
 
 def _fit(tmp_path, name, interrupt_at=None):
-    torch.manual_seed(0)
-    model = small_cnn(input_size=8)
-    recipe = DualRecipe(DualParams(epochs=3, batch_size=128, lr=0.01))
-    data = load_dataset("digits", "train")
-    if interrupt_at is not None:
-        real = recipe.loss
+    def make():
+        return small_cnn(input_size=8), DualRecipe(DualParams(epochs=3, batch_size=128, lr=0.01))
 
-        def dies(model, batch):
-            if batch.progress >= interrupt_at:
-                raise KeyboardInterrupt
-            return real(model, batch)
-
-        recipe.loss = dies
-        with pytest.raises(KeyboardInterrupt):
-            fit(model, recipe, data, seed=0, device=torch.device("cpu"), checkpoint=tmp_path / f"{name}.ckpt",
-                desc=name)
-        torch.manual_seed(0)
-        model, recipe = small_cnn(input_size=8), DualRecipe(DualParams(epochs=3, batch_size=128, lr=0.01))
-    fit(model, recipe, data, seed=0, device=torch.device("cpu"), checkpoint=tmp_path / f"{name}.ckpt", desc=name)
+    model, recipe, _ = fit_resumed(make, load_dataset("digits", "train"), tmp_path / f"{name}.ckpt",
+                                   interrupt_at=interrupt_at)
     return model, recipe
 
 

@@ -15,8 +15,8 @@ from bench.errors import CardError
 from bench.models import load_model_card
 from bench.models.archs.small import small_cnn
 from bench.recipes.base import RECIPES, Batch
+from bench.testing import fit_resumed
 from bench.training import train
-from bench.training.loop import fit
 
 COMMON = dict(epochs=1, batch_size=48, optimizer="sgd", lr=0.05, schedule="constant", eps=0.15, steps=3,
               step_size=0.06)
@@ -160,24 +160,8 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, 
         return type(card.make_recipe())(card.make_recipe().params)
 
     def run(tag, interrupt_at=None):
-        torch.manual_seed(0)
-        model, r = small_cnn(input_size=8), fresh()
-        if interrupt_at is not None:
-            real = r.loss
-
-            def dies(model, batch):
-                if batch.progress >= interrupt_at:
-                    raise KeyboardInterrupt
-                return real(model, batch)
-
-            r.loss = dies
-            with pytest.raises(KeyboardInterrupt):
-                fit(model, r, data, seed=0, device=torch.device("cpu"), checkpoint=tmp_path / f"{tag}.ckpt", desc=tag)
-            torch.manual_seed(0)
-            model, r = small_cnn(input_size=8), fresh()
-        history = fit(model, r, data, seed=0, device=torch.device("cpu"), checkpoint=tmp_path / f"{tag}.ckpt",
-                      desc=tag)
-        return model, r, history
+        return fit_resumed(lambda: (small_cnn(input_size=8), fresh()), data, tmp_path / f"{tag}.ckpt",
+                           interrupt_at=interrupt_at)
 
     full_model, full, full_history = run("full")
     cut_model, cut, cut_history = run("cut", interrupt_at=0.5)
