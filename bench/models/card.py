@@ -192,8 +192,8 @@ class ModelCard(CardSchema):
             data = self.model_dump(mode="json", include=include, exclude=PROSE | unset)
             if data.get("weights") is not None:
                 del data["weights"]["size"]  # a download cap, implied by the sha256: not identity
-            if data.get("architecture") is not None and revision(self.architecture.name):
-                data["architecture"]["revision"] = revision(self.architecture.name)
+            if data.get("architecture") is not None and (rev := revision(self.architecture.name)):
+                data["architecture"]["revision"] = rev
             if data.get("recipe") is not None:
                 data["recipe"]["params"] = self.make_recipe().params.model_dump(mode="json")
             if data.get("compose") is not None:
