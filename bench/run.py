@@ -98,10 +98,12 @@ def earlier_runs(store: Store, key: dict[str, Any]) -> list[str]:
                      if d.startswith(f"{name}:")), d)
                for d in differences({k: other.get(k) for k in key if k not in SAME_QUESTION},
                                     {k: v for k, v in key.items() if k not in SAME_QUESTION}, ("there", "here"))]
+        engine = any(d.startswith("implementation.family.engine") for d in why)
         stale = any(d.startswith("implementation.") for d in why)
+        whose = (" and that one was computed by the family's other engine" if engine
+                 else " and that one is stale (made by other code)" if stale else "")
         notes.append(f"run {run_id} of the same model and protocol differs ({'; '.join(why)}), so this is a separate "
-                     f"run{' and that one is stale (made by other code)' if stale else ''}; use that run's settings "
-                     "to resume or reuse it")
+                     f"run{whose}; use that run's settings to resume or reuse it")
     return notes
 
 

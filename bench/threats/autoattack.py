@@ -1,6 +1,8 @@
-"""The ``autoattack`` family: the official AutoAttack (Croce & Hein, 2020) through pyautoattack.
+"""The ``autoattack`` family: AutoAttack (Croce & Hein, 2020), computed by the official package (pyautoattack)
+or by our batched engine (``bench.threats.aa_engine``), chosen per card with ``engine``. Which engine answers is
+the run's implementation identity, not its protocol: both answer the same question.
 
-The adapter fixes the package's unsafe defaults: eps, norm, an integer seed and the device are
+The adapter of the official package fixes the package's unsafe defaults: eps, norm, an integer seed and the device are
 always passed; the dynamic-defence counter (module-global upstream) is reset for every batch; its
 checks, logged as warnings, become run notes; and every adversarial point is re-checked here
 (finite, inside the ball, in [0, 1], misclassified by our own forward pass) before it counts.
@@ -32,6 +34,7 @@ class AutoAttackParams(Params):
     eps: Eps
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[AttackName] | None = None  # only with version: custom
+    engine: Literal["official", "bench"] = "official"  # which code computes it (not part of the protocol)
 
     @model_validator(mode="after")
     def _check(self) -> "AutoAttackParams":
@@ -67,12 +70,32 @@ class _Capture(logging.Handler):
 
 @THREAT_FAMILIES.register("autoattack")
 class AutoAttack(PerturbStep):
-    """Attacks every point of a batch (AutoAttack skips those it gets wrong clean by itself), seeded with the
-    batch's seed: its randomness is the package's own, not per point."""
+    """Attacks every point of a batch (AutoAttack skips those it gets wrong clean by itself). The official package
+    is seeded with the batch's seed (its randomness is its own, not per point); our engine draws per point."""
 
     Params = AutoAttackParams
     params: AutoAttackParams
-    aligned_draws = False
+
+    @property
+    def point_draws(self) -> bool:
+        """Our engine keys every draw by point; the official package seeds itself per batch."""
+        return self.params.engine == "bench"
+
+    @property
+    def aligned_draws(self) -> bool:
+        return self.params.engine == "bench"
+
+    @classmethod
+    def protocol(cls, params: AutoAttackParams) -> dict:
+        """The question asked, without the engine that answers it (that is the run's implementation identity)."""
+        return params.model_dump(mode="json", exclude={"engine"})
+
+    def implementation(self) -> dict:
+        if self.params.engine == "official":
+            return super().implementation()
+        from bench.threats.aa_engine.engine import ENGINE_REVISION
+
+        return {"revision": self.revision, "engine": {"name": "bench", "revision": ENGINE_REVISION}}
 
     @classmethod
     def backends(cls) -> dict[str, str]:
@@ -87,14 +110,33 @@ class AutoAttack(PerturbStep):
         return torch.ones_like(batch.clean["clean_correct"])
 
     def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
-        package = require("pyautoattack", "the autoattack threat", "pip install pyautoattack==0.2.0")
-        checks = require("pyautoattack.checks", "the autoattack threat", "pip install pyautoattack==0.2.0")
-        p, model = self.params, target.module
+        if self.params.engine == "bench":
+            return self._engine(target, x, y, draws)
+        return self._official(target, x, y, draws)
+
+    def _engine(self, target: Target, x: Tensor, y: Tensor, draws) -> Candidates:
+        from bench.threats.aa_engine.engine import autoattack
+
+        p = self.params
+        self._require_gradient(target.module, x)
+        result = autoattack(target.module, x, y, norm=p.norm, eps=p.eps, version=p.version, attacks=p.attacks,
+                            seed=draws.seed, positions=draws.keys)
+        stats = {f"broken_by:{name}": count for name, count in result.broken_by.items()}
+        return Candidates(result.x_adv, stats=stats, notes=[f"AutoAttack check: {n}" for n in result.notes])
+
+    def _require_gradient(self, model, x: Tensor) -> None:
+        p = self.params
         if (p.version != "custom" or set(p.attacks) - {"square"}) and not _carries_gradient(model, x):
             raise BenchError("the model's outputs carry no gradient (detached or computed without autograd), so "
                              "AutoAttack's gradient attacks cannot run: this is gradient masking by construction",
                              "attack it with the gradient-free Square attack (version: custom, attacks: [square]) "
                              "or a transfer attack, and do not rank it on white-box numbers")
+
+    def _official(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
+        package = require("pyautoattack", "the autoattack threat", "pip install pyautoattack==0.2.0")
+        checks = require("pyautoattack.checks", "the autoattack threat", "pip install pyautoattack==0.2.0")
+        p, model = self.params, target.module
+        self._require_gradient(model, x)
         for key in checks.funcs:  # upstream never resets it: one dynamic model would taint every later one
             checks.funcs[key] = 0
         logger = logging.getLogger("auto-attack")

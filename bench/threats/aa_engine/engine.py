@@ -1,0 +1,127 @@
+"""Our AutoAttack: the official ensemble's stages and settings per version, run on the points still robust.
+
+Each stage attacks only the points every earlier stage left standing (as the official), in chunks of
+``batch_size`` points; every draw is keyed by the point's position in the split and the stage, so the chunking
+(and the shard's size) changes no point's outcome. The model's parameters are frozen for the whole run. The
+official's checks run on the same inputs and give the same warnings (``checks``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from bench.progress import stage as progress
+from bench.threats.aa_engine import checks, rng
+from bench.threats.aa_engine.model import frozen
+
+ENGINE_REVISION = 1  # bump whenever the engine's numbers may change
+VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+            "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
+            "rand": ["apgd-ce", "apgd-dlr"]}
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable  # (model, x, y, *, norm, eps, keys) -> (x_adv, fooled)
+
+
+def _apgd(**kwargs):
+    from bench.threats.aa_engine.apgd import apgd
+
+    return partial(apgd, **kwargs)
+
+
+def _fab(**kwargs):
+    from bench.threats.aa_engine.fab import fab
+
+    return partial(fab, **kwargs)
+
+
+def _square(**kwargs):
+    from bench.threats.aa_engine.square import square
+
+    return partial(square, **kwargs)
+
+
+def stages(version: str, norm: str, attacks: list[str] | None, notes: list[str]) -> list[Stage]:
+    """The official's stages and their settings (``AutoAttack._set_version`` and its constructor's defaults for
+    ``custom``): standard runs one APGD-CE restart and 9 target classes, except for L1 (5 restarts, 5 target
+    classes, the 3-2-1 radius schedule); plus runs 5 restarts of the untargeted attacks; rand averages 20
+    gradients per step."""
+    names = attacks if version == "custom" else VERSIONS[version]
+    l1_standard = version == "standard" and norm == "L1"
+    restarts = 1 if version in ("standard", "rand") and not l1_standard else 5
+    eot = 20 if version == "rand" else 1
+    fab_restarts = 1 if version == "standard" else 5
+    out = []
+    for name in names:
+        if name in ("apgd-ce", "apgd-dlr"):
+            run = _apgd(loss=name[5:], n_restarts=restarts, large_reps=l1_standard, eot=eot, notes=notes)
+        elif name == "apgd-t":
+            run = _apgd(loss="dlr-targeted", n_restarts=1, n_target_classes=5 if l1_standard else 9,
+                        large_reps=l1_standard, notes=notes)
+        elif name == "fab-t":
+            run = _fab(targeted=True, n_target_classes=9, n_restarts=1)
+            fab_restarts = 1  # the official sets its shared FAB's restarts to 1 for FAB-T, and a later FAB keeps it
+        elif name == "fab":
+            run = _fab(targeted=False, n_restarts=fab_restarts)
+        else:
+            run = _square(n_queries=5000, p_init=0.8)
+        out.append(Stage(name, run))
+    return out
+
+
+@dataclass
+class Result:
+    x_adv: Tensor  # the breaking stage's input where a point was broken, else the clean input
+    robust: Tensor
+    broken_by: dict[str, int] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)  # robust accuracy after each stage, "clean" first
+    notes: list[str] = field(default_factory=list)
+
+
+def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: str = "standard",
+               attacks: list[str] | None = None, seed: int, positions: Tensor, batch_size: int | None = None
+               ) -> Result:
+    """Run the ensemble on ``x`` (labels ``y``; ``positions``: each point's position in the split, which keys its
+    draws with ``seed``)."""
+    notes: list[str] = []
+    with frozen(model):
+        plan = stages(version, norm, attacks, notes)
+        size = batch_size or len(x)
+        if version != "rand":
+            notes += checks.randomized(model, x[:size], y[:size])
+        found, n_classes = checks.probabilities(model, x[:size])
+        notes += found + checks.dynamic(model, x[:size])
+        notes += checks.classes(n_classes, [s.name for s in plan], 5 if version == "standard" and norm == "L1"
+                                else 9, 9)
+        robust = _predict(model, x, size) == y
+        result = Result(x.clone(), robust, accuracy={"clean": robust.float().mean().item()})
+        for s in plan:
+            todo = robust.nonzero()[:, 0]
+            if not len(todo):
+                break
+            broken = 0
+            for chunk in todo.split(size):
+                keys = rng.point_keys(seed, positions[chunk.cpu()].to(x.device), s.name)
+                progress(f"AutoAttack {s.name}: {len(chunk)} points")
+                x_adv, _ = s.run(model, x[chunk], y[chunk], norm=norm, eps=eps, keys=keys)
+                fooled = _predict(model, x_adv, size) != y[chunk]  # as the official: this forward pass decides
+                robust[chunk[fooled]] = False
+                result.x_adv[chunk[fooled]] = x_adv[fooled]
+                broken += int(fooled.sum())
+            result.broken_by[s.name] = broken
+            result.accuracy[s.name] = robust.float().mean().item()
+            progress(f"AutoAttack robust accuracy after {s.name.upper()}: {result.accuracy[s.name]:.2%}")
+        result.notes = notes + checks.square_success(result.accuracy)
+    return result
+
+
+@torch.no_grad()
+def _predict(model, x: Tensor, size: int) -> Tensor:
+    return torch.cat([model(c).argmax(1) for c in x.split(size)])

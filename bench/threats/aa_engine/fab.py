@@ -1,0 +1,256 @@
+"""FAB, the Fast Adaptive Boundary attack (Croce & Hein, 2020, "Minimally distorted adversarial examples with a
+fast adaptive boundary attack"), as the official AutoAttack runs it (fra31/auto-attack: ``fab_base.py``,
+``fab_pt.py``, ``fab_projections.py``): FAB-T (targeted at the classes ranked 2..n_target_classes+1 by the clean
+logits, the ``standard`` version) and untargeted FAB with restarts (the ``plus`` version), for Linf, L2 and L1.
+
+Each iteration linearises the decision boundary at the current iterate, projects both the iterate and the clean
+point onto that hyperplane intersected with the box [0, 1] (the minimal-norm step for the norm), and moves to a
+convex combination of the two projections (weight alpha <= alpha_max on the clean point's, overshoot eta); an
+iterate that is adversarial is recorded if it is the smallest found and pulled back towards the clean point by
+beta. The official's update rule, constants and per-point bookkeeping are kept, so given the same start a point
+follows the official trajectory up to float rounding. What differs, on purpose:
+
+- The projections are our own sort-based solvers (``project_hyperplane``): Linf and L2 are the same
+  one-parameter "water filling" (each coordinate moves with the multiplier until it hits the box), solved exactly
+  from the sorted breakpoints and their prefix sums; L1 fills the coordinates greedily by |w|. They give the
+  official projections' result to float rounding, with no Python loop over points or bisection steps.
+- Gradients are input gradients only (``torch.autograd.grad`` w.r.t. the input, so no weight gradients), and
+  untargeted FAB's Jacobian of all logit differences comes from one forward and one vmapped backward pass
+  (``is_grads_batched``) instead of one backward per class.
+- Compaction inside a run: a point leaves the run as soon as it has an adversarial example within eps. Its
+  outcome is then settled (the recorded norm only decreases), so the robust accuracy is the official's; but the
+  returned example is the first one found within eps, not FAB's fully minimised one. Across target classes and
+  restarts, points already fooled are dropped, as the official does.
+- Random starts (restarts > 0) come from ``rng`` keyed by point (stream ``target{rank}/restart{k}`` or
+  ``restart{k}``), not the global generator, so a point's result does not depend on its batch-mates.
+- With fewer classes than n_target_classes + 1 the target ranks stop at the class count (the official indexes
+  past the end and fails).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from bench.threats.aa_engine import rng
+from bench.threats.aa_engine.geometry import norms, per_point
+
+NORMS = ("Linf", "L2", "L1")
+DEAD_WEIGHT = 1e-8  # coordinates with |w| below this take no part in the L2 and L1 projections (as the official)
+
+
+# --- projection onto {z : <w, z> = b} intersected with [0, 1]^n -----------------------------------------------------
+
+def _water_level(weight: Tensor, level: Tensor, need: Tensor) -> Tensor:
+    """Per row, mu >= 0 with sum_i weight_i * min(mu, level_i) = need (weights >= 0, levels >= 0, need >= 0), or
+    +inf where even every coordinate at its level falls short (or just reaches it): then every coordinate goes all
+    the way. The left side is piecewise linear and non-decreasing in mu with breakpoints at the levels, so after
+    sorting them its value at every breakpoint comes from two prefix sums, the count of breakpoints below ``need``
+    names the segment holding the solution, and there it is linear."""
+    level, order = level.sort(dim=1)
+    weight = weight.gather(1, order)
+    filled = weight * level
+    below = filled.cumsum(1) - filled  # sum over the earlier (saturated) coordinates of weight * level
+    rising = weight.flip(1).cumsum(1).flip(1)  # sum of the weights not yet saturated at this breakpoint
+    at_breakpoint = below + level * rising
+    need = need[:, None]
+    segment = (at_breakpoint < need).sum(1, keepdim=True).clamp(max=level.shape[1] - 1)
+    mu = (need - below.gather(1, segment)) / rising.gather(1, segment).clamp_min(torch.finfo(level.dtype).tiny)
+    full = below[:, -1:] + filled[:, -1:]
+    return torch.where(need >= full, torch.full_like(mu, float("inf")), mu.clamp_min(0.0))
+
+
+def _greedy_l1(gain: Tensor, size: Tensor, need: Tensor) -> Tensor:
+    """Per row, how far each coordinate moves (in units of its room) for the least L1 norm that reaches ``need``:
+    a unit of movement buys ``size`` (=|w|) of progress, so the coordinates are used whole in decreasing order of
+    |w| (coordinate i buys at most ``gain_i``), the last one in part; all whole where the total falls short."""
+    order = size.argsort(dim=1, descending=True, stable=True)
+    gain = gain.gather(1, order)
+    spent = gain.cumsum(1)
+    need = need[:, None]
+    whole = (spent < need).sum(1, keepdim=True)  # coordinates used whole; the next one is used in part
+    position = torch.arange(gain.shape[1], device=gain.device)[None, :]
+    before = (spent - gain).gather(1, whole.clamp(max=gain.shape[1] - 1))
+    part = (need - before).clamp_min(0.0) / gain.gather(1, whole.clamp(max=gain.shape[1] - 1)).clamp_min(
+        torch.finfo(gain.dtype).tiny)
+    share = torch.where(position < whole, 1.0, torch.where(position == whole, part.clamp(max=1.0), 0.0))
+    share = torch.where(spent[:, -1:] <= need, torch.ones_like(share), share)
+    return torch.empty_like(share).scatter_(1, order, share)
+
+
+def project_hyperplane(norm: str, t: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Per row of ``t`` (n, d): the step d of least ||d||_p with <w, t + d> = b and t + d in [0, 1]; where the box
+    cannot reach the hyperplane, the step to the box corner that comes closest. The same problem and answer as the
+    official ``projection_linf`` / ``projection_l2`` / ``projection_l1`` (to float rounding)."""
+    gap = (w * t).sum(1) - b
+    w = torch.where(gap[:, None] < 0, -w, w)  # oriented so that <w, .> has to drop by gap >= 0
+    need = gap.abs()
+    size = w.abs()
+    room = torch.where(w > 0, t, 1.0 - t)  # how far each coordinate can go in the direction that lowers <w, .>
+    direction = -w.sign()
+    if norm == "Linf":
+        live = (w != 0).to(t.dtype)
+        radius = _water_level(size * live, room * live, need)  # every live coordinate moves min(radius, room)
+        return direction * torch.minimum(radius, room) * live
+    live = (size > DEAD_WEIGHT).to(t.dtype)
+    if norm == "L2":
+        level = torch.where(live > 0, room / size.clamp_min(DEAD_WEIGHT), 0.0)  # d_i = -mu * w_i until the box
+        mu = _water_level(w.square() * live, level, need)
+        return direction * torch.minimum(mu, level) * size * live
+    if norm == "L1":
+        share = _greedy_l1(size * room * live, size * live, need)
+        return direction * room * share * live
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+# --- the logit differences and their gradients ----------------------------------------------------------------------
+
+def _dual_norm(g: Tensor, norm: str) -> Tensor:
+    """The norm dual to the attacked one, along the last dimension: the distance to a hyperplane is |f| / ||w||_*."""
+    if norm == "Linf":
+        return g.abs().sum(-1)
+    if norm == "L2":
+        return g.square().sum(-1).sqrt()
+    return g.abs().amax(-1)
+
+
+def _targeted_plane(model, x: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """(f, grad f) for f = logit[target] - logit[y], shapes (m,) and (m, d): one forward and one backward pass."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        f = (logits.gather(1, target[:, None]) - logits.gather(1, y[:, None]))[:, 0]
+        (g,) = torch.autograd.grad(f.sum(), x)
+    return f.detach(), g.flatten(1)
+
+
+def _class_jacobian(model, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits, J) with J[:, k] the input gradient of logit[k] - logit[y], shape (m, K, d). One forward pass and a
+    backward pass vmapped over the K classes; a model whose ops vmap cannot batch gets one pass over the inputs
+    replicated per class instead (still no loop over classes)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        k = logits.shape[1]
+        seeds = torch.eye(k, dtype=logits.dtype, device=logits.device)[:, None, :] \
+            - torch.nn.functional.one_hot(y, k).to(logits.dtype)[None]  # (K, m, K): e_k - e_y
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # vmap's "performance drop" notes for ops without batching rules
+                (jac,) = torch.autograd.grad(logits, x, grad_outputs=seeds, is_grads_batched=True)
+        except (RuntimeError, NotImplementedError):  # e.g. an op with no batching rule, or .item() in a backward
+            many = x.detach().repeat(k, *([1] * (x.dim() - 1))).requires_grad_(True)
+            out = model(many).reshape(k, len(x), k)
+            (jac,) = torch.autograd.grad((out * seeds).sum(), many)
+    return logits.detach(), jac.reshape(k, len(x), -1).transpose(0, 1)
+
+
+def _nearest_plane(model, x: Tensor, y: Tensor, target: Tensor | None, norm: str) -> tuple[Tensor, Tensor]:
+    """(f, w) of the linearised boundary to attack: the target's, or untargeted the class whose linearised boundary
+    is nearest in the attacked norm (the true class itself never, as its difference is set to 1e10)."""
+    if target is not None:
+        return _targeted_plane(model, x, y, target)
+    logits, jac = _class_jacobian(model, x, y)
+    f = logits - logits.gather(1, y[:, None])
+    f = f.scatter(1, y[:, None], 1e10)
+    nearest = (f.abs() / (1e-12 + _dual_norm(jac, norm))).argmin(1)
+    rows = torch.arange(len(x), device=x.device)
+    return f[rows, nearest], jac[rows, nearest]
+
+
+# --- one run ---------------------------------------------------------------------------------------------------------
+
+def _random_start(x0: Tensor, norm: str, eps: float, keys: Tensor) -> Tensor:
+    """The official's random start: a random direction scaled to half of eps in the attacked norm, then clamped."""
+    shape = tuple(x0.shape[1:])
+    if norm == "Linf":
+        t = 2 * rng.uniform(keys, 0, shape, x0.dtype) - 1
+    else:
+        t = rng.normal(keys, 0, shape, x0.dtype)
+    t = t / per_point(norms(t, norm), t)
+    return (x0 + 0.5 * eps * t).clamp(0.0, 1.0)
+
+
+def _run(model, x0: Tensor, y: Tensor, target: Tensor | None, *, norm: str, eps: float, start: Tensor, n_iter: int,
+         alpha_max: float, eta: float, beta: float, stop_within_eps: bool = True) -> tuple[Tensor, Tensor]:
+    """One FAB run from ``start`` on points the model classifies correctly: (best, best_norm) per point, the
+    smallest adversarial iterate found (x0 where none, norm +inf). With ``stop_within_eps`` a point leaves the run
+    once it has one within eps (its outcome is settled); otherwise every point runs all iterations (the official)."""
+    n = len(x0)
+    best, best_norm = x0.clone(), torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
+    idx = torch.arange(n, device=x0.device)
+    clean, label = x0, y
+    aim = target
+    x1 = start.clone()
+    for _ in range(n_iter):
+        if len(idx) == 0:
+            break
+        m = len(idx)
+        f, w = _nearest_plane(model, x1, label, aim, norm)
+        flat1, flat0 = x1.flatten(1), clean.flatten(1)
+        b = (w * flat1).sum(1) - f  # the linearised boundary: <w, z> = <w, x1> - f(x1)
+        steps = project_hyperplane(norm, torch.cat((flat1, flat0)), torch.cat((w, w)), torch.cat((b, b)))
+        size = norms(steps, norm).clamp_min(1e-8)
+        alpha = (size[:m] / (size[:m] + size[m:])).clamp(0.0, alpha_max)
+        d1, d0 = steps[:m].reshape(x1.shape), steps[m:].reshape(x1.shape)
+        alpha = per_point(alpha, x1)
+        x1 = ((x1 + eta * d1) * (1 - alpha) + (clean + eta * d0) * alpha).clamp(0.0, 1.0)
+        with torch.no_grad():
+            adv = model(x1).argmax(1) != label
+        if adv.any():
+            dist = norms(x1 - clean, norm)
+            better = adv & (dist < best_norm[idx])
+            best[idx[better]] = x1[better]
+            best_norm[idx[better]] = dist[better]
+            x1 = torch.where(per_point(adv, x1), clean + (x1 - clean) * beta, x1)
+            if stop_within_eps:
+                keep = best_norm[idx] > eps
+                if not keep.all():
+                    idx, clean, label, x1 = idx[keep], clean[keep], label[keep], x1[keep]
+                    aim = aim[keep] if aim is not None else None
+    return best, best_norm
+
+
+def fab(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, targeted: bool = True,
+        n_target_classes: int = 9, n_restarts: int = 1, n_iter: int = 100, alpha_max: float = 0.1,
+        eta: float = 1.05, beta: float = 0.9) -> tuple[Tensor, Tensor]:
+    """-> (x_adv, fooled): x_adv inside the threat model (||x_adv - x||_p <= eps, [0,1]) for every point (x itself
+    where nothing was found within eps); fooled (bool, n) where model(x_adv).argmax(1) != y.
+
+    Points the model already gets wrong count as fooled with x_adv = x. The rest go through the runs in the
+    official order (targeted: each target rank, then its restarts; untargeted: the restarts), each run on the
+    points not yet fooled; a run's example counts if it is within eps and the model, asked again, gets it wrong."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}")
+    with torch.no_grad():
+        logits = model(x)
+    fooled = logits.argmax(1) != y
+    x_adv = x.detach().clone()
+    keys = keys.to(x.device)
+    if targeted:
+        ranking = logits.argsort(dim=1)  # ascending, so the class of rank r is column -r
+        ranks = range(2, min(n_target_classes + 1, logits.shape[1]) + 1)
+        runs = [(rank, k) for rank in ranks for k in range(n_restarts)]
+    else:
+        runs = [(None, k) for k in range(n_restarts)]
+    for rank, k in runs:
+        todo = (~fooled).nonzero()[:, 0]
+        if len(todo) == 0:
+            break
+        x0, y0 = x[todo].detach(), y[todo]
+        target = ranking[todo, -rank] if rank is not None else None
+        if k > 0:
+            stream = f"target{rank}/restart{k}" if rank is not None else f"restart{k}"
+            start = _random_start(x0, norm, eps, rng.derive(keys[todo], stream))
+        else:
+            start = x0
+        best, best_norm = _run(model, x0, y0, target, norm=norm, eps=eps, start=start, n_iter=n_iter,
+                               alpha_max=alpha_max, eta=eta, beta=beta)
+        found = best_norm <= eps
+        if found.any():  # the official asks the model again before counting an example
+            with torch.no_grad():
+                found[found.clone()] = model(best[found]).argmax(1) != y0[found]
+        x_adv[todo[found]] = best[found]
+        fooled[todo[found]] = True
+    return x_adv, fooled

@@ -1,0 +1,31 @@
+"""The model as the engine's attacks call it: parameters frozen, so a gradient call computes no weight gradients."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """Parameters that need no gradient for the duration (restored after): backward passes then stop at the
+    input, which saves the weight-gradient work the attacks never use."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def input_grad(model, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, per-point loss, gradient of the summed loss w.r.t. ``x``) in one forward and backward pass."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        loss = loss_fn(logits)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return logits.detach(), loss.detach(), grad.detach()

@@ -1,0 +1,93 @@
+"""Our AutoAttack engine as the ``autoattack`` family runs it (``engine: bench``), against the official package on
+the same model and points: the same robust accuracy and the same per-stage breaks within paired sampling error, the
+official's checks as run notes, and outcomes that do not depend on how the points are batched."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.run import evaluate
+from bench.store import Store
+from bench.threats import make_threat
+from conftest import threat
+from test_attacks import GradientInForward, NoisyModel
+
+pytest.importorskip("pyautoattack")
+ROWS = "SELECT index, clean_correct, robust FROM rows WHERE run_id = ? ORDER BY index"
+
+
+def paired_tolerance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """How far two attacks' robust counts on the same points may differ by chance: 3.5 standard errors of the
+    paired difference (the points only one of them breaks: sd sqrt(b + c) under equal strength), plus one."""
+    return 3.5 * math.sqrt(int((a != b).sum())) + 1
+
+
+def both(model, tmp_path, n: int, **params):
+    kw = dict(dataset="digits", n=n, batch_size=n, results=tmp_path, progress=False)
+    official = evaluate(model, threat("autoattack", "aa-official", **params), **kw)
+    ours = evaluate(model, threat("autoattack", "aa-bench", engine="bench", **params), **kw)
+    store = Store(tmp_path)
+    return official, ours, store.query(ROWS, [official.run_id]), store.query(ROWS, [ours.run_id])
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 0.5)])
+def test_standard_autoattack_agrees_with_the_official_package(digits_model, tmp_path, norm, eps):
+    official, ours, rows_o, rows_b = both(digits_model, tmp_path, 60, norm=norm, eps=eps)
+    assert 0.1 < official.robust_acc < 0.8, "the test needs a radius where some points survive and some break"
+    a, b = torch.tensor(rows_o.robust.values), torch.tensor(rows_b.robust.values)
+    assert abs(int(a.sum()) - int(b.sum())) <= paired_tolerance(a, b)
+    stages = {f"broken_by:{s}" for s in ("apgd-ce", "apgd-t", "fab-t", "square")}
+    assert set(ours.stats) == set(official.stats) == stages
+    ce_official, ce_ours = official.stats["broken_by:apgd-ce"], ours.stats["broken_by:apgd-ce"]
+    assert abs(ce_official - ce_ours) <= 3.5 * math.sqrt(ce_official + ce_ours) / 2 + 2
+    assert official.protocol == ours.protocol and official.run_id != ours.run_id
+    assert any("other engine" in note for note in ours.notes)
+
+
+def test_l1_standard_runs_its_radius_schedule_and_agrees(digits_model, tmp_path):
+    official, ours, rows_o, rows_b = both(digits_model, tmp_path, 60, norm="L1", eps=3.0, version="custom",
+                                          attacks=["apgd-ce", "apgd-t"])
+    a, b = torch.tensor(rows_o.robust.values), torch.tensor(rows_b.robust.values)
+    assert abs(int(a.sum()) - int(b.sum())) <= paired_tolerance(a, b)
+
+
+def test_the_engine_is_identity_not_protocol():
+    official = make_threat(threat("autoattack", norm="Linf", eps=0.1))
+    ours = make_threat(threat("autoattack", norm="Linf", eps=0.1, engine="bench"))
+    assert threat("autoattack", norm="Linf", eps=0.1).hash == threat("autoattack", norm="Linf", eps=0.1,
+                                                                     engine="bench").hash
+    assert official.implementation() != ours.implementation()
+    assert ours.implementation()["engine"]["name"] == "bench" and "backends" not in ours.implementation()
+
+
+def test_a_points_outcome_does_not_depend_on_the_batch_size(digits_model, tmp_path):
+    params = dict(norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce", "apgd-t"], engine="bench")
+    kw = dict(dataset="digits", n=60, results=tmp_path, progress=False)
+    whole = evaluate(digits_model, threat("autoattack", **params), batch_size=60, **kw)
+    parts = evaluate(digits_model, threat("autoattack", **params), batch_size=25, **kw)
+    store = Store(tmp_path)
+    assert store.query(ROWS, [whole.run_id]).equals(store.query(ROWS, [parts.run_id]))
+    assert whole.stats == parts.stats
+
+
+def test_the_officials_checks_become_run_notes(digits_model, tmp_path):
+    cheap = dict(norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce"], engine="bench")
+    kw = dict(dataset="digits", n=20, batch_size=20, results=tmp_path, progress=False)
+    assert any("randomized" in n for n in evaluate(NoisyModel(digits_model), threat("autoattack", **cheap),
+                                                   **kw).notes)
+    assert any("dynamic defense" in n for n in evaluate(GradientInForward(digits_model),
+                                                        threat("autoattack", **cheap), **kw).notes)
+    plain = evaluate(digits_model, threat("autoattack", **cheap), **kw)
+    assert not any("randomized" in n or "dynamic" in n for n in plain.notes)
+
+
+def test_the_engine_leaves_the_callers_rng_and_the_weights_alone(digits_model, tmp_path):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    evaluate(digits_model, threat("autoattack", norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce"],
+                                  engine="bench"), dataset="digits", n=20, results=tmp_path, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+    assert all(p.requires_grad and p.grad is None for p in digits_model.parameters())
