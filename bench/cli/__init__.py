@@ -371,6 +371,45 @@ def train(card: str = typer.Argument(..., help="Model card id or path."), device
 
 @app.command()
 @friendly
+def perf(model: str = typer.Option(..., "--model", "-m", help="Model card id or path (its weights trained or "
+                                   "shipped: perf trains nothing)."),
+         n: int = typer.Option(200, "--n", help="Evaluation points (the first of the suite's subset)."),
+         eps: str = typer.Option(..., "--eps", help="Radius, e.g. 0.3 or 8/255."),
+         norm: str = typer.Option("Linf", "--norm", help="Linf, L2 or L1."),
+         version: str = typer.Option("standard", "--version", help="AutoAttack version: standard, plus or rand."),
+         attacks: list[str] = typer.Option([], "--attack", help="Only these stages (repeat; version custom: "
+                                           "apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square)."),
+         engines: list[str] = typer.Option(["bench", "official", "torchattacks-100", "torchattacks"], "--engine",
+                                           help="Engines to time (repeat the option)."),
+         threads: int = typer.Option(0, "--threads", help="CPU threads per engine [default: torch's]."),
+         device: str = DeviceOpt) -> None:
+    """Time AutoAttack engines on the same points: examples/s, peak memory, and each stage against its pass-count
+    limit (the model's own forward and forward+backward throughput, measured in the same run)."""
+    from bench.devices import resolve_device
+    from bench.threats.aa_engine.perf import ENGINES, perf as measure, table
+    from bench.threats.override import parse_eps
+
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise BenchError(f"unknown engine {unknown[0]!r}", f"choose from: {', '.join(ENGINES)}")
+    if norm not in ("Linf", "L2", "L1"):
+        raise BenchError(f"unknown norm {norm!r}", "use Linf, L2 or L1")
+    radius = parse_eps(eps)
+    if isinstance(radius, str):
+        raise BenchError(f"--eps {eps!r} is not a number", "give a radius such as 0.3 or 8/255")
+    import torch
+
+    dev = str(resolve_device(device))
+    measures = measure(model, engines, n=n, norm=norm, eps=radius, version="custom" if attacks else version,
+                       device=dev, threads=threads or torch.get_num_threads(), attacks=attacks or None)
+    what = f"custom {', '.join(attacks)}" if attacks else version
+    typer.echo(f"{model}, {n} points, {norm} eps {eps}, AutoAttack {what}, on {dev} "
+               f"({threads or torch.get_num_threads()} threads)\n")
+    typer.echo(table(measures))
+
+
+@app.command()
+@friendly
 def board(dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
           threat: Optional[str] = typer.Option(None, "--threat", help="Only this threat card id, or family."),
           fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json."),

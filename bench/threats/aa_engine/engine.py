@@ -7,6 +7,7 @@ official's checks run on the same inputs and give the same warnings (``checks``)
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -82,6 +83,7 @@ class Result:
     robust: Tensor
     broken_by: dict[str, int] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)  # robust accuracy after each stage, "clean" first
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # each stage's start and end (time.time)
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,7 +108,7 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
             todo = robust.nonzero()[:, 0]
             if not len(todo):
                 break
-            broken = 0
+            broken, began = 0, time.time()
             for chunk in todo.split(size):
                 keys = rng.point_keys(seed, positions[chunk.cpu()].to(x.device), s.name)
                 progress(f"AutoAttack {s.name}: {len(chunk)} points")
@@ -116,6 +118,7 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
                 result.x_adv[chunk[fooled]] = x_adv[fooled]
                 broken += int(fooled.sum())
             result.broken_by[s.name] = broken
+            result.spans[s.name] = (began, time.time())
             result.accuracy[s.name] = robust.float().mean().item()
             progress(f"AutoAttack robust accuracy after {s.name.upper()}: {result.accuracy[s.name]:.2%}")
         result.notes = notes + checks.square_success(result.accuracy)

@@ -1,0 +1,306 @@
+"""``bench perf``: how fast AutoAttack engines run on one model and point set, and how close each stage comes to
+its pass-count limit.
+
+The limit of a stage is the time its model passes would take at the model's own best measured speed: every
+call it makes (forward only, or forward with an input gradient and its backward pass) costs the best time
+measured for a pass of that many rows (measured at powers of two up to the point count, interpolated between).
+A ratio near 1 says the attack is as fast as its passes allow; what lies above is the attack's own work.
+
+Every engine runs in a fresh process (spawned), on the same points, with the same thread count, and measures the
+pass times there too, so its ratios are against the model's speed measured in the same run, and its peak memory
+is its own (CUDA: peak allocated; CPU: the process's peak resident set).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from bench.threats.aa_engine.model import frozen
+
+ENGINES = ("bench", "official", "torchattacks-100", "torchattacks")
+LABELS = {"bench": "bench engine", "official": "official AutoAttack (pyautoattack)",
+          "torchattacks-100": "torchattacks AutoAttack, 100 iterations",
+          "torchattacks": "torchattacks AutoAttack as shipped (10 iterations per gradient attack)"}
+_AFTER = re.compile(r"^robust accuracy after (\S+):")
+
+
+class PassCounter(nn.Module):
+    """Records every call of the model: when, how many rows, and whether it carried a gradient (a pass that a
+    backward pass follows)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.events: list[tuple[float, int, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.events.append((time.time(), len(x), torch.is_grad_enabled() and x.requires_grad))
+        return self.inner(x)
+
+    def between(self, start: float, end: float) -> tuple[list[int], list[int]]:
+        """The row counts of the forward calls and of the forward+backward calls made in [start, end)."""
+        inside = [(rows, grad) for t, rows, grad in self.events if start <= t < end]
+        return [r for r, g in inside if not g], [r for r, g in inside if g]
+
+
+@dataclass
+class Rates:
+    """The best time of one pass per batch size: forward only, and forward with the input's gradient."""
+
+    sizes: list[int]
+    forward: list[float]
+    backward: list[float]
+
+    def time(self, rows: int, backward: bool) -> float:
+        """A pass of ``rows`` rows, interpolated between the measured sizes (linear beyond the largest)."""
+        times, sizes = (self.backward if backward else self.forward), self.sizes
+        if not sizes:
+            return math.nan
+        k = next((i for i, size in enumerate(sizes) if size >= rows), len(sizes) - 1)
+        if k == 0:
+            return times[0]
+        lo, hi = sizes[k - 1], sizes[k]
+        return times[k - 1] + (times[k] - times[k - 1]) * (rows - lo) / (hi - lo)
+
+    def throughput(self, backward: bool) -> float:
+        return self.sizes[-1] / (self.backward if backward else self.forward)[-1] if self.sizes else math.nan
+
+
+def pass_rates(model: nn.Module, x: Tensor, repeats: int = 5) -> Rates:
+    """The model's best time per pass at batch sizes 1, 2, 4, ... up to ``len(x)``, with and without an input
+    gradient (parameters frozen: the limit counts input gradients only, no attack needs the weights')."""
+    def best(fn, batch: Tensor) -> float:
+        fn(batch)  # warm-up
+        out = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(batch)
+            _sync(batch)
+            out = min(out, time.perf_counter() - start)
+        return out
+
+    def forward(batch: Tensor) -> None:
+        with torch.no_grad():
+            model(batch)
+
+    def backward(batch: Tensor) -> None:
+        probe = batch.detach().requires_grad_(True)
+        torch.autograd.grad(model(probe).sum(), probe)
+
+    sizes = sorted({2 ** k for k in range(len(x).bit_length()) if 2 ** k <= len(x)} | {len(x)})
+    with frozen(model):
+        return Rates(sizes, [best(forward, x[:s]) for s in sizes], [best(backward, x[:s]) for s in sizes])
+
+
+def _sync(x: Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    forward_calls: list[int]  # rows per call
+    backward_calls: list[int]
+    broken: int | None = None
+
+    def limit(self, rates: Rates) -> float:
+        return (sum(rates.time(r, False) for r in self.forward_calls)
+                + sum(rates.time(r, True) for r in self.backward_calls))
+
+
+@dataclass
+class Measure:
+    engine: str
+    seconds: float
+    robust: int
+    n: int
+    rates: Rates
+    peak_bytes: int
+    stages: list[Stage] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.n / self.seconds
+
+    @property
+    def limit(self) -> float:
+        return sum(s.limit(self.rates) for s in self.stages)
+
+
+def _spans(marks: list[tuple[str, float]], end: float) -> list[tuple[str, float, float]]:
+    """Stage spans from (stage, start time) marks."""
+    return [(name, t, marks[i + 1][1] if i + 1 < len(marks) else end) for i, (name, t) in enumerate(marks)]
+
+
+def run_bench(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
+              attacks: list[str] | None):
+    from bench.threats.aa_engine.engine import autoattack
+
+    result = autoattack(model, x, y, norm=norm, eps=eps, version=version, attacks=attacks, seed=0,
+                        positions=torch.arange(len(x)))
+    return [(name, *span, result.broken_by.get(name)) for name, span in result.spans.items()], result.robust
+
+
+def run_official(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
+                 attacks: list[str] | None):
+    from pyautoattack import AutoAttack
+
+    marks: list[tuple[str, float]] = []
+
+    class Marks(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("running "):
+                marks.append((message.split()[1], record.created))
+
+    logger = logging.getLogger("auto-attack")
+    handler, level = Marks(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        aa = AutoAttack(model, eps=eps, norm=norm, seed=0, version=version, attacks=attacks, device=x.device)
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    end = time.time()
+    with torch.no_grad():
+        robust = model.inner(x_adv).argmax(1) == y
+    return [(name, start, stop, None) for name, start, stop in _spans(marks, end)], robust
+
+
+def run_torchattacks(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
+                     iterations: int | None):
+    import torchattacks
+
+    atk = torchattacks.AutoAttack(model, norm=norm, eps=eps, version=version, n_classes=_classes(model, x), seed=0)
+    marks: list[tuple[str, float]] = []
+    for attack in atk._autoattack.attacks:
+        if iterations is not None and hasattr(attack, "steps"):
+            attack.steps = iterations
+        name = type(attack).__name__
+        attack.forward = _marked(attack.forward, name, marks)
+    x_adv = atk(x, y)
+    end = time.time()
+    with torch.no_grad():
+        robust = model.inner(x_adv).argmax(1) == y
+    return [(name, start, stop, None) for name, start, stop in _spans(marks, end)], robust
+
+
+def _marked(forward, name: str, marks: list):
+    def wrapped(*args, **kwargs):
+        marks.append((name, time.time()))
+        return forward(*args, **kwargs)
+    return wrapped
+
+
+def _classes(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return model.inner(x[:1]).shape[-1]
+
+
+def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float,
+            version: str = "standard", attacks: list[str] | None = None) -> Measure:
+    """One engine on ``x``: wall time, robust points, per stage its time and passes, the model's pass times.
+    ``attacks`` (version custom): only these stages; torchattacks has no such version and refuses."""
+    if attacks is not None and engine.startswith("torchattacks"):
+        raise ValueError("torchattacks' AutoAttack runs whole versions only, not a list of attacks")
+    model = model.eval()
+    rates = pass_rates(model, x)
+    counter = PassCounter(model)
+    if x.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(x.device)
+    start = time.time()
+    if engine == "bench":
+        spans, robust = run_bench(counter, x, y, norm, eps, version, attacks)
+    elif engine == "official":
+        spans, robust = run_official(counter, x, y, norm, eps, version, attacks)
+    else:
+        spans, robust = run_torchattacks(counter, x, y, norm, eps, version,
+                                         100 if engine == "torchattacks-100" else None)
+    _sync(x)
+    seconds = time.time() - start
+    stages = [Stage(name, stop - begin, *counter.between(begin, stop), broken) for name, begin, stop, broken in spans]
+    return Measure(engine, seconds, int(robust.sum()), len(x), rates, _peak(x.device), stages)
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _child(engine: str, card: str, n: int, norm: str, eps: float, version: str, attacks: list[str] | None,
+           device: str, threads: int):
+    """One engine measured in its own process (spawned: nothing measured before shares its memory peak)."""
+    torch.set_num_threads(threads)
+    try:
+        model, x, y = load_points(card, n, device)
+        return measure(engine, model, x, y, norm=norm, eps=eps, version=version, attacks=attacks)
+    except Exception as err:  # reported in the table, not raised: one engine missing must not hide the others
+        return Measure(engine, math.nan, 0, n, Rates([], [], []), 0, error=f"{type(err).__name__}: {err}")
+
+
+def load_points(card: str, n: int, device: str) -> tuple[nn.Module, Tensor, Tensor]:
+    """The card's model (trained weights from the cache or shipped; never trained here) and the first ``n`` points
+    of the suite's evaluation subset."""
+    from bench.run import prepare
+    from bench.spec import build, plan, spec_of
+    from bench.testing import threat_card
+
+    p = plan(card, threat_card("clean"), n=n, device=device)
+    prepare(p, train=False, progress=False)
+    ev = build(spec_of(p), device=p.device)
+    x, y = ev.data.x[ev.positions[:n]], ev.data.y[ev.positions[:n]]
+    return ev.target.module.eval(), x.to(ev.device), y.to(ev.device)
+
+
+def perf(card: str, engines: list[str], *, n: int, norm: str, eps: float, version: str, device: str,
+         threads: int, attacks: list[str] | None = None) -> list[Measure]:
+    """Each engine in a fresh spawned process, one after the other (never two at once on the same cores)."""
+    context = multiprocessing.get_context("spawn")
+    out = []
+    for engine in engines:
+        with context.Pool(1) as pool:
+            out.append(pool.apply(_child, (engine, card, n, norm, eps, version, attacks, device, threads)))
+    return out
+
+
+def table(measures: list[Measure]) -> str:
+    """A markdown table: per engine its throughput, memory, robust points and limit ratio, then per stage."""
+    lines = ["| engine | examples/s | peak memory | robust | seconds | pass-count limit (s) | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for m in measures:
+        if m.error:
+            lines.append(f"| {LABELS[m.engine]} | – | – | – | – | – | {m.error} |")
+            continue
+        lines.append(f"| {LABELS[m.engine]} | {m.examples_per_s:.2f} | {m.peak_bytes / 2 ** 20:.0f} MiB | "
+                     f"{m.robust}/{m.n} | {m.seconds:.1f} | {m.limit:.1f} | {m.seconds / m.limit:.2f}x |")
+    lines += ["", "| engine | stage | seconds | forward calls (rows) | forward+backward calls (rows) | limit (s) "
+              "| ratio |", "|---|---|---|---|---|---|---|"]
+    for m in measures:
+        for s in m.stages:
+            limit = s.limit(m.rates)
+            ratio = f"{s.seconds / limit:.2f}x" if limit > 0 else "–"
+            lines.append(f"| {m.engine} | {s.name} | {s.seconds:.2f} | {len(s.forward_calls)} "
+                         f"({sum(s.forward_calls)}) | {len(s.backward_calls)} ({sum(s.backward_calls)}) | "
+                         f"{limit:.2f} | {ratio} |")
+    rates = [m for m in measures if not m.error]
+    if rates:
+        lines += ["", f"Model throughput at {rates[0].n} rows per pass, measured in each engine's process (rows/s, "
+                  "forward / forward+backward): " + "; ".join(
+                      f"{m.engine} {m.rates.throughput(False):.0f} / {m.rates.throughput(True):.0f}" for m in rates)
+                  + "."]
+    return "\n".join(lines)
