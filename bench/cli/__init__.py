@@ -386,7 +386,8 @@ def perf(model: str = typer.Option(..., "--model", "-m", help="Model card id or 
     """Time AutoAttack engines on the same points: examples/s, peak memory, and each stage against its pass-count
     limit (the model's own forward and forward+backward throughput, measured in the same run)."""
     from bench.devices import resolve_device
-    from bench.threats.aa_engine.perf import ENGINES, perf as measure, table
+    from bench.perf import perf as measure
+    from bench.threats.aa_engine.perf import ENGINES, table
     from bench.threats.override import parse_eps
 
     unknown = [e for e in engines if e not in ENGINES]

@@ -54,8 +54,8 @@ def test_l1_standard_runs_its_radius_schedule_and_agrees(digits_model, tmp_path)
 
 
 def test_the_engine_is_identity_not_protocol():
-    official = make_threat(threat("autoattack", norm="Linf", eps=0.1))
-    ours = make_threat(threat("autoattack", norm="Linf", eps=0.1, engine="bench"))
+    _, official = make_threat(threat("autoattack", norm="Linf", eps=0.1))
+    _, ours = make_threat(threat("autoattack", norm="Linf", eps=0.1, engine="bench"))
     assert threat("autoattack", norm="Linf", eps=0.1).hash == threat("autoattack", norm="Linf", eps=0.1,
                                                                      engine="bench").hash
     assert official.implementation() != ours.implementation()
@@ -84,10 +84,13 @@ def test_the_officials_checks_become_run_notes(digits_model, tmp_path):
 
 
 def test_the_engine_leaves_the_callers_rng_and_the_weights_alone(digits_model, tmp_path):
+    grads = [None if p.grad is None else p.grad.clone() for p in digits_model.parameters()]
     torch.manual_seed(1234)
     expected = torch.rand(3)
     torch.manual_seed(1234)
     evaluate(digits_model, threat("autoattack", norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce"],
                                   engine="bench"), dataset="digits", n=20, results=tmp_path, progress=False)
     assert torch.equal(torch.rand(3), expected)
-    assert all(p.requires_grad and p.grad is None for p in digits_model.parameters())
+    assert all(p.requires_grad for p in digits_model.parameters())  # unfrozen again
+    assert all((g is None and p.grad is None) or (g is not None and torch.equal(g, p.grad))
+               for g, p in zip(grads, digits_model.parameters()))  # no weight gradient computed
