@@ -23,6 +23,14 @@ VOLATILE = {"seconds", "run_id", "shard"}
 RTOL, ATOL = 1e-5, 1e-6
 MODELS = {"classifier": "digits-cnn", "perturbation-set": "digits-cvae", "generative": "digits-vae"}
 MODEL_OF = {"vae-lipschitz-margin": "digits-lipschitz-vae"}  # families that need a model of their own kind
+# Fingerprints of a family's other code paths (``<family>@<variant>``, card ``cards/<family>@<variant>.yaml``), with
+# the revision that guards each: a card field that picks other code (an engine) must have its outputs pinned too
+VARIANTS = {"autoattack@bench": "bench.threats.aa_engine.engine.ENGINE_REVISION"}
+
+
+def family_of(key: str) -> str:
+    """The family a fingerprint key names (``autoattack@bench`` -> ``autoattack``)."""
+    return key.split("@", 1)[0]
 
 
 def model_card(family: str) -> Path:
@@ -63,22 +71,23 @@ def _digits(value) -> float:
     return float(f"{float(value):.10g}")
 
 
-def compute(family: str, results: Path) -> dict[str, Any]:
-    """The family's fingerprint, computed now (one CPU thread, seed 0)."""
+def compute(key: str, results: Path) -> dict[str, Any]:
+    """The fingerprint of a family (or of one of its ``VARIANTS``), computed now (one CPU thread, seed 0)."""
     import bench
     from bench.implementation import implementation
     from bench.store import Store
     from bench.tasks import TASKS
     from bench.threats import load_threat_card, make_threat
 
-    card, threat = make_threat(load_threat_card(FOLDER / "cards" / f"{family}.yaml"))
+    family = family_of(key)
+    card, threat = make_threat(load_threat_card(FOLDER / "cards" / f"{key}.yaml"))
     model = model_card(family)
     with traced() as calls:
         summary = bench.evaluate(str(model), card, dataset="digits", n=N, batch_size=BATCH, seed=0, threads=1,
                                  results=results, progress=False)
     rows = Store(results).read_run(summary.run_id).rows.drop(columns=list(VOLATILE), errors="ignore")
     rows = rows.sort_values("index").reset_index(drop=True)
-    return {"family": family, "implementation": implementation(family, threat, TASKS.get(summary.task)),
+    return {"family": key, "implementation": implementation(family, threat, TASKS.get(summary.task)),
             "card": card.model_dump(mode="json", exclude={"description"}), "model": model.stem, "n": N,
             "rows": {c: rows[c].tolist() for c in rows.columns}, "calls": calls}
 

@@ -4,18 +4,20 @@ implementation identity changed, in which case the fingerprint is recorded again
 from __future__ import annotations
 
 import pytest
-from fingerprint import FOLDER, compare, compute, read
+from fingerprint import FOLDER, VARIANTS, compare, compute, family_of, read
 
 from bench.implementation import differences
 from bench.threats import THREAT_FAMILIES
 
 
 def _where(family: str) -> str:
+    if family in VARIANTS:
+        return VARIANTS[family]
     cls = THREAT_FAMILIES.get(family)
     return f"{cls.__module__}.{cls.__qualname__}.revision"
 
 
-@pytest.mark.parametrize("family", THREAT_FAMILIES.names())
+@pytest.mark.parametrize("family", THREAT_FAMILIES.names() + sorted(VARIANTS))
 def test_outputs_change_only_with_a_revision_bump(family, tmp_path):
     recorded = read(family)
     assert recorded is not None and (FOLDER / "cards" / f"{family}.yaml").is_file(), (
@@ -29,7 +31,7 @@ def test_outputs_change_only_with_a_revision_bump(family, tmp_path):
     problems = compare(recorded, current)
     assert not problems, (
         f"family {family}: its outputs changed ({'; '.join(problems)}) but its revision is still "
-        f"{current['implementation']['family']['revision']}: bump {_where(family)} (an ensemble's members' "
+        f"{_revision(current['implementation']['family'], family)}: bump {_where(family)} (an ensemble's members' "
         "revisions are part of its identity: where only a member's code changed, bump that member's family; if "
         "every family changed, bump bench.implementation.CORE_REVISION, or the task's revision if its clean pass "
         f"changed), then run `python tests/fingerprints/update.py {family}`")
@@ -57,3 +59,15 @@ def test_a_changed_draw_is_caught_even_where_no_stored_row_moves(tmp_path, monke
     monkeypatch.setattr(ops, "random_delta", lambda x, norm, eps, gen: real(x, norm, eps * 0.999, gen))
     current = compute("pgd", tmp_path)
     assert compare(recorded, current) != []
+
+
+def _revision(identity: dict, key: str) -> int:
+    """The revision that guards a fingerprint: the family's, or the engine's for an engine variant."""
+    return identity["engine"]["revision"] if "@" in key and "engine" in identity else identity["revision"]
+
+
+def test_every_variant_names_a_card_of_its_family():
+    from bench.threats import load_threat_card
+
+    for key in VARIANTS:
+        assert load_threat_card(FOLDER / "cards" / f"{key}.yaml").family == family_of(key)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import FOLDER, compute, read, write  # noqa: E402
+from fingerprint import FOLDER, VARIANTS, compute, read, write  # noqa: E402
 
 TINY = {  # card -> what it trains (weights are committed, so training need not be bit-reproducible elsewhere)
     "digits-cnn": {"task": "classifier", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}},
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.models:
         make_models()
-    for family in THREAT_FAMILIES.names() if args.all else args.families:
+    for family in THREAT_FAMILIES.names() + sorted(VARIANTS) if args.all else args.families:
         with tempfile.TemporaryDirectory() as results:
             new = compute(family, Path(results))
         old = read(family)
