@@ -70,15 +70,6 @@ def _digits(model, n: int = 100):
     return data.x[:n], data.y[:n]
 
 
-@pytest.fixture(scope="module")
-def model(digits_model):
-    for p in digits_model.parameters():
-        p.requires_grad_(False)
-    yield digits_model
-    for p in digits_model.parameters():
-        p.requires_grad_(True)
-
-
 def _official_fooled(model, x, y, norm, **kwargs):
     attack = FABAttack_PT(model, norm=norm, eps=EPS[norm], seed=0, device=x.device, **kwargs)
     adv = attack.perturb(x, y)

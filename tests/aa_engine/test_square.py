@@ -26,15 +26,6 @@ def keys_for(n: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def model(digits_model):
-    for p in digits_model.parameters():
-        p.requires_grad_(False)
-    yield digits_model
-    for p in digits_model.parameters():
-        p.requires_grad_(True)
-
-
-@pytest.fixture(scope="module")
 def points(model):
     """The test digits the model classifies correctly (the points AutoAttack hands Square)."""
     test = load_dataset("digits", "test")
