@@ -94,3 +94,30 @@ def test_the_engine_leaves_the_callers_rng_and_the_weights_alone(digits_model, t
     assert all(p.requires_grad for p in digits_model.parameters())  # unfrozen again
     assert all((g is None and p.grad is None) or (g is not None and torch.equal(g, p.grad))
                for g, p in zip(grads, digits_model.parameters()))  # no weight gradient computed
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5, 9, 10])
+@pytest.mark.parametrize("version, norm", [("standard", "Linf"), ("standard", "L1"), ("plus", "L2"),
+                                           ("rand", "Linf")])
+def test_the_class_count_check_words_what_the_official_does(n_classes, version, norm):
+    import logging
+
+    from pyautoattack.checks import check_n_classes
+
+    from bench.threats.aa_engine import checks
+    from bench.threats.aa_engine.engine import stages
+
+    plan = stages(version, norm, None, [])
+    records: list[str] = []
+    logger = logging.getLogger("test-class-count")
+    logger.addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: records.append(r.getMessage())})())
+    logger.propagate = False
+    targets = {s.name: s.targets for s in plan}
+    check_n_classes(n_classes, list(targets), targets.get("apgd-t", 9), targets.get("fab-t", 9), logger=logger)
+    ours = checks.classes(n_classes, targets)
+    if targets.get("apgd-t", 9) == targets.get("fab-t", 9):
+        assert ours == records
+    else:  # the official names APGD-T's count (5) for FAB-T's 9 targets; ours names FAB-T's own
+        assert [m.replace("(9) are used in FAB-T", "(5) are used in FAB-T").replace(
+            "classes (9) than possible", "classes (5) than possible") for m in ours] == records
+        assert all("FAB-T" not in m or "(9)" in m for m in ours)

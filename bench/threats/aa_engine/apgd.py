@@ -19,7 +19,7 @@ history); this is kept, since it decides the first step-size cut.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,37 @@ class Run:
     start_grad: Tensor  # the loss's gradient at the start, for the zero-gradient check
 
 
+@dataclass
+class _Points:
+    """The loop's per-point state (row i of every tensor is one point), so that a fooled point leaves all of it at
+    once. ``index``: each row's position in the run's input."""
+
+    index: Tensor
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+    x_adv: Tensor
+    x_old: Tensor
+    grad: Tensor
+    loss: Tensor
+    x_best: Tensor
+    grad_best: Tensor
+    loss_best: Tensor
+    step: Tensor
+    prev_loss: Tensor  # the previous iterate's loss
+    increases: Tensor  # steps that raised the loss since the last checkpoint
+    best_at_check: Tensor
+    reduced_at_check: Tensor
+    sparsity_old: Tensor | None = None  # L1 only
+    topk: Tensor | None = None  # L1 only: the share of coordinates a step moves
+
+    def keep(self, mask: Tensor) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                setattr(self, f.name, value[mask])
+
+
 def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm: str, eps: float, n_iter: int,
         loss: str, counts: bool = True, continued: bool = False, eot: int = 1) -> Run:
     """One APGD run from ``x0``. ``counts``: a fooled point leaves the batch (its fooling iterate is kept); else
@@ -102,116 +133,92 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
     ``continued``: ``x0`` is where an earlier L1 stage ended (L1's sparsity starts from it, not from 20%).
     ``eot``: gradients averaged over that many passes (randomised models)."""
     loss_fn = LOSSES[loss]
-    n = len(x)
+    n, n_fts = len(x), math.prod(x.shape[1:])
     out_best, out_adv = x0.clone(), x0.clone()
     out_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    alive = torch.arange(n, device=x.device)
-    n_fts = math.prod(x.shape[1:])
     alpha = 2.0 if norm in ("Linf", "L2") else 1.0
-
-    def step_loss(z: Tensor) -> Tensor:
-        return loss_fn(z, y_a, t_a)
-
-    x_a, y_a = x, y
-    t_a = target
     x_adv = x0.clamp(0.0, 1.0)
-    logits, cur_loss, grad = _gradient(model, x_adv, step_loss, eot)
+    logits, cur_loss, grad = _gradient(model, x_adv, lambda z: loss_fn(z, y, target), eot)
     start_grad = grad
-    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), cur_loss.clone()
-    step = torch.full((n,), alpha * eps, dtype=x.dtype, device=x.device)
-    x_old = x_adv.clone()
-    prev_loss = torch.zeros_like(cur_loss)  # the official's unset history row (module docstring)
-    increases = torch.zeros_like(cur_loss)
-    best_at_check, reduced_at_check = loss_best.clone(), torch.ones_like(loss_best, dtype=torch.bool)
+    p = _Points(index=torch.arange(n, device=x.device), x=x, y=y, target=target, x_adv=x_adv, x_old=x_adv.clone(),
+                grad=grad, loss=cur_loss, x_best=x_adv.clone(), grad_best=grad.clone(), loss_best=cur_loss.clone(),
+                step=torch.full((n,), alpha * eps, dtype=x.dtype, device=x.device),
+                prev_loss=torch.zeros_like(cur_loss),  # the official's unset history row (module docstring)
+                increases=torch.zeros_like(cur_loss), best_at_check=cur_loss.clone(),
+                reduced_at_check=torch.ones_like(cur_loss, dtype=torch.bool))
     if norm == "L1":
         window = max(int(0.04 * n_iter), 1)
         if continued:
-            sparsity_old = (x_adv - x_a).flatten(1).ne(0).sum(1).to(x.dtype)
-            topk = sparsity_old / n_fts / 1.5
+            p.sparsity_old = (x_adv - x).flatten(1).ne(0).sum(1).to(x.dtype)
+            p.topk = p.sparsity_old / n_fts / 1.5
         else:
-            sparsity_old = torch.full((n,), float(n_fts), dtype=x.dtype, device=x.device)
-            topk = torch.full((n,), 0.2, dtype=x.dtype, device=x.device)
-        marks = set(range(window - 1, n_iter, window))
+            p.sparsity_old = torch.full((n,), float(n_fts), dtype=x.dtype, device=x.device)
+            p.topk = torch.full((n,), 0.2, dtype=x.dtype, device=x.device)
+        marks = range(window - 1, n_iter, window)
+        windows = {i: window for i in marks}
     else:
-        marks = checkpoints(n_iter)
-
-    def keep(mask: Tensor) -> None:
-        """Drop the points not in ``mask`` from every per-point tensor of the loop."""
-        nonlocal alive, x_a, y_a, t_a, x_adv, x_old, grad, x_best, grad_best, loss_best, step, prev_loss
-        nonlocal increases, best_at_check, reduced_at_check, cur_loss
-        alive, x_a, y_a = alive[mask], x_a[mask], y_a[mask]
-        t_a = None if t_a is None else t_a[mask]
-        x_adv, x_old, grad, x_best, grad_best = x_adv[mask], x_old[mask], grad[mask], x_best[mask], grad_best[mask]
-        loss_best, step, prev_loss, increases = loss_best[mask], step[mask], prev_loss[mask], increases[mask]
-        best_at_check, reduced_at_check, cur_loss = best_at_check[mask], reduced_at_check[mask], cur_loss[mask]
-        if norm == "L1":
-            nonlocal sparsity_old, topk
-            sparsity_old, topk = sparsity_old[mask], topk[mask]
+        marks = sorted(checkpoints(n_iter))
+        windows = {i: i - before for i, before in zip(marks, [-1] + marks)}  # each checkpoint window's length
 
     def retire(fooled: Tensor) -> None:
         if counts and bool(fooled.any()):
-            idx = alive[fooled]
+            idx = p.index[fooled]
             out_fooled[idx] = True
-            out_adv[idx] = x_adv[fooled]
-            out_best[idx] = x_best[fooled]
-            keep(~fooled)
+            out_adv[idx] = p.x_adv[fooled]
+            out_best[idx] = p.x_best[fooled]
+            p.keep(~fooled)
 
-    retire(logits.argmax(1) != y_a)
+    retire(logits.argmax(1) != p.y)
     for i in range(n_iter):
-        if not len(alive):
+        if not len(p.index):
             break
         with torch.no_grad():
-            s = per_point(step, x_adv)
+            s = per_point(p.step, p.x_adv)
             if norm == "L1":
-                magnitude = grad.abs().flatten(1)
-                rank = torch.clamp((1.0 - topk) * n_fts, 0, n_fts - 1).long()
+                magnitude = p.grad.abs().flatten(1)
+                rank = torch.clamp((1.0 - p.topk) * n_fts, 0, n_fts - 1).long()
                 threshold = magnitude.sort(1).values.gather(1, rank[:, None])
-                direction = (grad * (magnitude >= threshold).view_as(grad)).sign()
-                moved = x_adv + s * direction / per_point(direction.flatten(1).abs().sum(1) + 1e-10, direction)
-                x_new = x_a + project_l1(x_a, moved - x_a, eps)
+                direction = (p.grad * (magnitude >= threshold).view_as(p.grad)).sign()
+                moved = p.x_adv + s * direction / per_point(direction.flatten(1).abs().sum(1) + 1e-10, direction)
+                x_new = p.x + project_l1(p.x, moved - p.x, eps)
             else:
                 a = MOMENTUM if i > 0 else 1.0
-                momentum = x_adv - x_old
-                direction = grad.sign() if norm == "Linf" else grad / per_point(
-                    grad.flatten(1).square().sum(1).sqrt() + 1e-12, grad)
-                z = x_a + project(x_a, x_adv + s * direction - x_a, norm, eps)
-                x_new = x_a + project(x_a, x_adv + (z - x_adv) * a + momentum * (1 - a) - x_a, norm, eps)
-            x_old, x_adv = x_adv, x_new
-        logits, cur_loss, grad = _gradient(model, x_adv, step_loss, eot)
+                momentum = p.x_adv - p.x_old
+                direction = p.grad.sign() if norm == "Linf" else p.grad / per_point(
+                    p.grad.flatten(1).square().sum(1).sqrt() + 1e-12, p.grad)
+                z = p.x + project(p.x, p.x_adv + s * direction - p.x, norm, eps)
+                x_new = p.x + project(p.x, p.x_adv + (z - p.x_adv) * a + momentum * (1 - a) - p.x, norm, eps)
+            p.x_old, p.x_adv = p.x_adv, x_new
+        y_i, t_i = p.y, p.target
+        logits, p.loss, p.grad = _gradient(model, p.x_adv, lambda z: loss_fn(z, y_i, t_i), eot)
         with torch.no_grad():
-            better = cur_loss > loss_best
-            x_best = torch.where(per_point(better, x_adv), x_adv, x_best)
-            grad_best = torch.where(per_point(better, grad), grad, grad_best)
-            loss_best = torch.where(better, cur_loss, loss_best)
-            increases += (cur_loss > prev_loss).to(increases.dtype)
-            prev_loss = cur_loss
-        retire(logits.argmax(1) != y_a)  # before a checkpoint can move a fooling iterate back to the best point
-        if i in marks and len(alive):
+            better = p.loss > p.loss_best
+            p.x_best = torch.where(per_point(better, p.x_adv), p.x_adv, p.x_best)
+            p.grad_best = torch.where(per_point(better, p.grad), p.grad, p.grad_best)
+            p.loss_best = torch.where(better, p.loss, p.loss_best)
+            p.increases += (p.loss > p.prev_loss).to(p.increases.dtype)
+            p.prev_loss = p.loss
+        retire(logits.argmax(1) != p.y)  # before a checkpoint can move a fooling iterate back to the best point
+        if i in windows and len(p.index):
             with torch.no_grad():
                 if norm == "L1":
-                    sparsity = (x_best - x_a).flatten(1).ne(0).sum(1).to(x.dtype)
-                    restart = sparsity / sparsity_old < 0.95
-                    topk = sparsity / n_fts / 1.5
-                    step = torch.where(restart, torch.full_like(step, alpha * eps), step / 1.5)
-                    step = step.clamp(alpha * eps / 10.0, alpha * eps)
-                    sparsity_old = sparsity
+                    sparsity = (p.x_best - p.x).flatten(1).ne(0).sum(1).to(x.dtype)
+                    restart = sparsity / p.sparsity_old < 0.95
+                    p.topk = sparsity / n_fts / 1.5
+                    p.step = torch.where(restart, torch.full_like(p.step, alpha * eps), p.step / 1.5)
+                    p.step = p.step.clamp(alpha * eps / 10.0, alpha * eps)
+                    p.sparsity_old = sparsity
                 else:
-                    window_len = _window(marks, i)
-                    restart = (increases <= window_len * RHO) | (~reduced_at_check & (best_at_check >= loss_best))
-                    reduced_at_check, best_at_check = restart.clone(), loss_best.clone()
-                    step = torch.where(restart, step / 2.0, step)
-                    increases = torch.zeros_like(increases)
-                x_adv = torch.where(per_point(restart, x_adv), x_best, x_adv)
-                grad = torch.where(per_point(restart, grad), grad_best, grad)
-    if len(alive):
-        out_best[alive] = x_best
+                    restart = (p.increases <= windows[i] * RHO) | (~p.reduced_at_check
+                                                                   & (p.best_at_check >= p.loss_best))
+                    p.reduced_at_check, p.best_at_check = restart.clone(), p.loss_best.clone()
+                    p.step = torch.where(restart, p.step / 2.0, p.step)
+                    p.increases = torch.zeros_like(p.increases)
+                p.x_adv = torch.where(per_point(restart, p.x_adv), p.x_best, p.x_adv)
+                p.grad = torch.where(per_point(restart, p.grad), p.grad_best, p.grad)
+    if len(p.index):
+        out_best[p.index] = p.x_best
     return Run(out_best, out_fooled, out_adv, start_grad)
-
-
-def _window(marks: set[int], i: int) -> int:
-    """The length of the checkpoint window that ends at iteration ``i``."""
-    earlier = [m for m in marks if m < i]
-    return i - (max(earlier) if earlier else -1)
 
 
 def _gradient(model, x: Tensor, loss_fn, eot: int) -> tuple[Tensor, Tensor, Tensor]:

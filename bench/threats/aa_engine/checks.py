@@ -58,8 +58,11 @@ def dynamic(model, x: Tensor) -> list[str]:
         if calls else []
 
 
-def classes(n_classes: int, attacks: list[str], apgd_targets: int, fab_targets: int) -> list[str]:
-    """Too few classes for the DLR losses or for the number of target classes."""
+def classes(n_classes: int, attacks: dict[str, int]) -> list[str]:
+    """Too few classes for the DLR losses or for the number of target classes (``attacks``: each stage's name and
+    its number of target classes). The official's wording, except that the FAB-T part names FAB-T's own count where
+    the official names APGD-T's (they differ in L1 standard only: 9 and 5)."""
+    apgd_targets, fab_targets = attacks.get("apgd-t", 0), attacks.get("fab-t", 0)
     msg = None
     if "apgd-dlr" in attacks or "apgd-t" in attacks:
         if n_classes <= 2:
@@ -70,8 +73,12 @@ def classes(n_classes: int, attacks: list[str], apgd_targets: int, fab_targets: 
             msg = (f"it seems that more target classes ({apgd_targets}) than possible ({n_classes - 1}) are used in "
                    "APGD-T!")
     if "fab-t" in attacks and fab_targets + 1 > n_classes:
-        extra = f"too many target classes ({fab_targets}) are used in FAB-T ({n_classes - 1} possible)!"
-        msg = f"it seems that {extra}" if msg is None else f"{msg} Also, it seems that {extra}"
+        if msg is None:
+            msg = (f"it seems that more target classes ({fab_targets}) than possible ({n_classes - 1}) are used in "
+                   "FAB-T!")
+        else:
+            msg += (f" Also, it seems that too many target classes ({fab_targets}) are used in FAB-T "
+                    f"({n_classes - 1} possible)!")
     return [msg] if msg else []
 
 

@@ -29,6 +29,7 @@ VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
 class Stage:
     name: str
     run: Callable  # (model, x, y, *, norm, eps, keys) -> (x_adv, fooled)
+    targets: int = 0  # target classes of a targeted stage
 
 
 def _apgd(**kwargs):
@@ -59,21 +60,23 @@ def stages(version: str, norm: str, attacks: list[str] | None, notes: list[str])
     restarts = 1 if version in ("standard", "rand") and not l1_standard else 5
     eot = 20 if version == "rand" else 1
     fab_restarts = 1 if version == "standard" else 5
+    apgd_targets = 5 if l1_standard else 9
     out = []
     for name in names:
+        targets = {"apgd-t": apgd_targets, "fab-t": 9}.get(name, 0)
         if name in ("apgd-ce", "apgd-dlr"):
             run = _apgd(loss=name[5:], n_restarts=restarts, large_reps=l1_standard, eot=eot, notes=notes)
         elif name == "apgd-t":
-            run = _apgd(loss="dlr-targeted", n_restarts=1, n_target_classes=5 if l1_standard else 9,
-                        large_reps=l1_standard, notes=notes)
+            run = _apgd(loss="dlr-targeted", n_restarts=1, n_target_classes=targets, large_reps=l1_standard,
+                        notes=notes)
         elif name == "fab-t":
-            run = _fab(targeted=True, n_target_classes=9, n_restarts=1)
+            run = _fab(targeted=True, n_target_classes=targets, n_restarts=1)
             fab_restarts = 1  # the official sets its shared FAB's restarts to 1 for FAB-T, and a later FAB keeps it
         elif name == "fab":
             run = _fab(targeted=False, n_restarts=fab_restarts)
         else:
             run = _square(n_queries=5000, p_init=0.8)
-        out.append(Stage(name, run))
+        out.append(Stage(name, run, targets))
     return out
 
 
@@ -100,8 +103,7 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
             notes += checks.randomized(model, x[:size], y[:size])
         found, n_classes = checks.probabilities(model, x[:size])
         notes += found + checks.dynamic(model, x[:size])
-        notes += checks.classes(n_classes, [s.name for s in plan], 5 if version == "standard" and norm == "L1"
-                                else 9, 9)
+        notes += checks.classes(n_classes, {s.name: s.targets for s in plan})
         robust = _predict(model, x, size) == y
         result = Result(x.clone(), robust, accuracy={"clean": robust.float().mean().item()})
         for s in plan:
