@@ -400,12 +400,11 @@ def perf(model: str = typer.Option(..., "--model", "-m", help="Model card id or 
         raise BenchError(f"--eps {eps!r} is not a number", "give a radius such as 0.3 or 8/255")
     import torch
 
-    dev = str(resolve_device(device))
+    dev, threads = str(resolve_device(device)), threads or torch.get_num_threads()
     measures = measure(model, engines, n=n, norm=norm, eps=radius, version="custom" if attacks else version,
-                       device=dev, threads=threads or torch.get_num_threads(), attacks=attacks or None)
+                       device=dev, threads=threads, attacks=attacks or None)
     what = f"custom {', '.join(attacks)}" if attacks else version
-    typer.echo(f"{model}, {n} points, {norm} eps {eps}, AutoAttack {what}, on {dev} "
-               f"({threads or torch.get_num_threads()} threads)\n")
+    typer.echo(f"{model}, {n} points, {norm} eps {eps}, AutoAttack {what}, on {dev} ({threads} threads)\n")
     typer.echo(table(measures))
 
 

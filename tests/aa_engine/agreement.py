@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 import bench
+from bench.run import SAME_QUESTION
 from bench.store import Store
 from bench.testing import threat_card
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "official_autoattack.json"
-SAME_QUESTION = ("model", "protocol", "dataset", "n", "seed")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from bench.threats.aa_engine import rng
 from bench.threats.aa_engine.checks import zero_gradients
-from bench.threats.aa_engine.geometry import per_point, project, project_l1
+from bench.threats.aa_engine.geometry import norms, per_point, project, project_l1
 from bench.threats.aa_engine.model import input_grad
 
 RHO = 0.75  # the share of increasing steps below which the step size is halved
@@ -74,10 +74,10 @@ def random_start(x: Tensor, norm: str, eps: float, keys: Tensor) -> Tensor:
     shape = tuple(x.shape[1:])
     if norm == "Linf":
         t = (2 * rng.uniform(keys, 0, shape) - 1).to(x)
-        delta = eps * t / per_point(t.flatten(1).abs().amax(1) + 1e-12, t)
+        delta = eps * t / per_point(norms(t, "Linf") + 1e-12, t)
     elif norm == "L2":
         t = rng.normal(keys, 0, shape).to(x)
-        delta = eps * t / per_point(t.flatten(1).square().sum(1).sqrt() + 1e-12, t)
+        delta = eps * t / per_point(norms(t, "L2") + 1e-12, t)
     else:
         t = rng.normal(keys, 0, shape).to(x)
         delta = project_l1(x, t, eps)
@@ -179,13 +179,13 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                 rank = torch.clamp((1.0 - p.topk) * n_fts, 0, n_fts - 1).long()
                 threshold = magnitude.sort(1).values.gather(1, rank[:, None])
                 direction = (p.grad * (magnitude >= threshold).view_as(p.grad)).sign()
-                moved = p.x_adv + s * direction / per_point(direction.flatten(1).abs().sum(1) + 1e-10, direction)
+                moved = p.x_adv + s * direction / per_point(norms(direction, "L1") + 1e-10, direction)
                 x_new = p.x + project_l1(p.x, moved - p.x, eps)
             else:
                 a = MOMENTUM if i > 0 else 1.0
                 momentum = p.x_adv - p.x_old
                 direction = p.grad.sign() if norm == "Linf" else p.grad / per_point(
-                    p.grad.flatten(1).square().sum(1).sqrt() + 1e-12, p.grad)
+                    norms(p.grad, "L2") + 1e-12, p.grad)
                 z = p.x + project(p.x, p.x_adv + s * direction - p.x, norm, eps)
                 x_new = p.x + project(p.x, p.x_adv + (z - p.x_adv) * a + momentum * (1 - a) - p.x, norm, eps)
             p.x_old, p.x_adv = p.x_adv, x_new

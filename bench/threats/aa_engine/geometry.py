@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+
 def norms(delta: Tensor, norm: str) -> Tensor:
     """Each point's ||delta||_p (``norm``: Linf, L2 or L1), shape (n,)."""
     flat = delta.flatten(1)
