@@ -11,6 +11,9 @@ trajectory is the official one given the same start. What differs, on purpose:
   (3, 2, 1 times eps) only the last stage counts, so the earlier stages keep every point.
 - Random starts come from ``rng`` keyed by point, not from the global generator, so a point's start does not
   depend on which points share its batch.
+- Restarts and target classes run batched together, not one after the other (``runs``); a point fooled by one
+  leaves the others at once. Its outcome is the official's (fooled when any run fools it); its example is the
+  first fooling run's in the official order among those that fooled it by then.
 - Parameters are frozen by the engine, so a gradient call computes the input gradient only.
 
 The official's first oscillation window compares the first iterate's loss with 0 (an unset row of its loss
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.threats.aa_engine import rng
+from bench.threats.aa_engine import rng, runs
 from bench.threats.aa_engine.checks import zero_gradients
 from bench.threats.aa_engine.geometry import norms, per_point, project, project_l1
 from bench.threats.aa_engine.model import input_grad
@@ -116,6 +119,7 @@ class _Points:
     increases: Tensor  # steps that raised the loss since the last checkpoint
     best_at_check: Tensor
     reduced_at_check: Tensor
+    group: Tensor | None = None  # each row's point, where several runs of the points share the batch
     sparsity_old: Tensor | None = None  # L1 only
     topk: Tensor | None = None  # L1 only: the share of coordinates a step moves
 
@@ -127,11 +131,12 @@ class _Points:
 
 
 def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm: str, eps: float, n_iter: int,
-        loss: str, counts: bool = True, continued: bool = False, eot: int = 1) -> Run:
+        loss: str, counts: bool = True, continued: bool = False, eot: int = 1, group: Tensor | None = None) -> Run:
     """One APGD run from ``x0``. ``counts``: a fooled point leaves the batch (its fooling iterate is kept); else
     (an L1 stage at a larger radius) every point runs to the end and only the highest-loss points matter.
     ``continued``: ``x0`` is where an earlier L1 stage ended (L1's sparsity starts from it, not from 20%).
-    ``eot``: gradients averaged over that many passes (randomised models)."""
+    ``eot``: gradients averaged over that many passes (randomised models). ``group``: each row's point where the
+    rows are several runs of the same points (``runs``); a point's other rows leave with its fooled one."""
     loss_fn = LOSSES[loss]
     n, n_fts = len(x), math.prod(x.shape[1:])
     out_best, out_adv = x0.clone(), x0.clone()
@@ -145,7 +150,7 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                 step=torch.full((n,), alpha * eps, dtype=x.dtype, device=x.device),
                 prev_loss=torch.zeros_like(cur_loss),  # the official's unset history row (module docstring)
                 increases=torch.zeros_like(cur_loss), best_at_check=cur_loss.clone(),
-                reduced_at_check=torch.ones_like(cur_loss, dtype=torch.bool))
+                reduced_at_check=torch.ones_like(cur_loss, dtype=torch.bool), group=group)
     if norm == "L1":
         window = max(int(0.04 * n_iter), 1)
         if continued:
@@ -166,7 +171,7 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
             out_fooled[idx] = True
             out_adv[idx] = p.x_adv[fooled]
             out_best[idx] = p.x_best[fooled]
-            p.keep(~fooled)
+            p.keep(~(fooled if p.group is None else runs.siblings(p.group, fooled)))
 
     retire(logits.argmax(1) != p.y)
     for i in range(n_iter):
@@ -234,38 +239,38 @@ def apgd(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, lo
          n_restarts: int = 1, n_target_classes: int = 9, large_reps: bool = False, eot: int = 1,
          notes: list[str] | None = None) -> tuple[Tensor, Tensor]:
     """APGD on ``loss`` (ce, dlr, or dlr-targeted: APGD-T over the classes ranked 2 to ``n_target_classes`` + 1 on
-    the clean logits), each restart and target class on the points not yet fooled. ``large_reps`` (the official's
-    L1 standard setting): each run goes through radii 3, 2 and 1 times eps (30%, 30% and 40% of the iterations),
-    starting from a Gaussian draw projected onto the largest. Returns (x_adv, fooled); x_adv is x where not
+    the clean logits), its restarts and target classes batched together (``runs``: as many as fit, each batch on
+    the points no earlier one fooled). ``large_reps`` (the official's L1 standard setting): each run goes through
+    radii 3, 2 and 1 times eps (30%, 30% and 40% of the iterations), starting from a Gaussian draw projected onto
+    the largest. Returns (x_adv, fooled); x_adv is x where not
     fooled. ``notes`` gets the official's warning where a DLR loss has a zero gradient at a start."""
     x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
     targeted = loss == "dlr-targeted"
     order = model(x).detach().argsort(1) if targeted else None
     ranks = range(2, n_target_classes + 2) if targeted else [None]
-    for rank in ranks:
-        for restart in range(n_restarts):
-            todo = (~fooled).nonzero()[:, 0]
-            if not len(todo):
-                return x_adv, fooled
-            xs, ys = x[todo], y[todo]
-            target = order[todo, -rank] if targeted else None
-            draw_keys = rng.derive(keys[todo], f"apgd-{loss}:{rank}:{restart}")
-            if large_reps:
-                result = _large_reps(model, xs, ys, target, draw_keys, norm=norm, eps=eps, n_iter=n_iter, loss=loss,
-                                     eot=eot)
-            else:
-                result = run(model, xs, ys, target, random_start(xs, norm, eps, draw_keys), norm=norm, eps=eps,
-                             n_iter=n_iter, loss=loss, eot=eot)
-            if notes is not None and loss != "ce":
-                notes += [n for n in zero_gradients(result.start_grad) if n not in notes]
-            hit = todo[result.fooled]
-            fooled[hit] = True
-            x_adv[hit] = result.adv[result.fooled]
+    every = [(rank, restart) for rank in ranks for restart in range(n_restarts)]
+    for group, todo in runs.batches(every, lambda: (~fooled).nonzero()[:, 0]):
+        r = len(group)
+        xs, ys = x[todo].repeat(r, *([1] * (x.dim() - 1))), y[todo].repeat(r)
+        target = torch.cat([order[todo, -rank] for rank, _ in group]) if targeted else None
+        draw_keys = torch.cat([rng.derive(keys[todo], f"apgd-{loss}:{rank}:{restart}") for rank, restart in group])
+        point = runs.rows_of(todo, r)
+        if large_reps:
+            result = _large_reps(model, xs, ys, target, draw_keys, norm=norm, eps=eps, n_iter=n_iter, loss=loss,
+                                 eot=eot, group=point)
+        else:
+            result = run(model, xs, ys, target, random_start(xs, norm, eps, draw_keys), norm=norm, eps=eps,
+                         n_iter=n_iter, loss=loss, eot=eot, group=point)
+        if notes is not None and loss != "ce":
+            notes += [n for n in zero_gradients(result.start_grad) if n not in notes]
+        hit, adv = runs.first_success(result.fooled, result.adv, r)
+        fooled[todo[hit]] = True
+        x_adv[todo[hit]] = adv[hit]
     return x_adv, fooled
 
 
 def _large_reps(model, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor, *, norm: str, eps: float,
-                n_iter: int, loss: str, eot: int) -> Run:
+                n_iter: int, loss: str, eot: int, group: Tensor | None = None) -> Run:
     radii = [3.0 * eps, 2.0 * eps, eps]
     iters = [math.ceil(0.3 * n_iter), math.ceil(0.3 * n_iter)]
     iters.append(n_iter - sum(iters))
@@ -273,6 +278,6 @@ def _large_reps(model, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor
     for k, (radius, steps) in enumerate(zip(radii, iters)):
         start = x + project_l1(x, start - x, radius)
         result = run(model, x, y, target, start, norm=norm, eps=radius, n_iter=steps, loss=loss,
-                     counts=k == len(radii) - 1, continued=True, eot=eot)
+                     counts=k == len(radii) - 1, continued=True, eot=eot, group=group)
         start = result.best
     return result

@@ -10,13 +10,15 @@ iterate that is adversarial is recorded if it is the smallest found and pulled b
 beta. The official's update rule, constants and per-point bookkeeping are kept, so given the same start a point
 follows the official trajectory up to float rounding. What differs, on purpose:
 
-- The projections are our own sort-based solvers (``project_hyperplane``): Linf and L2 are the same
-  one-parameter "water filling" (each coordinate moves with the multiplier until it hits the box), solved exactly
-  from the sorted breakpoints and their prefix sums; L1 fills the coordinates greedily by |w|. They give the
+- The projections are our own solvers (``project_hyperplane``): Linf and L2 are the same one-parameter "water
+  filling" (each coordinate moves with the multiplier until it hits the box), solved exactly by Newton's method
+  on its piecewise-linear concave equation (no sort); L1 fills the coordinates greedily by |w|. They give the
   official projections' result to float rounding, with no Python loop over points or bisection steps.
 - Gradients are input gradients only (``torch.autograd.grad`` w.r.t. the input, so no weight gradients), and
   untargeted FAB's Jacobian of all logit differences comes from one forward and one vmapped backward pass
   (``is_grads_batched``) instead of one backward per class.
+- Target classes and restarts run batched together (``runs``), not one after the other; a point's outcome is
+  unchanged (fooled when any run fools it), its example is the first fooling run's in the official order.
 - Compaction inside a run: a point leaves the run as soon as it has an adversarial example within eps. Its
   outcome is then settled (the recorded norm only decreases), so the robust accuracy is the official's; but the
   returned example is the first one found within eps, not FAB's fully minimised one. Across target classes and
@@ -33,7 +35,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from bench.threats.aa_engine import rng
+from bench.threats.aa_engine import rng, runs
 from bench.threats.aa_engine.geometry import norms, per_point
 
 NORMS = ("Linf", "L2", "L1")
@@ -45,20 +47,21 @@ DEAD_WEIGHT = 1e-8  # coordinates with |w| below this take no part in the L2 and
 def _water_level(weight: Tensor, level: Tensor, need: Tensor) -> Tensor:
     """Per row, mu >= 0 with sum_i weight_i * min(mu, level_i) = need (weights >= 0, levels >= 0, need >= 0), or
     +inf where even every coordinate at its level falls short (or just reaches it): then every coordinate goes all
-    the way. The left side is piecewise linear and non-decreasing in mu with breakpoints at the levels, so after
-    sorting them its value at every breakpoint comes from two prefix sums, the count of breakpoints below ``need``
-    names the segment holding the solution, and there it is linear."""
-    level, order = level.sort(dim=1)
-    weight = weight.gather(1, order)
-    filled = weight * level
-    below = filled.cumsum(1) - filled  # sum over the earlier (saturated) coordinates of weight * level
-    rising = weight.flip(1).cumsum(1).flip(1)  # sum of the weights not yet saturated at this breakpoint
-    at_breakpoint = below + level * rising
+    the way. The left side g(mu) is piecewise linear, non-decreasing and concave (its slope, the weight of the
+    coordinates still below their level, only drops), so Newton's method from mu = 0 never overshoots, and it is
+    exact once an iterate lies on the segment holding the solution: when the slope stops changing. That takes a
+    few steps of elementwise work where sorting the levels costs several times more on a CPU."""
     need = need[:, None]
-    segment = (at_breakpoint < need).sum(1, keepdim=True).clamp(max=level.shape[1] - 1)
-    mu = (need - below.gather(1, segment)) / rising.gather(1, segment).clamp_min(torch.finfo(level.dtype).tiny)
-    full = below[:, -1:] + filled[:, -1:]
-    return torch.where(need >= full, torch.full_like(mu, float("inf")), mu.clamp_min(0.0))
+    full = (weight * level).sum(1, keepdim=True)
+    mu, used = torch.zeros_like(need), None
+    tiny = torch.finfo(level.dtype).tiny
+    for _ in range(level.shape[1] + 1):  # each step before the last passes at least one breakpoint
+        slope = (weight * (level > mu)).sum(1, keepdim=True)
+        if used is not None and torch.equal(slope, used):
+            break
+        filled = (weight * torch.minimum(level, mu)).sum(1, keepdim=True)
+        mu, used = mu + ((need - filled) / slope.clamp_min(tiny)).clamp_min(0.0), slope
+    return torch.where(need >= full, torch.full_like(mu, float("inf")), mu)
 
 
 def _greedy_l1(gain: Tensor, size: Tensor, need: Tensor) -> Tensor:
@@ -84,15 +87,13 @@ def project_hyperplane(norm: str, t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     cannot reach the hyperplane, the step to the box corner that comes closest. The same problem and answer as the
     official ``projection_linf`` / ``projection_l2`` / ``projection_l1`` (to float rounding)."""
     gap = (w * t).sum(1) - b
-    w = torch.where(gap[:, None] < 0, -w, w)  # oriented so that <w, .> has to drop by gap >= 0
+    w = w * torch.where(gap < 0, -1.0, 1.0)[:, None]  # oriented so that <w, .> has to drop by gap >= 0
     need = gap.abs()
     size = w.abs()
     room = torch.where(w > 0, t, 1.0 - t)  # how far each coordinate can go in the direction that lowers <w, .>
     direction = -w.sign()
-    if norm == "Linf":
-        live = (w != 0).to(t.dtype)
-        radius = _water_level(size * live, room * live, need)  # every live coordinate moves min(radius, room)
-        return direction * torch.minimum(radius, room) * live
+    if norm == "Linf":  # coordinates with w = 0 weigh nothing and have no direction: no mask needed
+        return direction * torch.minimum(_water_level(size, room, need), room)
     live = (size > DEAD_WEIGHT).to(t.dtype)
     if norm == "L2":
         level = torch.where(live > 0, room / size.clamp_min(DEAD_WEIGHT), 0.0)  # d_i = -mu * w_i until the box
@@ -173,10 +174,13 @@ def _random_start(x0: Tensor, norm: str, eps: float, keys: Tensor) -> Tensor:
 
 
 def _run(model, x0: Tensor, y: Tensor, target: Tensor | None, *, norm: str, eps: float, start: Tensor, n_iter: int,
-         alpha_max: float, eta: float, beta: float, stop_within_eps: bool = True) -> tuple[Tensor, Tensor]:
+         alpha_max: float, eta: float, beta: float, stop_within_eps: bool = True, group: Tensor | None = None
+         ) -> tuple[Tensor, Tensor]:
     """One FAB run from ``start`` on points the model classifies correctly: (best, best_norm) per point, the
     smallest adversarial iterate found (x0 where none, norm +inf). With ``stop_within_eps`` a point leaves the run
-    once it has one within eps (its outcome is settled); otherwise every point runs all iterations (the official)."""
+    once it has one within eps (its outcome is settled; with ``group``, each row's point where the rows are several
+    runs of the same points, its other rows leave with it); otherwise every point runs all iterations (the
+    official)."""
     n = len(x0)
     best, best_norm = x0.clone(), torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
     idx = torch.arange(n, device=x0.device)
@@ -206,6 +210,8 @@ def _run(model, x0: Tensor, y: Tensor, target: Tensor | None, *, norm: str, eps:
             x1 = torch.where(per_point(adv, x1), clean + (x1 - clean) * beta, x1)
             if stop_within_eps:
                 keep = best_norm[idx] > eps
+                if group is not None and not keep.all():
+                    keep = ~runs.siblings(group[idx], ~keep)
                 if not keep.all():
                     idx, clean, label, x1 = idx[keep], clean[keep], label[keep], x1[keep]
                     aim = aim[keep] if aim is not None else None
@@ -218,9 +224,10 @@ def fab(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, tar
     """-> (x_adv, fooled): x_adv inside the threat model (||x_adv - x||_p <= eps, [0,1]) for every point (x itself
     where nothing was found within eps); fooled (bool, n) where model(x_adv).argmax(1) != y.
 
-    Points the model already gets wrong count as fooled with x_adv = x. The rest go through the runs in the
-    official order (targeted: each target rank, then its restarts; untargeted: the restarts), each run on the
-    points not yet fooled; a run's example counts if it is within eps and the model, asked again, gets it wrong."""
+    Points the model already gets wrong count as fooled with x_adv = x. The rest go through the runs (targeted:
+    each target rank, then its restarts; untargeted: the restarts), batched together as far as ``runs`` allows,
+    each batch on the points no earlier one fooled; a run's example counts if it is within eps and the model,
+    asked again, gets it wrong."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}")
     with torch.no_grad():
@@ -231,26 +238,29 @@ def fab(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, tar
     if targeted:
         ranking = logits.argsort(dim=1)  # ascending, so the class of rank r is column -r
         ranks = range(2, min(n_target_classes + 1, logits.shape[1]) + 1)
-        runs = [(rank, k) for rank in ranks for k in range(n_restarts)]
+        every = [(rank, k) for rank in ranks for k in range(n_restarts)]
     else:
-        runs = [(None, k) for k in range(n_restarts)]
-    for rank, k in runs:
-        todo = (~fooled).nonzero()[:, 0]
-        if len(todo) == 0:
-            break
-        x0, y0 = x[todo].detach(), y[todo]
-        target = ranking[todo, -rank] if rank is not None else None
-        if k > 0:
-            stream = f"target{rank}/restart{k}" if rank is not None else f"restart{k}"
-            start = _random_start(x0, norm, eps, rng.derive(keys[todo], stream))
-        else:
-            start = x0
+        every = [(None, k) for k in range(n_restarts)]
+    for group, todo in runs.batches(every, lambda: (~fooled).nonzero()[:, 0]):
+        r = len(group)
+        x0, y0 = x[todo].detach().repeat(r, *([1] * (x.dim() - 1))), y[todo].repeat(r)
+        target = torch.cat([ranking[todo, -rank] for rank, _ in group]) if targeted else None
+        start = torch.cat([_start(x[todo].detach(), norm, eps, keys[todo], rank, k) for rank, k in group])
         best, best_norm = _run(model, x0, y0, target, norm=norm, eps=eps, start=start, n_iter=n_iter,
-                               alpha_max=alpha_max, eta=eta, beta=beta)
+                               alpha_max=alpha_max, eta=eta, beta=beta, group=runs.rows_of(todo, r))
         found = best_norm <= eps
         if found.any():  # the official asks the model again before counting an example
             with torch.no_grad():
                 found[found.clone()] = model(best[found]).argmax(1) != y0[found]
-        x_adv[todo[found]] = best[found]
-        fooled[todo[found]] = True
+        hit, example = runs.first_success(found, best, r)
+        x_adv[todo[hit]] = example[hit]
+        fooled[todo[hit]] = True
     return x_adv, fooled
+
+
+def _start(x0: Tensor, norm: str, eps: float, keys: Tensor, rank: int | None, k: int) -> Tensor:
+    """A run's start: the clean points for the first restart, else a random start keyed by point and run."""
+    if k == 0:
+        return x0
+    stream = f"target{rank}/restart{k}" if rank is not None else f"restart{k}"
+    return _random_start(x0, norm, eps, rng.derive(keys, stream))
