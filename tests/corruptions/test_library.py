@@ -61,10 +61,13 @@ def test_grey_images_are_corrupted_too():
 # patches, 5 seeds): saturate desaturates, then oversaturates; CIFAR-10-C's elastic transform trades a shrinking
 # affine move (0.08 to 0.03 of the side) for a growing displacement field; frost dims the image from severity 3
 # to 4 with the same frost weight (0.194 -> 0.183 at CIFAR-10-C's constants); CIFAR-10-C's glass blur alternates
-# blur and shuffle iterations (0.050, 0.050, 0.046, 0.059, 0.054); its spatter is water at 1-3, mud at 4-5; the
-# ImageNet-C snow of severities 2 and 3 is equally far on 32 px images (0.2307 and 0.2308 over 20 seeds).
+# blur and shuffle iterations (0.038, 0.039, 0.038, 0.054, 0.051 with the generators' copying shuffle), and so
+# does ImageNet-C's on 32 px images (0.047, 0.047, 0.056, 0.054, 0.055); CIFAR-10-C's spatter is water at
+# 1-3, mud at 4-5; the ImageNet-C snow of severities 2 and 3 is equally far on 32 px images (0.2307 and 0.2308
+# over 20 seeds).
 NOT_MONOTONE = {("saturate", "cifar"), ("saturate", "imagenet"), ("elastic_transform", "cifar"), ("frost", "cifar"),
-                ("frost", "imagenet"), ("glass_blur", "cifar"), ("spatter", "cifar"), ("snow", "imagenet")}
+                ("frost", "imagenet"), ("glass_blur", "cifar"), ("glass_blur", "imagenet"), ("spatter", "cifar"),
+                ("snow", "imagenet")}
 
 
 @pytest.mark.parametrize("name, scale", [(n, s) for n in NAMES for s in SCALES if (n, s) not in NOT_MONOTONE])
@@ -222,30 +225,6 @@ def test_the_mud_of_spatter_matches_imagecorruptions(natural, monkeypatch):
     monkeypatch.setattr(np.random, "normal", _Queue(liquid * c[1] + c[0]))
     draws = {"liquid": torch.from_numpy(liquid * c[1] + c[0])[None, None].float()}
     assert np.abs(_reference("spatter", image, 5) - _ours("spatter", image, 5, draws)).max() < 1e-5
-
-
-def test_glass_blur_swaps_as_the_cifar10_c_generator_with_the_same_offsets(natural):
-    """The reference's loop (make_cifar_c.py), retyped with our offsets in place of numpy's draws."""
-    from skimage.filters import gaussian
-
-    image = _hwc(natural[6])
-    corruption = CORRUPTIONS.get("glass_blur")
-    c = corruption.constant(4)
-    x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    draws = corruption.draw(x, c, torch.Generator().manual_seed(0))
-    offsets = draws["offsets"][0].numpy()
-    ref = np.uint8(gaussian(image / 255., sigma=c[0], channel_axis=-1) * 255)
-    for it in range(c[2]):
-        k = 0
-        for h in range(32 - c[1], c[1], -1):
-            for w in range(32 - c[1], c[1], -1):
-                dx, dy = offsets[it, k]
-                k += 1
-                ref[h, w], ref[h + dy, w + dx] = ref[h + dy, w + dx].copy(), ref[h, w].copy()
-    ref = np.clip(gaussian(ref / 255., sigma=c[0], channel_axis=-1), 0, 1)
-    ours = corruption.apply(x, c, draws).clamp(0, 1)[0].permute(1, 2, 0).double().numpy()
-    # the 8-bit floor after the first blur flips by one level where float32 and float64 sums straddle an integer
-    assert np.abs(ref - ours).mean() < 2e-4 and np.abs(ref - ours).max() < 4 / 255
 
 
 def test_frost_matches_imagecorruptions_with_the_same_picture_and_crop(natural, monkeypatch):

@@ -189,28 +189,56 @@ def _glass_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
     _, delta, iterations = c
     h, w = x.shape[-2:]
     steps = len(range(h - delta, delta, -1)) * len(range(w - delta, delta, -1))
-    return {"offsets": torch.randint(-delta, delta, (len(x), iterations, steps, 2), generator=gen)}
+    return {"offsets": torch.randint(-delta, delta, (len(x), iterations, steps, 2), generator=gen, dtype=torch.int8)}
 
 
 @corruption("glass_blur", cifar=[(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
             imagenet=[(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)], draw=_glass_draw)
 def _glass_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
-    """Blur, quantise to 8 bits, swap each pixel with a random neighbour (sequentially, bottom-right to
-    top-left, as the reference), blur again."""
+    """Blur, quantise to 8 bits, shuffle pixels locally as the published generators do, blur again.
+
+    The reference's shuffle visits each pixel (h, w) from the bottom right to the top left and runs
+    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on an (H, W, 3) array. Both sides are views of the same array, so
+    the first assignment copies pixel (h', w') into (h, w) and the second copies (h, w)'s new value, that same
+    pixel, back: a copy, not a swap. CIFAR-10-C, ImageNet-C and imagecorruptions were made that way, and so is
+    this (``_copy_sources``). On a 2-D array the same line does swap; MNIST-C's glass blur (``mnist_c``) does."""
     sigma, delta, iterations = c
     n, channels, h, w = x.shape
     out = (torch.floor(gaussian_blur(x.double(), sigma) * 255) / 255).to(x.dtype)  # the reference's uint8 step
-    flat = out.flatten(2).clone()
-    batch = torch.arange(n, device=x.device)
-    positions = [(hh, ww) for hh in range(h - delta, delta, -1) for ww in range(w - delta, delta, -1)]
+    source = torch.arange(h * w, device=x.device).expand(n, -1)
     for it in range(iterations):
-        for k, (hh, ww) in enumerate(positions):
-            dx, dy = d["offsets"][:, it, k, 0], d["offsets"][:, it, k, 1]
-            here = torch.full_like(dx, hh * w + ww)
-            there = (hh + dy) * w + (ww + dx)
-            a, b = flat[batch, :, here], flat[batch, :, there]
-            flat[batch, :, here], flat[batch, :, there] = b, a
-    return gaussian_blur(flat.view(n, channels, h, w), sigma)
+        step = _copy_sources(h, w, delta, d["offsets"][:, it])
+        source = source.gather(1, step)
+    shuffled = out.flatten(2).gather(2, source[:, None, :].expand(-1, channels, -1))
+    return gaussian_blur(shuffled.view(n, channels, h, w), sigma)
+
+
+def _copy_sources(h: int, w: int, delta: int, offsets: Tensor) -> Tensor:
+    """(n, h*w): which pixel each pixel holds after one sweep of the reference's copies ``x[p_k] = x[q_k]``, run in
+    its order k (p_k from the bottom right to the top left, q_k = p_k + (dy, dx) from ``offsets`` (n, K, 2) as
+    (dx, dy)). Pixel p_k ends up with what q_k held at step k: q_k's value before the sweep, or, where q_k was
+    itself written at an earlier step j, what q_j held then, and so on. Those chains are followed for every
+    pixel at once by pointer jumping (each round halves the chains), not by a loop over the h*w steps."""
+    n, device = len(offsets), offsets.device
+    hh = torch.arange(h - delta, delta, -1, device=device)
+    ww = torch.arange(w - delta, delta, -1, device=device)
+    here = (hh[:, None] * w + ww[None, :]).flatten()  # p_k, in the reference's order
+    k = len(here)
+    offsets = offsets.long()
+    there = here[None, :] + offsets[..., 1] * w + offsets[..., 0]  # q_k, (n, K)
+    visit = torch.full((h * w,), k, device=device, dtype=torch.long)
+    visit[here] = torch.arange(k, device=device)
+    earlier, steps = visit[there], torch.arange(k, device=device)[None, :]
+    parent = torch.where(earlier < steps, earlier, steps)  # the step that wrote q_k before step k, else k itself
+    value = there  # final where a step is its own parent: q_k's value before the sweep
+    while True:
+        value, up = value.gather(1, parent), parent.gather(1, parent)
+        if torch.equal(up, parent):
+            break
+        parent = up
+    source = torch.arange(h * w, device=device).repeat(n, 1)
+    source[:, here] = value
+    return source
 
 
 def _disk(radius: float, alias_blur: float) -> Tensor:
@@ -329,26 +357,40 @@ def _spatter_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
             imagenet=[(0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
                       (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1)], draw=_spatter_draw)
 def _spatter(x: Tensor, c: tuple, d: Draws) -> Tensor:
-    """Water drops (the first severities) or mud (the last), from a blurred, thresholded Gaussian layer.
-    The mud is as the reference. The water replaces OpenCV's chain (Canny edges, distance transform,
-    histogram equalisation, an emboss kernel) by its effect: a smooth ridge map that is bright on the drops'
-    rims (distance to the drops' edges, truncated at 20 px, emboss-filtered), scaled to [0, c[4]]."""
-    liquid = gaussian_blur(d["liquid"], c[2])
+    """Water drops (the first severities) or mud (the last), from a blurred, thresholded Gaussian layer, as the
+    reference: the water's rims through its OpenCV chain (``_water_rims``), its pale turquoise added as
+    (175, 238, 238) to the R, G and B channels (the reference adds that triple to an RGB array, though it names
+    the conversions BGR); the mud as (63, 42, 20)."""
+    liquid = gaussian_blur(d["liquid"].double(), c[2])
     liquid = torch.where(liquid < c[3], torch.zeros_like(liquid), liquid)
     if c[5] == 0:
-        drops = (liquid > 0).to(x.dtype)
-        rims = (F.max_pool2d(drops, 3, 1, 1) - drops).abs() + (drops - (-F.max_pool2d(-drops, 3, 1, 1))).abs()
-        emboss = torch.tensor([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
-        smooth = F.pad(gaussian_blur(rims.clamp(0, 1), 1.0), (1, 1, 1, 1), mode="replicate")
-        ridge = F.conv2d(smooth, emboss).clamp_min(0)
-        m = liquid * F.avg_pool2d(F.pad(ridge, (1, 1, 1, 1), mode="replicate"), 3, 1)
+        m = _water_rims(liquid).to(x.dtype)
         m = m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1) * c[4]
-        water = torch.tensor([238, 238, 175], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255  # RGB
+        water = torch.tensor([175, 238, 238], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255  # R, G, B
         return x + m * (water if x.shape[1] == 3 else _gray(water))
     mask = gaussian_blur((liquid > c[3]).to(x.dtype), c[4])
     mask = torch.where(mask < 0.8, torch.zeros_like(mask), mask)
     mud = torch.tensor([63, 42, 20], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
     return x * (1 - mask) + mask * (mud if x.shape[1] == 3 else _gray(mud))
+
+
+def _water_rims(liquid: Tensor) -> Tensor:
+    """(n, 1, h, w): the reference's water map, per image with OpenCV on the CPU: the liquid layer in 8 bits
+    (truncated), its Canny edges, the distance to them (truncated at 20 px, box-blurred, back to 8 bits),
+    histogram-equalised, embossed and box-blurred again, times the 8-bit liquid layer."""
+    import numpy as np
+
+    from bench.errors import require
+
+    cv2 = require("cv2", "the spatter corruption", "pip install opencv-python")
+    emboss = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+    out = []
+    for layer in (liquid[:, 0] * 255).cpu().numpy().astype(np.uint8):
+        edges = cv2.distanceTransform(255 - cv2.Canny(layer, 50, 150), cv2.DIST_L2, 5)
+        edges = cv2.blur(cv2.threshold(edges, 20, 20, cv2.THRESH_TRUNC)[1], (3, 3)).astype(np.uint8)
+        ridges = cv2.blur(cv2.filter2D(cv2.equalizeHist(edges), cv2.CV_8U, emboss), (3, 3)).astype(np.float32)
+        out.append(torch.from_numpy(layer * ridges))
+    return torch.stack(out)[:, None].to(liquid.device)
 
 
 # --- digital -------------------------------------------------------------------------------------------
@@ -395,16 +437,25 @@ def _frost_image(index: int) -> Tensor:
         return torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
+@lru_cache(maxsize=None)
 def _frost_layer(index: int, h: int, w: int, scale: str) -> Tensor:
-    """The frost image resized as the reference: by 0.2 (OpenCV's bilinear) for CIFAR, else to cover the image
-    with a margin of 1.1 (bicubic)."""
+    """The frost image resized as the reference, once per process. CIFAR-10-C: OpenCV reads it and scales it by
+    exactly 0.2 (``cv2.resize(..., fx=0.2, fy=0.2)``, bilinear; the output size is rounded but the sampling grid
+    keeps the 0.2, which resizing to that size would not). Else (imagecorruptions): to cover the image with a
+    margin of 1.1 (bicubic)."""
+    if scale == "cifar":
+        import numpy as np
+
+        from bench.errors import require
+
+        cv2 = require("cv2", "the frost corruption", "pip install opencv-python")
+        picture = cv2.resize(cv2.imread(str(FROST_DIR / FROST_FILES[index])), (0, 0), fx=0.2, fy=0.2)
+        return torch.from_numpy(np.ascontiguousarray(picture[..., ::-1])).permute(2, 0, 1).float() / 255
     frost = _frost_image(index)[None]
     fh, fw = frost.shape[-2:]
-    factor = 0.2 if scale == "cifar" else 1.1 * max(1.0, h / fh, w / fw)
-    size = (int(round(fh * factor)), int(round(fw * factor))) if scale == "cifar" else \
-        (int(math.ceil(fh * factor)), int(math.ceil(fw * factor)))
-    mode = "bilinear" if scale == "cifar" else "bicubic"
-    return F.interpolate(frost, size=size, mode=mode, align_corners=False).clamp(0, 1)[0]
+    factor = 1.1 * max(1.0, h / fh, w / fw)
+    size = (int(math.ceil(fh * factor)), int(math.ceil(fw * factor)))
+    return F.interpolate(frost, size=size, mode="bicubic", align_corners=False).clamp(0, 1)[0]
 
 
 def _frost_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:

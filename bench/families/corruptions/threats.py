@@ -72,6 +72,8 @@ class CorruptionParams(Params):
 @THREAT_FAMILIES.register("corruptions")
 class Corruptions(CellGrid):
     Params = CorruptionParams
+    revision = 2  # 2: CIFAR-10-C's glass blur copies, spatter's water colour and OpenCV rims, frost scaled by 0.2
+    # exactly, 8-bit truncation for cifar10-c and imagenet-c (each as the published generators)
     mean_metric = Metric("corruption_acc", "corruption_acc", "mean corruption accuracy", agg="mean", as_percent=True)
     params: CorruptionParams
 
@@ -79,6 +81,13 @@ class Corruptions(CellGrid):
         super().__init__(params)
         self.suite = SUITES[params.suite]
         self._files = None
+
+    @classmethod
+    def backends(cls) -> dict[str, str]:
+        """OpenCV computes spatter's water and CIFAR-10-C's frost; JPEG compression is torchvision's libjpeg (its
+        bundled libjpeg-turbo; the generators used Pillow's)."""
+        return {"opencv": _version("opencv-python", "opencv-python-headless", "opencv-contrib-python"),
+                "torchvision": _version("torchvision")}
 
     def cells(self) -> list[Cell]:
         return self.params.cells()
@@ -125,6 +134,17 @@ class Corruptions(CellGrid):
 
 
 _SIZES = {"cifar": "32x32", "imagenet": "large (224x224)", "mnist": "28x28 grey"}
+
+
+def _version(*distributions: str) -> str:
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def source_files(params: CorruptionParams):
