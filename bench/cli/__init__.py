@@ -159,6 +159,11 @@ def run(model: str = typer.Option(..., "--model", "-m", help="Model card id, pat
                               indent=2))
     else:
         typer.echo(str(summary) + (f"\n{checked}" if checked else ""))
+        from bench.leaderboard.table import derived_lines
+        from bench.store import Store
+
+        for line in derived_lines(Store(results), summary):
+            typer.echo(line)
         if save_adv:
             typer.echo(f"adversarial inputs  {Path(summary.results) / 'runs' / summary.run_id}/inputs-*.npz "
                        f"(bench.saved_inputs({summary.run_id!r}, results=...) reads them)")

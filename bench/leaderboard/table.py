@@ -26,7 +26,7 @@ from bench.convergence import stored_convergence
 from bench.leaderboard.marks import CurrentCode, adaptive, stale_reason
 from bench.metrics import INTERVALS, Metric, MetricValue, rank_key
 from bench.store import STORE_VERSION, Store, StoreError
-from bench.summary import read_summary, summarize, summary_record
+from bench.summary import Summary, read_summary, summarize, summary_record
 from bench.threats.base import BoardRun
 
 FORMATS = ("markdown", "csv", "json")
@@ -44,6 +44,7 @@ class Block:
     headline: str
     rows: list[dict] = field(default_factory=list)
     details: str = ""  # the family's markdown under the table (e.g. a per-cell breakdown)
+    base_metrics: int = 0  # how many of ``metrics`` the runs report themselves (the rest the family derives)
     notes: list[str] = field(default_factory=list)  # e.g. runs computed with different numerics
 
 
@@ -277,12 +278,37 @@ def _add_family_columns(store: Store, block: Block, runs: list[dict], warnings: 
     family = family_class(block.family)
     params = runs[0]["spec"]["threat"]["card"].get("params", {})
     specs, values = family.board_columns(params, board_runs)
+    block.base_metrics = len(block.metrics)
     block.metrics += list(specs)
     for row in block.rows:
         for spec in specs:
             value = values.get(row["run_id"], {}).get(spec.name) or MetricValue(math.nan, math.nan, math.nan, 0)
             row |= {spec.name: value.value, f"{spec.name}_ci_low": value.low, f"{spec.name}_ci_high": value.high}
     block.details = family.board_details(params, board_runs)
+
+
+def derived_lines(store: Store, summary: Summary) -> list[str]:
+    """What the board derives for one run from the other runs of its protocol (e.g. mCE against the card's
+    baseline), as `bench run` prints it under the run's own metrics; where a value is missing, why."""
+    if not summary.complete or not _needs_rows(summary.family):
+        return []
+    for block in build_board(store, threat=summary.threat).blocks:
+        row = next((r for r in block.rows if r["run_id"] == summary.run_id), None)
+        if row is None or block.protocol != summary.protocol:
+            continue
+        derived = block.metrics[block.base_metrics:]
+        width = max((len(m.label) for m in derived), default=0)
+        nothing = all(math.isnan(row.get(m.name, math.nan)) for m in derived)
+        lines = []
+        for spec in derived:
+            value = row.get(spec.name, math.nan)
+            text = ("-   (no single run of the baseline on this protocol and dataset yet)" if nothing else
+                    "-   (undefined for this run: `bench board` shows why)") if math.isnan(value) else (
+                f"{value:.3f}   (95% paired bootstrap interval {row[f'{spec.name}_ci_low']:.3f} - "
+                f"{row[f'{spec.name}_ci_high']:.3f})")
+            lines.append(f"{spec.label:<{width}}  {text}")
+        return lines
+    return []
 
 
 def leaderboard(store: Store, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:

@@ -43,6 +43,7 @@ class CellGrid(Threat):
     tasks = ("classifier",)
     mean_metric: ClassVar[Metric]  # the headline: the mean over cells
     group_label: ClassVar[str]  # e.g. "corruption"
+    level_names: ClassVar[tuple[str, str]] = ("level", "levels")  # a corruption's are severities
 
     def cells(self) -> list[Cell]:
         raise NotImplementedError
@@ -58,9 +59,18 @@ class CellGrid(Threat):
         return self.mean_metric.name
 
     def metrics_for(self, task: Task) -> tuple[Metric, ...]:
-        per_group = tuple(Metric(f"acc_{g}", f"acc_{g}", f"accuracy under {g}", agg="mean",
+        per_group = tuple(Metric(f"acc_{g}", f"acc_{g}", f"accuracy under {g} ({self._levels(g)})", agg="mean",
                                  as_percent=True) for g in self.groups())
         return task.clean_metrics + (self.mean_metric,) + per_group
+
+    def _levels(self, group: str) -> str:
+        """The levels a group runs at, as the run prints them: "severity 5", "severities 1-5"."""
+        levels = sorted(cell.level for cell in self.cells() if cell.group == group)
+        one, many = self.level_names
+        if len(levels) == 1:
+            return f"{one} {levels[0]}"
+        run = levels == list(range(levels[0], levels[-1] + 1))
+        return f"{many} " + (f"{levels[0]}-{levels[-1]}" if run else ", ".join(map(str, levels)))
 
     @staticmethod
     def cell_generator(seed: int, cell: Cell) -> torch.Generator:

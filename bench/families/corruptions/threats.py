@@ -20,7 +20,7 @@ from pydantic import model_validator
 from torch import Tensor
 
 from bench.errors import BenchError
-from bench.threats.grid_board import cell_table, mce_columns
+from bench.threats.grid_board import cell_table, error_table, mce_columns
 from bench.threats.grid import Cell, CellGrid
 from bench.families.corruptions.suites import SUITES
 from bench.metrics import Metric
@@ -75,6 +75,7 @@ class Corruptions(CellGrid):
     revision = 2  # 2: CIFAR-10-C's glass blur copies, spatter's water colour and OpenCV rims, frost scaled by 0.2
     # exactly, 8-bit truncation for cifar10-c and imagenet-c (each as the published generators)
     mean_metric = Metric("corruption_acc", "corruption_acc", "mean corruption accuracy", agg="mean", as_percent=True)
+    level_names = ("severity", "severities")
     params: CorruptionParams
 
     def __init__(self, params: CorruptionParams):
@@ -114,11 +115,13 @@ class Corruptions(CellGrid):
 
     @classmethod
     def board_columns(cls, params: dict, runs: dict[str, BoardRun]) -> tuple[tuple[Metric, ...], dict]:
-        return mce_columns(params.get("baseline"), runs)
+        """mCE over the suite's benchmark corruptions (CIFAR-10-C's 15), the extra ones in columns of their own."""
+        return mce_columns(params.get("baseline"), runs, SUITES[params["suite"]].names)
 
     @classmethod
     def board_details(cls, params: dict, runs: dict[str, BoardRun]) -> str:
-        return cell_table(runs, "corruption")
+        errors = error_table(params.get("baseline"), runs, "corruption")
+        return cell_table(runs, "corruption") + (f"\n\n{errors}" if errors else "")
 
     @classmethod
     def protocol(cls, params: CorruptionParams) -> dict:
