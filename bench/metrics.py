@@ -54,6 +54,8 @@ class Metric:
             value, (low, high) = math.nan, (math.nan, math.nan)
         elif self.agg == "mean":
             value, (low, high) = float(values.mean()), mean_interval(values)
+            if self.as_percent:  # a mean of values in [0, 1] lies in [0, 1]; the normal interval need not
+                low, high = max(low, 0.0), min(high, 1.0)
         else:
             value, (low, high) = float(np.quantile(values, self.q)), quantile_interval(values, self.q)
         return MetricValue(value, low, high, n)

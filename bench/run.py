@@ -133,6 +133,7 @@ def evaluate(model: str | Path | ModelCard | nn.Module, threat: str | Path | Thr
     """
     p = plan(model, threat, dataset=dataset, x=x, y=y, n=n, seed=seed, device=device, batch_size=batch_size,
              threads=threads, data_root=data_root, model_name=model_name, task=task, eps=eps, norm=norm)
+    p.threat.ready()
     devices = worker_devices(p.device, workers) if executor == "processes" else []
     if executor == "processes" and p.device.type == "cpu" and p.threads is None:
         p.threads = max(1, (os.cpu_count() or 1) // len(devices))  # the workers share the cores

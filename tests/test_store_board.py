@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +18,7 @@ import torch
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.leaderboard import build_board, leaderboard, render
+from bench.metrics import Metric
 from bench.run import evaluate
 from bench.summary import summarize
 from bench.stats import wilson_interval
@@ -261,3 +263,12 @@ def test_rerunning_a_complete_run_keeps_its_summary_date_and_time(digits_model, 
     first = path.read_bytes()
     evaluate(digits_model, card, n=60, results=tmp_path, **KW)
     assert path.read_bytes() == first and json.loads(first)["wall_seconds"] > 0
+
+
+def test_a_percent_mean_interval_stays_inside_zero_to_one():
+    values = np.array([1.0] * 48 + [0.0, 0.5])  # the normal interval runs past 1
+    spec = Metric("acc_fog", "acc_fog", "accuracy under fog", agg="mean", as_percent=True)
+    out = spec.compute(values)
+    assert out.high == 1.0 and 0 < out.low < out.value < 1
+    plain = Metric("m", "m", "m", agg="mean").compute(values)
+    assert plain.high > 1.0  # a mean that is not a share keeps its normal interval

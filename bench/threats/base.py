@@ -106,6 +106,10 @@ class Threat(ABC):
         backends = self.backends()
         return {"revision": self.revision, **({"backends": backends} if backends else {})}
 
+    def ready(self) -> None:
+        """Raise a BenchError naming what the run lacks (e.g. data files) before any point is attacked and any
+        progress bar starts; nothing by default."""
+
     def member_cards(self) -> list[ThreatCard]:
         """Threat cards this one runs as parts of itself (an ensemble's members), checked against the run's task
         and dataset like the card itself (none by default)."""

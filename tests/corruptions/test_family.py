@@ -231,6 +231,25 @@ def test_bench_data_make_writes_marked_files_that_runs_read_and_call_generated(t
     again = CliRunner().invoke(app, ["data", "make", "mnist-c", "--data-root", str(tmp_path), "--seed", "1"])
     assert again.exit_code != 0 and "other settings" in again.output
 
+    # a card naming no folder reads the generated one where the published one is absent, and says so
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path))
+    default = threat_card("corruptions", suite="mnist-c", source="files", corruptions=["fog"])
+    _, threat = make_threat(default)
+    assert threat.protocol(threat.params)["generated_files"] is True
+    again = bench.evaluate(model, default, x=small.x, y=small.y, results=tmp_path / "res2", progress=False)
+    assert any(f"{folder} was generated" in note for note in again.notes)
+
+
+def test_a_files_card_without_its_files_fails_before_any_point_is_run(digits_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "empty"))
+    card = threat_card("corruptions", suite="mnist-c", source="files", corruptions=["fog"])
+    mnist = load_dataset("mnist", "test")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with pytest.raises(DataError, match="does not exist") as error:
+        bench.evaluate(model, card, x=mnist.x[:8], y=mnist.y[:8], results=tmp_path / "res", progress=False)
+    assert "bench data make mnist-c" in error.value.fix
+    assert not Store(tmp_path / "res").run_ids()  # refused before the run was opened
+
 
 def _board_run(model: str, clean: list[int], cells: dict[str, list[int]]) -> BoardRun:
     return BoardRun(model, pd.DataFrame({"index": range(len(clean)), "clean_correct": clean, **cells}))

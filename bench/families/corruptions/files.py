@@ -102,8 +102,8 @@ class CorruptedFiles:
 
     def _fix(self) -> str:
         return (f"{self.layout.published} into {self.folder.parent} (or set $BENCH_DATA / the card's files:), "
-                f"run `bench data make {self.layout.name}` and use a card with files: pointing at what it writes, "
-                f"or use source: generated (corrupted on the fly by bench)")
+                f"or run `bench data make {self.layout.name}` (a card without files: then reads what it writes, "
+                f"marked as generated), or use source: generated (corrupted on the fly by bench)")
 
     def _header(self, path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
         """Shape, dtype, Fortran order and data offset of a .npy file, from its header alone."""
@@ -147,6 +147,10 @@ class CorruptedFiles:
                 labels: self._map(labels, shape),
                 images: self._map(images, (shape[0], *self.layout.image_shape), np.dtype(np.uint8))}
         return self._maps[corruption]
+
+    def check(self, corruption: str) -> None:
+        """Raise a DataError with the fix unless the corruption's files are there and in the layout."""
+        self._arrays(corruption)
 
     def files(self, corruptions: list[str]) -> list[Path]:
         paths = {self.layout.images_file(self.folder, c) for c in corruptions}

@@ -98,6 +98,12 @@ class Corruptions(CellGrid):
             self._files = source_files(self.params)
         return self._files
 
+    def ready(self) -> None:
+        """Every file a ``source: files`` card reads is there and in its layout (headers only)."""
+        if self.params.source == "files":
+            for name in self.params.names:
+                self.files().check(name)
+
     def transform(self, x: Tensor, cell: Cell, batch: Batch, gen: torch.Generator) -> Tensor:
         if self.params.source == "files":
             return self.files().images(cell.group, cell.level, batch.index, batch.y).to(x.device)
@@ -151,7 +157,12 @@ def _version(*distributions: str) -> str:
 
 
 def source_files(params: CorruptionParams):
+    """The card's folder: ``files:``, else the published folder under the data root, else (only when that is
+    absent) what `bench data make` wrote, which its marker, the run's notes and the protocol call generated."""
     from bench.families.corruptions.files import LAYOUTS, CorruptedFiles, default_folder
 
     layout = LAYOUTS[params.suite]
-    return CorruptedFiles(layout, Path(params.files) if params.files else default_folder(layout))
+    if params.files:
+        return CorruptedFiles(layout, Path(params.files))
+    published, generated = default_folder(layout), default_folder(layout, generated=True)
+    return CorruptedFiles(layout, generated if not published.exists() and generated.exists() else published)
