@@ -4,17 +4,24 @@ attack cannot see through:
 - ``pgd-bpda``: BPDA (Athalye et al., 2018). The evaluated model names a differentiable stand-in for its
   non-differentiable parts (``bpda_surrogate()``, e.g. a gate replaced by "always translate"); the
   attack's forward pass is the real model, its backward pass the surrogate's.
+- ``apgd-bpda``: the same BPDA with APGD-CE in place of PGD (our AutoAttack engine's APGD: the official's
+  step-size schedule and momentum, 100 iterations by default), so a defence's BPDA number does not rest on one
+  fixed-step attack.
 - ``pgd-transfer``: PGD on a ``source`` card (all steps, maximising its loss), then the evaluated model
   classifies those points: the non-adaptive "paper setting" of input-transformation defences, and a
   gradient-free check beside the white-box attacks.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from bench.models.card import model_ref
 from bench.ops.draws import Draws
+from bench.params import Eps, Norm, Params, Steps, check_linf_eps
 from bench.ops.pgd import pgd
 from bench.threats.base import THREAT_FAMILIES, Batch, Target
 from bench.threats.pgd import PGDParams
@@ -58,6 +65,7 @@ class PGDBPDA(_Crafted):
     Params = PGDParams
     gradient_based = True
     budget = ("restarts",)
+    plain = "pgd-bpda ran as plain PGD"
 
     @staticmethod
     def surrogate(module: nn.Module) -> nn.Module | None:
@@ -72,8 +80,45 @@ class PGDBPDA(_Crafted):
         notes = super().checks(target, batch)
         if self.surrogate(target.module) is None:
             notes.append(f"{type(target.module).__name__} names no differentiable surrogate (bpda_surrogate()), so "
-                         "pgd-bpda ran as plain PGD on it")
+                         f"{self.plain} on it")
         return notes
+
+
+class APGDParams(Params):
+    norm: Norm
+    eps: Eps
+    steps: Steps = 100
+    restarts: Steps = 1
+    loss: Literal["ce", "dlr"] = "ce"
+
+    @model_validator(mode="after")
+    def _check(self) -> "APGDParams":
+        check_linf_eps(self.norm, self.eps)
+        return self
+
+
+@THREAT_FAMILIES.register("apgd-bpda")
+class APGDBPDA(PGDBPDA):
+    """APGD through the BPDA surrogate (plain APGD on a model without one, and the run says so)."""
+
+    Params = APGDParams
+    params: APGDParams
+    point_draws = True  # the engine keys its draws by point
+    budget = ("steps", "restarts")
+    plain = "apgd-bpda ran as plain APGD"
+
+    def perturb(self, target: Target, x: Tensor, y: Tensor, draws: Draws) -> Candidates:
+        from bench.threats.aa_engine import rng
+        from bench.threats.aa_engine.apgd import apgd
+        from bench.threats.aa_engine.model import frozen
+
+        p = self.params
+        model = self.crafting_model(target, x)
+        keys = rng.point_keys(draws.seed, draws.keys.to(x.device), "apgd-bpda")
+        with frozen(model):
+            x_adv, _ = apgd(model, x, y, norm=p.norm, eps=p.eps, keys=keys, loss=p.loss, n_iter=p.steps,
+                            n_restarts=p.restarts)
+        return Candidates(x_adv)
 
 
 class TransferParams(PGDParams):

@@ -158,6 +158,10 @@ def test_bpda_breaks_a_gate_that_hides_gradients_and_pgd_does_not(digits_model, 
     assert any("input gradient is exactly zero" in note for note in pgd.notes)
     plain = bench.evaluate(digits_model, threat_card("pgd-bpda", **params), **kw)
     assert any("ran as plain PGD" in note for note in plain.notes) and plain.robust_acc < 0.1
+    apgd = bench.evaluate(Quantised(digits_model), threat_card("apgd-bpda", norm="Linf", eps=0.3, steps=20), **kw)
+    assert apgd.robust_acc <= bpda.robust_acc < 0.1  # APGD through the surrogate: at least as strong
+    plain = bench.evaluate(digits_model, threat_card("apgd-bpda", norm="Linf", eps=0.3, steps=20), **kw)
+    assert any("ran as plain APGD" in note for note in plain.notes)
 
 
 def test_transfer_from_the_model_itself_is_never_stronger_than_white_box_pgd(digits_card, tmp_path):
