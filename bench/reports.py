@@ -44,6 +44,7 @@ class SeedRunner:
     (``work/cards``): a report interrupted and run again resumes from what is stored."""
 
     def __init__(self, seed: int, work: Path, device: str):
+        work = Path(work).resolve()  # cards name their parts by path, and a relative one resolves from the card
         self.seed, self.cards, self.results, self.device = seed, work / "cards", work / "results", device
 
     def card(self, kind: str, card_id: str, **refs: Path | list[Path]) -> Path:

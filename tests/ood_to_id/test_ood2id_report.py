@@ -3,6 +3,7 @@ untestable from its statistic, and the report renders every section."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from bench.families.ood_to_id.report import claims, render
 
@@ -85,3 +86,21 @@ def test_the_report_states_every_verdict_and_section():
                  "- defended: seed 0: Square decreased robust accuracy / seed 1: Square decreased robust accuracy",
                  "**FAIL**: defended: outperforms state-of-the-art defences"):
         assert part in text, part
+
+
+def test_seed_cards_name_their_parts_by_absolute_path_from_a_relative_work_folder(tmp_path, monkeypatch):
+    """A relative --work (the CLI's default) once made compose parts resolve from the card's own folder twice."""
+    import yaml
+
+    from bench.families.ood_to_id.report import ROWS, TRANSLATOR
+    from bench.models.card import load_model_card
+    from bench.reports import SeedRunner
+
+    monkeypatch.chdir(tmp_path)
+    runner = SeedRunner(0, Path("work"), "cpu")
+    classifier = runner.card("model", ROWS["standard"])
+    translator = runner.card("model", TRANSLATOR, classifier=classifier)
+    defended = runner.card("model", ROWS["defended"], classifier=classifier, translator=translator)
+    parts = yaml.safe_load(defended.read_text())["compose"]["parts"]
+    assert Path(parts["classifier"]).is_absolute() and Path(parts["classifier"]).is_file()
+    load_model_card(defended)  # its parts are found
