@@ -30,10 +30,15 @@ FIXTURE = HERE / "fixtures" / "reference_cifar_c.npz"
 COMMIT = "8190fe329f5f072a06e3a2aea02bb5dda69aed9f"  # hendrycks/robustness; the fixture records the sources' sha256
 SOURCES = ("make_cifar_c.py", "make_imagenet_64_c.py")
 IMAGES = ["cifar10_00_3.png", "cifar10_04_6.png", "cifar10_07_6.png"]
+DETERMINISTIC = ("contrast", "brightness", "saturate", "gaussian_blur", "defocus_blur", "zoom_blur", "pixelate",
+                 "jpeg_compression")
+NOISE = ("gaussian_noise", "speckle_noise", "shot_noise")  # draws stored: severities 1 and 5
 CASES = [("glass_blur", "make_cifar_c.py", s) for s in range(1, 6)] \
     + [("glass_blur", "make_imagenet_64_c.py", s) for s in (4, 5)] \
     + [("spatter", "make_cifar_c.py", s) for s in range(1, 6)] \
-    + [("frost", "make_cifar_c.py", s) for s in range(1, 6)]
+    + [("frost", "make_cifar_c.py", s) for s in range(1, 6)] \
+    + [(name, "make_cifar_c.py", s) for name in DETERMINISTIC for s in range(1, 6)] \
+    + [(name, "make_cifar_c.py", s) for name in NOISE for s in (1, 5)]
 
 
 class Recorder:
@@ -56,9 +61,14 @@ class Recorder:
     def uniform(self, *args, **kwargs):
         return self._record(self.state.uniform(*args, **kwargs))
 
+    def poisson(self, *args, **kwargs):
+        return self._record(self.state.poisson(*args, **kwargs))
+
 
 def load_functions(path: Path) -> dict:
     """The module's function definitions, executed in a namespace with what they use."""
+    from io import BytesIO
+
     import cv2
     import skimage as sk
     from PIL import Image as PILImage
@@ -72,7 +82,7 @@ def load_functions(path: Path) -> dict:
     tree = ast.parse(path.read_text())
     tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
     namespace = {"np": np, "cv2": cv2, "sk": sk, "gaussian": gaussian, "PILImage": PILImage,
-                 "scizoom": scizoom, "map_coordinates": map_coordinates}
+                 "scizoom": scizoom, "map_coordinates": map_coordinates, "BytesIO": BytesIO}
     exec(compile(tree, str(path), "exec"), namespace)  # noqa: S102 - the reference generator, pinned by sha256
     return namespace
 
@@ -99,11 +109,12 @@ def record(checkout: Path) -> None:
     os.chdir(folder)  # frost reads ./frost1.png ...
     try:
         for case, (name, source, severity) in enumerate(CASES):
-            inputs = ["china_64"] if source == "make_imagenet_64_c.py" else IMAGES
+            inputs = ["china_64"] if source == "make_imagenet_64_c.py" else \
+                IMAGES[:1] if name in NOISE + DETERMINISTIC else IMAGES
             for k, image_name in enumerate(inputs):
                 image = pictures[image_name]
                 recorder = Recorder(seed=1000 * case + k)
-                saved = {f: getattr(np.random, f) for f in ("randint", "normal", "uniform")}
+                saved = {f: getattr(np.random, f) for f in ("randint", "normal", "uniform", "poisson")}
                 for f in saved:
                     setattr(np.random, f, getattr(recorder, f))
                 try:
@@ -114,7 +125,7 @@ def record(checkout: Path) -> None:
                 key = f"{name}/{source}/{severity}/{image_name}"
                 arrays[f"input/{image_name}"] = image
                 arrays[f"{key}/output"] = np.uint8(out)  # as the generator stores it
-                flat = np.concatenate([d.ravel() for d in recorder.draws])
+                flat = np.concatenate([d.ravel() for d in recorder.draws]) if recorder.draws else np.zeros(0, int)
                 arrays[f"{key}/draws"] = flat.astype(np.int32 if flat.dtype.kind == "i" else np.float64)
                 index.append({"key": key, "input": image_name, "shapes": [list(d.shape) for d in recorder.draws]})
     finally:
