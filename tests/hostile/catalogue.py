@@ -29,6 +29,7 @@ FAMILY_CARDS: dict[str, dict] = {
     "corruptions": {"suite": "cifar10-c", "corruptions": ["gaussian_noise", "contrast"], "severities": [1]},
     "ood": {"shifts": ["darker", "noise"], "strengths": {"darker": [0.5], "noise": [0.1]}},
     "pgd-bpda": {"norm": "Linf", "eps": 0.1, "steps": 3},
+    "apgd-bpda": {"norm": "Linf", "eps": 0.1, "steps": 3},
     "pgd-transfer": {"norm": "Linf", "eps": 0.1, "steps": 3, "source": "<source>"},
     "vae-attack": {"objective": "elbo", "norm": "Linf", "eps": 0.1, "steps": 2},
     "vae-margin": {"r": 1.0, "samples": 10, "bisection": 2, "steps": 2},
@@ -38,9 +39,10 @@ FAMILY_CARDS: dict[str, dict] = {
 }
 PERTURBING = {"pgd", "autoattack", "learned-cvae", "learned-cvae-pgd", "learned-cvae-apgd", "learned-cvae-random",
               "learned-cvae-transfer", "learned-cvae-real-fit", "learned-cvae-real-grid", "latent-smoothing",
-              "latent-smoothing-attack", "perturbed", "corruptions", "ood", "pgd-bpda", "pgd-transfer", "ensemble"}
+              "latent-smoothing-attack", "perturbed", "corruptions", "ood", "pgd-bpda", "apgd-bpda", "pgd-transfer",
+              "ensemble"}
 GRADIENT = {"pgd", "learned-cvae", "learned-cvae-real-fit", "learned-cvae-pgd", "learned-cvae-apgd",
-            "latent-smoothing-attack", "pgd-bpda", "ensemble"}
+            "latent-smoothing-attack", "pgd-bpda", "apgd-bpda", "ensemble"}
 
 # --- a cheap digits card per classifier training recipe: its trained model meets the hostile models like any card
 RECIPE_CARDS: dict[str, dict] = {

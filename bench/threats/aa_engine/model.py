@@ -22,10 +22,14 @@ def frozen(model: nn.Module):
 
 
 def input_grad(model, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, per-point loss, gradient of the summed loss w.r.t. ``x``) in one forward and backward pass."""
+    """(logits, per-point loss, gradient of the summed loss w.r.t. ``x``) in one forward and backward pass. A
+    model whose outputs carry no gradient (detached, or computed outside autograd) gets a zero gradient, as
+    PGD's does: the attack then cannot move, and the run's gradient check says so."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
         loss = loss_fn(logits)
+        if not loss.requires_grad:
+            return logits.detach(), loss.detach(), torch.zeros_like(x)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     return logits.detach(), loss.detach(), grad.detach()
