@@ -22,7 +22,7 @@ from bench.errors import BenchError, require
 from bench.ops.draws import Draws
 from bench.params import Eps, Params, check_linf_eps
 from bench.progress import stage
-from bench.threats.base import THREAT_FAMILIES, Batch, Target
+from bench.threats.base import THREAT_FAMILIES, Batch, Target, installed_version
 from bench.threats.step import Candidates, PerturbStep
 
 AttackName = Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
@@ -51,6 +51,7 @@ def _carries_gradient(model, x) -> bool:
         return bool(model(x[:1].detach().clone().requires_grad_(True)).requires_grad)
 
 
+CHECK_NOTE = "AutoAttack check: "  # the prefix of a run note that is one of AutoAttack's own checks
 _STAGE = re.compile(r"^(initial accuracy|robust accuracy after \S+|\S+ - \d+/\d+ - \d+ out of \d+ successfully)")
 
 
@@ -99,12 +100,7 @@ class AutoAttack(PerturbStep):
 
     @classmethod
     def backends(cls) -> dict[str, str]:
-        from importlib import metadata
-
-        try:
-            return {"pyautoattack": metadata.version("pyautoattack")}
-        except metadata.PackageNotFoundError:
-            return {"pyautoattack": "not installed"}
+        return {"pyautoattack": installed_version("pyautoattack")}
 
     def attacked(self, batch: Batch) -> Tensor:
         return torch.ones_like(batch.clean["clean_correct"])
@@ -122,7 +118,7 @@ class AutoAttack(PerturbStep):
         result = autoattack(target.module, x, y, norm=p.norm, eps=p.eps, version=p.version, attacks=p.attacks,
                             seed=draws.seed, positions=draws.keys)
         stats = {f"broken_by:{name}": count for name, count in result.broken_by.items()}
-        return Candidates(result.x_adv, stats=stats, notes=[f"AutoAttack check: {n}" for n in result.notes])
+        return Candidates(result.x_adv, stats=stats, notes=[f"{CHECK_NOTE}{n}" for n in result.notes])
 
     def _require_gradient(self, model, x: Tensor) -> None:
         p = self.params
@@ -158,6 +154,6 @@ class AutoAttack(PerturbStep):
             match = _PERTURBED.match(record.getMessage())
             if match:
                 stats[f"broken_by:{match[1]}"] = stats.get(f"broken_by:{match[1]}", 0) + int(match[2])
-        notes = [f"AutoAttack check: {r.getMessage()}" for r in capture.records if r.levelno >= logging.WARNING]
+        notes = [f"{CHECK_NOTE}{r.getMessage()}" for r in capture.records if r.levelno >= logging.WARNING]
         return Candidates(x_adv, stats=stats, notes=notes)
 

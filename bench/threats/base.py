@@ -98,7 +98,8 @@ class Threat(ABC):
 
     @classmethod
     def backends(cls) -> dict[str, str]:
-        """Packages outside bench that compute this family's numbers, with their versions (none by default)."""
+        """Packages outside bench that compute this family's numbers, with their versions (none by default;
+        ``installed_version`` reads one)."""
         return {}
 
     def implementation(self) -> dict:
@@ -198,3 +199,16 @@ class ClassifierAttack(Threat):
         """The standard columns: the prediction under the threat, and robust = right both clean and under it."""
         robust = batch.clean["clean_correct"] & (adv_pred == batch.y)
         return {"adv_pred": adv_pred, "robust": robust, **values}
+
+
+def installed_version(*distributions: str) -> str:
+    """The version of the first of ``distributions`` installed (alternative names of one package), for a
+    family's ``backends()``; "not installed" where none is."""
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"

@@ -62,7 +62,7 @@ class GroupErrors:
     undefined), and the bootstrap rows behind them (row 0: the point estimate)."""
 
     groups: list[str]
-    ce: np.ndarray  # (1 + RESAMPLES, groups)
+    ce: np.ndarray  # (1 + resamples, groups)
     relative: np.ndarray
     n: int
 
@@ -77,9 +77,9 @@ class GroupErrors:
         return MetricValue(float(means[0]), float(low), float(high), self.n)
 
 
-def group_errors(run: BoardRun, baseline: BoardRun) -> GroupErrors | None:
-    """CE and relative CE per group of ``run`` against ``baseline`` on their shared points (None when their
-    cells differ)."""
+def group_errors(run: BoardRun, baseline: BoardRun, resamples: int = RESAMPLES) -> GroupErrors | None:
+    """CE and relative CE per group of ``run`` against ``baseline`` on their shared points, with ``resamples``
+    bootstrap rows behind them (None when their cells differ)."""
     groups = cell_columns(run.rows)
     if groups != cell_columns(baseline.rows):
         return None
@@ -94,7 +94,7 @@ def group_errors(run: BoardRun, baseline: BoardRun) -> GroupErrors | None:
         index.append(np.arange(start, start + len(cells)))
         start += len(cells)
     n = len(shared)
-    weights = np.vstack([np.full(n, 1 / n), np.random.default_rng(0).multinomial(n, np.full(n, 1 / n), RESAMPLES) / n])
+    weights = np.vstack([np.full(n, 1 / n), np.random.default_rng(0).multinomial(n, np.full(n, 1 / n), resamples) / n])
     ce, rel = _ratios(weights @ err, weights @ clean, weights @ base_err, weights @ base_clean, index)
     return GroupErrors(list(groups), ce, rel, n)
 
@@ -163,7 +163,7 @@ def error_table(baseline_id: str | None, runs: dict[str, BoardRun], what: str) -
         return ""
     rows, undefined = [], set()
     for run in sorted(runs.values(), key=lambda r: r.model_id):
-        errors = group_errors(run, bases[0])
+        errors = group_errors(run, bases[0], resamples=0)  # point estimates: the intervals are the columns'
         if errors is None:
             continue
         for k, group in enumerate(errors.groups):

@@ -565,7 +565,7 @@ def _pixelate(x: Tensor, c: tuple, d: Draws) -> Tensor:
     up = _box_matrix if c[1] == "box" else _nearest_matrix
     out = _to_8bit(x.double())
     for rows, cols in ((_box_matrix(h, small_h), _box_matrix(w, small_w)), (up(small_h, h), up(small_w, w))):
-        out = _to_8bit(_to_8bit(out @ cols.to(out).T) if cols.shape[0] != cols.shape[1] else out)
+        out = _to_8bit(out @ cols.to(out).T) if cols.shape[0] != cols.shape[1] else out
         out = _to_8bit(rows.to(out) @ out) if rows.shape[0] != rows.shape[1] else out
     return out.to(x.dtype)
 

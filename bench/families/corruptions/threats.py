@@ -25,7 +25,7 @@ from bench.threats.grid import Cell, CellGrid
 from bench.families.corruptions.suites import SUITES
 from bench.metrics import Metric
 from bench.params import Params
-from bench.threats.base import THREAT_FAMILIES, Batch, BoardRun, Target
+from bench.threats.base import THREAT_FAMILIES, Batch, BoardRun, Target, installed_version
 
 
 class CorruptionParams(Params):
@@ -87,8 +87,8 @@ class Corruptions(CellGrid):
     def backends(cls) -> dict[str, str]:
         """OpenCV computes spatter's water and CIFAR-10-C's frost; JPEG compression is torchvision's libjpeg (its
         bundled libjpeg-turbo; the generators used Pillow's)."""
-        return {"opencv": _version("opencv-python", "opencv-python-headless", "opencv-contrib-python"),
-                "torchvision": _version("torchvision")}
+        return {"opencv": installed_version("opencv-python", "opencv-python-headless", "opencv-contrib-python"),
+                "torchvision": installed_version("torchvision")}
 
     def cells(self) -> list[Cell]:
         return self.params.cells()
@@ -143,17 +143,6 @@ class Corruptions(CellGrid):
 
 
 _SIZES = {"cifar": "32x32", "imagenet": "large (224x224)", "mnist": "28x28 grey"}
-
-
-def _version(*distributions: str) -> str:
-    from importlib import metadata
-
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
 
 
 def source_files(params: CorruptionParams):

@@ -22,6 +22,7 @@ import torch
 from bench.errors import BenchError
 from bench.threats.grid_board import cell_columns, normalised_errors
 from bench.reports import VERDICT_WORDS, SeedRunner, Verdict, mean_sd, verdict, write_report
+from bench.threats.autoattack import CHECK_NOTE
 from bench.threats.base import BoardRun
 
 ROWS = {"standard": "mnist-cnn-standard", "defended": "mnist-cnn-ood2id", "gated": "mnist-cnn-ood2id-gated"}
@@ -97,7 +98,7 @@ def run_seed(seed: int, work: Path, *, n_eval: int, n_attack: int, device: str) 
 
 def _autoattack_warnings(run) -> list[str]:
     """AutoAttack's own checks (gradient masking, randomness, Square beating the gradient attacks) on a run."""
-    return [note.removeprefix("AutoAttack check: ") for note in run.notes if note.startswith("AutoAttack check")]
+    return [note.removeprefix(CHECK_NOTE) for note in run.notes if note.startswith(CHECK_NOTE)]
 
 
 def _robust_under_all(flags: list[pd.Series]) -> pd.Series:
@@ -277,14 +278,14 @@ def render(per_seed: list[dict], seeds: list[int], mnist_c: dict, settings: dict
               f"(the same BPDA with APGD-CE, 100 iterations); `transfer`: {ATTACKS['transfer']} "
               "(PGD on that seed's bare CNN, the paper's non-adaptive setting). `worst adaptive`: robust under "
               "every adaptive attack run on the row, point by point — the defence's headline.", "",
-              "| row | pgd | autoattack | bpda | bpda-apgd | transfer | worst adaptive |",
-              "|---|---|---|---|---|---|---|"]
+              "| row | " + " | ".join(ATTACKS) + " | worst adaptive |", "|---|" + "---|" * (len(ATTACKS) + 1)]
     for row in rows:
         cells = [_fmt([s["attacks"][row][a] for s in per_seed]) if a in ROW_ATTACKS[row] else "–"
-                 for a in ("pgd", "autoattack", "bpda", "bpda-apgd", "transfer")]
+                 for a in ATTACKS]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {_fmt([s['worst'][row] for s in per_seed])} |")
     reference = _fmt([s["reference"] for s in per_seed])
-    lines.append(f"| {REFERENCE} (reference) | – | {reference} | – | – | – | {reference} |")
+    lines.append(f"| {REFERENCE} (reference) | " + " | ".join(reference if a == "autoattack" else "–" for a in ATTACKS)
+                 + f" | {reference} |")
     lines += ["", "AutoAttack's own warnings (its checks for gradient masking, randomness and Square beating the "
               "gradient attacks), per row and seed:", ""]
     for row in [*rows, REFERENCE]:

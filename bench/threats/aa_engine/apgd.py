@@ -251,7 +251,7 @@ def apgd(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, lo
     every = [(rank, restart) for rank in ranks for restart in range(n_restarts)]
     for group, todo in runs.batches(every, lambda: (~fooled).nonzero()[:, 0]):
         r = len(group)
-        xs, ys = x[todo].repeat(r, *([1] * (x.dim() - 1))), y[todo].repeat(r)
+        xs, ys = runs.repeat(x[todo], r), runs.repeat(y[todo], r)
         target = torch.cat([order[todo, -rank] for rank, _ in group]) if targeted else None
         draw_keys = torch.cat([rng.derive(keys[todo], f"apgd-{loss}:{rank}:{restart}") for rank, restart in group])
         point = runs.rows_of(todo, r)

@@ -243,7 +243,7 @@ def fab(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, tar
         every = [(None, k) for k in range(n_restarts)]
     for group, todo in runs.batches(every, lambda: (~fooled).nonzero()[:, 0]):
         r = len(group)
-        x0, y0 = x[todo].detach().repeat(r, *([1] * (x.dim() - 1))), y[todo].repeat(r)
+        x0, y0 = runs.repeat(x[todo].detach(), r), runs.repeat(y[todo], r)
         target = torch.cat([ranking[todo, -rank] for rank, _ in group]) if targeted else None
         start = torch.cat([_start(x[todo].detach(), norm, eps, keys[todo], rank, k) for rank, k in group])
         best, best_norm = _run(model, x0, y0, target, norm=norm, eps=eps, start=start, n_iter=n_iter,

@@ -31,6 +31,11 @@ def batches(runs: list, todo: Callable[[], Tensor], max_rows: int | None = None)
         i += k
 
 
+def repeat(values: Tensor, n_runs: int) -> Tensor:
+    """``values`` (one row per point) stacked once per run, run-major."""
+    return values.repeat(n_runs, *([1] * (values.dim() - 1)))
+
+
 def rows_of(points: Tensor, n_runs: int) -> Tensor:
     """Each row's point (0..n-1) when ``n_runs`` runs of ``points`` are stacked run-major."""
     return torch.arange(len(points), device=points.device).repeat(n_runs)
