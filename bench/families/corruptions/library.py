@@ -115,7 +115,8 @@ def _shift_gather(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
 def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Tensor:
     """ImageMagick's MotionBlurImage as imagecorruptions reimplements it (no Wand): a one-sided Gaussian
     line kernel of width 2 * radius + 1, taps placed on the nearest pixel along ``angle`` (per image), the
-    edge repeated. CIFAR-10-C called ImageMagick itself; the two agree up to its sub-pixel details."""
+    edge repeated. CIFAR-10-C called ImageMagick itself: read back as ImageMagick writes it (``_imagemagick_png``),
+    this equals ImageMagick 6.9.11's value for value on the reference fixture."""
     width = 2 * radius + 1
     taps = torch.exp(-torch.arange(width, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
     taps = (taps / taps.sum()).tolist()
@@ -270,7 +271,14 @@ def _defocus_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
             imagenet=[(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
             draw=lambda x, c, gen: {"angle": torch.rand(len(x), generator=gen) * 90 - 45})
 def _motion_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
-    return motion_blur(x, c[0], c[1], d["angle"])
+    return _imagemagick_png(motion_blur(x, c[0], c[1], d["angle"]))
+
+
+def _imagemagick_png(x: Tensor) -> Tensor:
+    """An ImageMagick result as the generators read it back: its Q16 quantum (rounded to 16 bits) written to an
+    8-bit PNG, which truncates (q // 257): one level above plain truncation where the value lies within 1/514 of
+    the next level."""
+    return (torch.floor(torch.round(x.double().clamp(0, 1) * 65535) / 257) / 255).to(x.dtype)
 
 
 @corruption("zoom_blur", cifar=[(1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)],
@@ -290,13 +298,19 @@ def _zoom_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
 # --- weather -------------------------------------------------------------------------------------------
 
 
-def plasma_fractal(count: int, size: int, decay: float, gen: torch.Generator) -> Tensor:
-    """(count, size, size) diamond-square height maps in [0, 1], as the reference ``plasma_fractal``."""
+def uniform_noise(gen: torch.Generator) -> Callable[[tuple, float], Tensor]:
+    """``noise(shape, wibble)``: float64 draws uniform in [-wibble, wibble), as ``numpy.random.uniform``."""
+    return lambda shape, wibble: torch.rand(shape, generator=gen, dtype=torch.float64) * 2 * wibble - wibble
+
+
+def plasma_fractal(count: int, size: int, decay: float, noise: Callable[[tuple, float], Tensor]) -> Tensor:
+    """(count, size, size) diamond-square height maps in [0, 1], as the reference ``plasma_fractal``, its
+    random offsets from ``noise`` (``uniform_noise``) in the reference's order."""
     maps = torch.zeros(count, size, size, dtype=torch.float64)
     step, wibble = size, 100.0
 
     def wibbled(array: Tensor) -> Tensor:
-        return array / 4 + wibble * (torch.rand(array.shape, generator=gen, dtype=torch.float64) * 2 * wibble - wibble)
+        return array / 4 + wibble * noise(array.shape, wibble)
 
     while step >= 2:
         half = step // 2
@@ -317,7 +331,7 @@ def plasma_fractal(count: int, size: int, decay: float, gen: torch.Generator) ->
 
 def _fog_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
     size = 1 << (max(x.shape[-2:]) - 1).bit_length()
-    return {"plasma": plasma_fractal(len(x), size, c[1], gen)[:, :x.shape[-2], :x.shape[-1]].float()}
+    return {"plasma": plasma_fractal(len(x), size, c[1], uniform_noise(gen))[:, :x.shape[-2], :x.shape[-1]].float()}
 
 
 @corruption("fog", cifar=[(.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
@@ -339,11 +353,12 @@ def _snow_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
                       (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)],
             draw=_snow_draw)
 def _snow(x: Tensor, c: tuple, d: Draws) -> Tensor:
-    """A thresholded, zoomed Gaussian layer, motion-blurred (the approximation of ImageMagick above) and
-    rounded to 8 bits, added twice (once rotated by 180 degrees) to a brightened image."""
+    """A thresholded, zoomed Gaussian layer, truncated to 8 bits (the generators hand it to ImageMagick as an
+    8-bit image), motion-blurred (``motion_blur``) and read back as ImageMagick writes it (``_imagemagick_png``),
+    added twice (once rotated by 180 degrees) to a brightened image."""
     layer = clipped_zoom(d["layer"], c[2])
     layer = torch.where(layer < c[3], torch.zeros_like(layer), layer).clamp(0, 1)
-    layer = torch.round(motion_blur(layer, c[4], c[5], d["angle"]) * 255) / 255
+    layer = _imagemagick_png(motion_blur(torch.floor(layer * 255) / 255, c[4], c[5], d["angle"]))
     x = c[6] * x + (1 - c[6]) * torch.maximum(x, _gray(x) * 1.5 + 0.5)
     return x + layer + layer.flip(-1, -2)
 
@@ -498,15 +513,43 @@ def _warp(x: Tensor, rows: Tensor, cols: Tensor, align_corners: bool) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners)
 
 
+def _opencv_affine_grid(inverse: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, cols), each (n, h, w) on x's device: where OpenCV's ``warpAffine`` (bilinear) samples x for the
+    inverse maps ``inverse`` (n, 2, 3, float64 on the CPU). It evaluates them in fixed point, the column and the
+    row terms each rounded to 1/1024 pixel, and rounds the sum to 1/32 pixel, the grid its bilinear weights are
+    tabulated on; exact bilinear sampling put CIFAR-10-C's values up to 2 levels off on 18% of them."""
+    h, w = x.shape[-2:]
+    terms_x = torch.round(inverse[:, :, :1] * torch.arange(w, dtype=torch.float64) * 1024).to(x)  # (n, 2, w)
+    terms_y = torch.round((inverse[:, :, 1:2] * torch.arange(h, dtype=torch.float64) + inverse[:, :, 2:]) * 1024)
+    fixed = torch.floor((terms_y.to(x)[..., :, None] + terms_x[..., None, :] + 16) / 32) / 32  # exact in float32
+    return fixed[:, 1], fixed[:, 0]
+
+
+def _scipy_2019_reflect(coords: Tensor, size: int) -> Tensor:
+    """Where scipy before 1.6 sampled ``coords`` along an axis of ``size`` in ``map_coordinates(order=1,
+    mode='reflect')``, as a position in [0, size - 1]. More than a pixel past the border pixel's centre, it
+    reflects about the border's outer edge, as scipy does now; within a pixel of it, it shifts by one pixel at the
+    low end (-0.3 reads 0.7) and reflects about the last pixel's centre at the high end (size - 0.8 reads
+    size - 1.2), where scipy now reads the border pixel. CIFAR-10-C was made so: today's borders put its elastic
+    transform up to 69 levels off on 3% of the values."""
+    low = torch.where(coords < -1, -coords - 1, torch.where(coords < 0, coords + 1, coords))
+    high = torch.where(low >= size, 2 * size - 1 - low, torch.where(low > size - 1, 2 * (size - 1) - low, low))
+    return high.clamp(0, size - 1)
+
+
 @corruption("elastic_transform",
-            cifar=[(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)],
-            imagenet=[(0.0625, 0.01, 0), (0.08125, 0.01, 0), (0.10625, 0.01, 0), (0.125, 0.01, 0), (0.15, 0.01, 0)],
+            cifar=[(0, 0, 0.08, "cifar"), (0.05, 0.2, 0.07, "cifar"), (0.08, 0.06, 0.06, "cifar"),
+                   (0.1, 0.04, 0.05, "cifar"), (0.1, 0.03, 0.03, "cifar")],
+            imagenet=[(0.0625, 0.01, 0, "imagenet"), (0.08125, 0.01, 0, "imagenet"), (0.10625, 0.01, 0, "imagenet"),
+                      (0.125, 0.01, 0, "imagenet"), (0.15, 0.01, 0, "imagenet")],
             draw=_elastic_draw)
 def _elastic_transform(x: Tensor, c: tuple, d: Draws) -> Tensor:
-    """A random affine map moving three points by up to c[2] of the side (reflect-101 borders), then a
-    displacement field: uniform noise blurred by sigma c[1] of the side (truncate 3) times c[0] of the side.
-    The constants are fractions of the side (CIFAR-10-C's are for 32 px); imagecorruptions' ImageNet
-    variant, which has no affine step, is the same form."""
+    """A random affine map moving three points by up to c[2] of the side, sampled as OpenCV's ``warpAffine``
+    (``_opencv_affine_grid``, reflect-101 borders), then a displacement field: uniform noise blurred by sigma c[1]
+    of the side (truncate 3) times c[0] of the side, sampled as scipy's ``map_coordinates(order=1,
+    mode='reflect')``: the 2019 scipy's borders at CIFAR-10-C's constants (``_scipy_2019_reflect``), today's at
+    imagecorruptions'. The constants are fractions of the side (CIFAR-10-C's are for 32 px); imagecorruptions'
+    ImageNet variant, which has no affine step, is the same form."""
     n, _, h, w = x.shape
     rows, cols = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
                                 torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
@@ -514,18 +557,19 @@ def _elastic_transform(x: Tensor, c: tuple, d: Draws) -> Tensor:
         centre, size = h // 2, min(h, w) // 3
         src = torch.tensor([[centre + size, centre + size], [centre + size, centre - size],
                             [centre - size, centre - size]], dtype=torch.float64)  # (x, y) points, as OpenCV
-        dst = src + d["corners"].double().cpu()
+        dst = (src.float() + d["corners"].float().cpu()).double()  # float32 points, as the generator's
         ones = torch.ones(n, 3, 1, dtype=torch.float64)
         forward = torch.linalg.solve(torch.cat([src.expand(n, 3, 2), ones], 2), dst).transpose(1, 2)  # (n, 2, 3)
         full = torch.cat([forward, torch.tensor([0, 0, 1.0], dtype=torch.float64).expand(n, 1, 3)], 1)
-        inverse = torch.linalg.inv(full)[:, :2].to(x)
-        points = torch.stack([cols, rows, torch.ones_like(rows)], -1).view(1, -1, 3)
-        mapped = points @ inverse.transpose(1, 2)  # (n, h*w, 2): source (x, y) of every output pixel
-        x = _warp(x, mapped[..., 1].view(n, h, w), mapped[..., 0].view(n, h, w), align_corners=True)
+        x = _warp(x, *_opencv_affine_grid(torch.linalg.inv(full)[:, :2], x), align_corners=True)
     if c[0] > 0:
         dx = gaussian_blur(d["dx"], c[1] * h, mode="reflect", truncate=3) * c[0] * h
         dy = gaussian_blur(d["dy"], c[1] * h, mode="reflect", truncate=3) * c[0] * h
-        x = _warp(x, rows + dy[:, 0], cols + dx[:, 0], align_corners=False)
+        if c[3] == "cifar":
+            x = _warp(x, _scipy_2019_reflect(rows + dy[:, 0], h), _scipy_2019_reflect(cols + dx[:, 0], w),
+                      align_corners=True)
+        else:
+            x = _warp(x, rows + dy[:, 0], cols + dx[:, 0], align_corners=False)
     return x
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.families.corruptions.library import Corruption, Draws, motion_blur, plasma_fractal
+from bench.families.corruptions.library import Corruption, Draws, motion_blur, plasma_fractal, uniform_noise
 from bench.registry import Registry
 
 MNIST_C: Registry[Corruption] = Registry("MNIST-C corruption")
@@ -321,7 +321,7 @@ def _fog_draw(x: Tensor, c: tuple, gen: torch.Generator) -> Draws:
     h, w = x.shape[-2:]
     if h > PLASMA_SIZE or w > PLASMA_SIZE:
         raise ValueError(f"MNIST-C fog crops a {PLASMA_SIZE}x{PLASMA_SIZE} plasma fractal; images are {h}x{w}")
-    chunks = [plasma_fractal(min(PLASMA_CHUNK, len(x) - start), PLASMA_SIZE, c[1], gen)[:, :h, :w]
+    chunks = [plasma_fractal(min(PLASMA_CHUNK, len(x) - start), PLASMA_SIZE, c[1], uniform_noise(gen))[:, :h, :w]
               for start in range(0, len(x), PLASMA_CHUNK)]
     return {"plasma": torch.cat(chunks).unsqueeze(1) if chunks else torch.zeros(0, 1, h, w, dtype=torch.float64)}
 
