@@ -6,10 +6,19 @@ A fingerprint holds the run's stored rows and a trace of every top-level module 
 module's class, and the sum and sum of squares of its input), so a change to an attack's step, a start, a
 schedule or a clean pass shows even where no stored row moves. ``test_fingerprints.py`` recomputes them:
 outputs that changed under an unchanged identity mean a forgotten revision bump.
+
+The same code can compute the tiny models' passes differently on another machine (the CPU's kernels sum in
+another order; seen between two x86 servers, torch and the packages the same): last-bit differences that an
+attack's trajectory can amplify. Each fingerprint therefore records ``platform``, a digest of the tiny models'
+passes on the recording machine (``platform_signature``), and may hold ``platforms``: the outputs of the same
+code recorded on other machines (``update.py --platform``). A machine compares with its own recording where
+there is one; a change of code still shows on every machine.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -89,7 +98,7 @@ def compute(key: str, results: Path) -> dict[str, Any]:
     rows = rows.sort_values("index").reset_index(drop=True)
     return {"family": key, "implementation": implementation(family, threat, TASKS.get(summary.task)),
             "card": card.model_dump(mode="json", exclude={"description"}), "model": model.stem, "n": N,
-            "rows": {c: rows[c].tolist() for c in rows.columns}, "calls": calls}
+            "platform": platform_signature(), "rows": {c: rows[c].tolist() for c in rows.columns}, "calls": calls}
 
 
 def _close(a: float, b: float) -> bool:
@@ -120,6 +129,31 @@ def compare(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if first is not None:
             problems.append(f"model call {first} ({calls_new[first][0]}) sees other inputs than recorded")
     return problems
+
+
+@functools.cache
+def platform_signature() -> str:
+    """A digest of the bits of the tiny classifier's logits and the tiny VAE's reconstructions on 12 digits
+    (one thread): equal on machines that compute those passes alike."""
+    import bench
+    from bench.data import load_dataset
+
+    x = load_dataset("digits", "test").x[:12]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            outputs = [bench.load_model(str(FOLDER / "models" / f"{name}.yaml")).eval()(x)
+                       for name in ("digits-cnn", "digits-vae")]
+    finally:
+        torch.set_num_threads(threads)
+    return hashlib.sha256(b"".join(o.float().numpy().tobytes() for o in outputs)).hexdigest()[:12]
+
+
+def expected(recorded: dict[str, Any]) -> dict[str, Any]:
+    """What this machine should compute: its own recording of the family's outputs where there is one."""
+    own = recorded.get("platforms", {}).get(platform_signature())
+    return {**recorded, **own} if own and recorded.get("platform") != platform_signature() else recorded
 
 
 def write(fingerprint: dict[str, Any]) -> Path:

@@ -4,7 +4,7 @@ implementation identity changed, in which case the fingerprint is recorded again
 from __future__ import annotations
 
 import pytest
-from fingerprint import FOLDER, VARIANTS, compare, compute, family_of, read
+from fingerprint import FOLDER, VARIANTS, compare, compute, expected, family_of, platform_signature, read
 
 from bench.implementation import differences
 from bench.threats import THREAT_FAMILIES
@@ -28,13 +28,19 @@ def test_outputs_change_only_with_a_revision_bump(family, tmp_path):
     if changed:
         pytest.fail(f"family {family}: its implementation identity changed ({'; '.join(changed)}): record its new "
                     f"fingerprint with `python tests/fingerprints/update.py {family}`")
-    problems = compare(recorded, current)
+    problems = compare(expected(recorded), current)
+    here = platform_signature()
+    elsewhere = "" if here == recorded.get("platform") or here in recorded.get("platforms", {}) else (
+        f" This machine computes the tiny models' passes unlike the one that recorded it (platform "
+        f"{here}, recorded on {recorded.get('platform', 'an unrecorded one')}): if no code changed (the "
+        f"same failure on a clean checkout of main), record this machine's outputs with `python "
+        f"tests/fingerprints/update.py --platform {family}`.")
     assert not problems, (
         f"family {family}: its outputs changed ({'; '.join(problems)}) but its revision is still "
         f"{_revision(current['implementation']['family'], family)}: bump {_where(family)} (an ensemble's members' "
         "revisions are part of its identity: where only a member's code changed, bump that member's family; if "
         "every family changed, bump bench.implementation.CORE_REVISION, or the task's revision if its clean pass "
-        f"changed), then run `python tests/fingerprints/update.py {family}`")
+        f"changed), then run `python tests/fingerprints/update.py {family}`.{elsewhere}")
 
 
 def test_a_changed_step_size_is_caught_and_named(tmp_path, monkeypatch):
@@ -71,3 +77,13 @@ def test_every_variant_names_a_card_of_its_family():
 
     for key in VARIANTS:
         assert load_threat_card(FOLDER / "cards" / f"{key}.yaml").family == family_of(key)
+
+
+def test_a_machine_compares_with_its_own_recording_where_it_has_one():
+    here = platform_signature()
+    recorded = {"platform": "elsewhere", "rows": {"a": [1.0]}, "calls": [], "platforms": {
+        here: {"rows": {"a": [1.0000001]}, "calls": []}, "third": {"rows": {"a": [2.0]}, "calls": []}}}
+    assert expected(recorded)["rows"] == {"a": [1.0000001]}
+    assert expected({**recorded, "platform": here})["rows"] == {"a": [1.0]}  # the machine that recorded it
+    del recorded["platforms"][here]
+    assert expected(recorded)["rows"] == {"a": [1.0]}  # no recording of its own: the main one

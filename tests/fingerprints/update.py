@@ -3,9 +3,12 @@
     python tests/fingerprints/update.py FAMILY [FAMILY ...]   # after bumping FAMILY's revision
     python tests/fingerprints/update.py --all                # e.g. after bumping the core's or a task's
     python tests/fingerprints/update.py --models             # retrain the tiny models (then --all)
+    python tests/fingerprints/update.py --platform FAMILY    # this machine's outputs of unchanged code
 
 Only record a fingerprint for a family whose revision you bumped (or that is new): recording over a changed
-output under the same revision hides exactly what the fingerprint test exists to catch.
+output under the same revision hides exactly what the fingerprint test exists to catch. ``--platform`` is for a machine that computes the
+tiny models' passes differently (the test says so): it adds this machine's outputs beside the recorded ones,
+only under the recorded implementation identity, and only from code that has not changed (a clean checkout).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import FOLDER, VARIANTS, compute, read, write  # noqa: E402
+from fingerprint import FOLDER, VARIANTS, compute, platform_signature, read, write  # noqa: E402
 
 TINY = {  # card -> what it trains (weights are committed, so training need not be bit-reproducible elsewhere)
     "digits-cnn": {"task": "classifier", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}},
@@ -63,6 +66,23 @@ def make_models() -> None:
             print(f"trained {name}")
 
 
+def record_platform(family: str) -> None:
+    """This machine's outputs beside the recorded ones, for code whose identity has not changed."""
+    from bench.implementation import differences
+
+    old = read(family)
+    with tempfile.TemporaryDirectory() as results:
+        new = compute(family, Path(results))
+    if old is None or differences(old["implementation"], new["implementation"], ("recorded", "now")):
+        sys.exit(f"{family}: its implementation identity changed: record it whole (without --platform)")
+    here = platform_signature()
+    if here == old.get("platform"):
+        sys.exit(f"{family}: this machine ({here}) recorded it: a difference here is a change of code")
+    old.setdefault("platforms", {})[here] = {"rows": new["rows"], "calls": new["calls"]}
+    write(old)
+    print(f"{family}: recorded this machine's outputs (platform {here}) beside those of {old.get('platform')}")
+
+
 def main() -> None:
     from bench.threats import THREAT_FAMILIES
 
@@ -70,9 +90,14 @@ def main() -> None:
     parser.add_argument("families", nargs="*")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--models", action="store_true")
+    parser.add_argument("--platform", action="store_true")
     args = parser.parse_args()
     if args.models:
         make_models()
+    if args.platform:
+        for family in args.families:
+            record_platform(family)
+        return
     for family in THREAT_FAMILIES.names() + sorted(VARIANTS) if args.all else args.families:
         with tempfile.TemporaryDirectory() as results:
             new = compute(family, Path(results))
