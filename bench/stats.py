@@ -51,10 +51,37 @@ def quantile_interval(values: np.ndarray, q: float, level: float = 0.95) -> tupl
 
 def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact (Clopper-Pearson) interval of a binomial rate: conservative, and 0 or 1 only where observed."""
-    beta = require("scipy.stats", "exact binomial intervals", "pip install scipy").beta
     if n == 0:
         return (0.0, 1.0)
-    alpha = (1 - level) / 2
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha, successes, n - successes + 1))
-    high = 1.0 if successes == n else float(beta.ppf(1 - alpha, successes + 1, n - successes))
-    return (low, high)
+    low, high = clopper_pearson_bounds(successes, n, (1 - level) / 2)
+    return (float(low), float(high))
+
+
+def clopper_pearson_bounds(successes, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided exact (Clopper-Pearson) bounds of binomial rates, elementwise over ``successes`` (each of n > 0
+    trials): the lower and the upper bound, each holding with probability >= 1 - alpha on its own (together a
+    1 - 2 alpha interval); 0 or 1 only where observed (the lower bound at k = n is alpha^(1/n))."""
+    beta = require("scipy.stats", "exact binomial intervals", "pip install scipy").beta
+    import numpy as np
+
+    k = np.asarray(successes, dtype=np.float64)
+    low = np.where(k > 0, beta.ppf(alpha, np.maximum(k, 1), n - k + 1), 0.0)  # the maxima keep beta's shapes > 0
+    high = np.where(k < n, beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1)), 1.0)
+    return low, high
+
+
+def paired_median_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95, resamples: int = 2000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """median(b) - median(a) for two models' values on the same points, with a percentile bootstrap interval
+    that resamples the points (pairs kept together; a fixed seed, so a report is reproducible): two medians
+    one bisection step apart are a difference only when the interval says so."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired values need one non-empty shape, got {a.shape} and {b.shape}")
+    picks = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    diffs = np.median(b[picks], axis=1) - np.median(a[picks], axis=1)
+    tail = 100 * (1 - level) / 2
+    return (float(np.median(b) - np.median(a)), float(np.percentile(diffs, tail)),
+            float(np.percentile(diffs, 100 - tail)))

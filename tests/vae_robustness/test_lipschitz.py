@@ -30,7 +30,7 @@ def test_the_radius_is_the_root_of_the_markov_condition():
 
 def test_the_lipschitz_constants_bound_the_networks():
     torch.manual_seed(0)
-    vae = LipschitzVAE(channels=1, side=8, latent=4, hidden=32, sigma_max=0.5).eval()
+    vae = LipschitzVAE(channels=1, side=8, latent=4, hidden=32, sigma_max=0.5, gain=3.0).eval()  # a counts the gain
     k = vae.lipschitz_constants()
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(64, 1, 8, 8, generator=gen)
@@ -74,3 +74,11 @@ def test_the_certificate_refuses_a_vae_without_lipschitz_constants(tmp_path):
     with pytest.raises(BenchError, match="lipschitz_constants"):
         bench.evaluate(str(path), threat_card("vae-lipschitz-margin", r=1.0), n=10, results=tmp_path,
                        progress=False)
+
+
+@pytest.mark.parametrize("gain", [0.0, -2.0, float("nan"), float("inf")])
+def test_a_gain_that_is_not_a_positive_finite_number_is_refused(gain):
+    from bench.families.vae_robustness.lipschitz import lipschitz_vae
+
+    with pytest.raises(BenchError, match="positive, finite gain"):
+        lipschitz_vae(side=8, gain=gain)

@@ -127,3 +127,26 @@ def test_provae_needs_its_radius_and_only_provae_takes_one(tmp_path):
         path = write_card(tmp_path, recipe={**TINY["recipe"], "params": {**TINY["recipe"]["params"], **params}})
         with pytest.raises(CardError, match="provae needs eps"):
             load_model_card(path).make_recipe()
+
+
+def test_a_provae_schedule_longer_than_training_is_refused(tmp_path):
+    from bench.errors import CardError
+    from bench.models import load_model_card
+
+    params = {**TINY["recipe"]["params"], "objective": "provae", "eps": 0.02, "warmup": 0.3, "ramp": 0.8}
+    with pytest.raises(CardError, match="warmup \\+ ramp is 1.1"):
+        load_model_card(write_card(tmp_path, recipe={**TINY["recipe"], "params": params})).make_recipe()
+
+
+def test_the_provae_schedule_holds_its_radius_and_says_what_it_effectively_trains_at():
+    from bench.families.vae_robustness.recipe import VAEParams, VAETraining, lr_weighted, provae_schedule
+
+    base = {"epochs": 5, "lr": 0.002, "schedule": "onecycle", "objective": "provae", "eps": 0.02, "kappa_end": 0.8}
+    old, held = VAEParams(**base, warmup=0.2, ramp=0.8), VAEParams(**base, warmup=0.2, ramp=0.2)
+    assert provae_schedule(held, 0.1) == (1.0, 0.0) and provae_schedule(held, 0.3) == pytest.approx((0.9, 0.01))
+    assert provae_schedule(held, 0.7) == pytest.approx((0.8, 0.02))
+    # the reviewer, by hand: ramping to the last step, eps averages 0.0068 weighted by the learning rate
+    effective = lr_weighted(VAETraining(old))
+    assert effective["eps"] == pytest.approx(0.0068, abs=1e-4) and effective["held"] == 0.0
+    assert effective["certified_weight"] == pytest.approx(0.068, abs=1e-3)
+    assert lr_weighted(VAETraining(held))["held"] == pytest.approx(0.6, abs=1e-3)

@@ -15,22 +15,20 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from bench.errors import require
 from bench.families.learned_sets.cvae import CVAE
 from bench.families.learned_sets.sets import Radius
 from bench.families.learned_sets.threats import CVAEThreat, CVAEThreatParams
 from bench.metrics import Metric
 from bench.params import Samples
+from bench.stats import clopper_pearson_bounds
 from bench.tasks.classifier import logits
 from bench.threats.base import THREAT_FAMILIES, Batch, Outcome, Target
 
 
 def clopper_pearson_lower(successes: Tensor, trials: int, alpha: float) -> Tensor:
     """One-sided (1 - alpha) lower confidence bound of a binomial proportion (0 when there is no success)."""
-    beta = require("scipy.stats", "latent-smoothing certification", "pip install scipy").beta
-    k = successes.cpu().double().numpy()
-    lower = beta.ppf(alpha, k, trials - k + 1)
-    return torch.from_numpy(lower).nan_to_num(0.0)
+    lower, _ = clopper_pearson_bounds(successes.cpu().double().numpy(), trials, alpha)
+    return torch.from_numpy(lower)
 
 
 @torch.no_grad()

@@ -9,7 +9,10 @@
 
 - ``objective: provae`` (Condessa & Kolter; schedule derived in the notes, section 6.2): maximise
   kappa * ELBO + (1 - kappa) * certified ELBO at eps_t: the clean ELBO alone for the first ``warmup`` of
-  training, then eps_t ramping from 0 to ``eps`` and kappa from 1 to ``kappa_end`` over the next ``ramp``.
+  training, then eps_t ramping from 0 to ``eps`` and kappa from 1 to ``kappa_end`` over the next ``ramp``,
+  then held there for the rest (the hold phase: without it, a ramp to the end of a one-cycle schedule reaches
+  ``eps`` only at the last step, where the learning rate is 0, and the model is in effect trained at a third
+  of it; ``provae_schedule`` and ``lr_weighted`` say what a schedule really trains at).
 
 One reparameterised sample per image and step, from the step's seeded generator.
 """
@@ -54,7 +57,28 @@ class VAEParams(RecipeParams):
     def _provae(self) -> "VAEParams":
         if (self.objective == "provae") != (self.eps > 0):
             raise ValueError("objective: provae needs eps > 0, and eps is only for provae")
+        if self.warmup + self.ramp > 1:
+            raise ValueError(f"warmup + ramp is {self.warmup + self.ramp:g}; they are fractions of training, so at "
+                             "most 1 (what is left of training holds eps and kappa_end)")
         return self
+
+
+def provae_schedule(p: VAEParams, progress: float) -> tuple[float, float]:
+    """(kappa, eps) at ``progress`` (the fraction of training done): warm-up, linear ramp, hold."""
+    t = min(1.0, max(0.0, progress - p.warmup) / p.ramp)
+    return 1 - (1 - p.kappa_end) * t, p.eps * t
+
+
+def lr_weighted(recipe: Recipe, points: int = 10_000) -> dict[str, float]:
+    """The learning-rate-weighted means of proVAE's eps and certified-term weight (1 - kappa) over training,
+    and the share of that weight spent at the full eps: what the schedule effectively trains at."""
+    p = recipe.params
+    grid = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    lr = torch.tensor([recipe.lr(float(t)) for t in grid], dtype=torch.float64)
+    kappa, eps = (torch.tensor(v, dtype=torch.float64) for v in zip(*(provae_schedule(p, float(t)) for t in grid)))
+    weight = lr / lr.sum()
+    return {"eps": float((weight * eps).sum()), "certified_weight": float((weight * (1 - kappa)).sum()),
+            "held": float(weight[eps >= p.eps].sum())}
 
 
 @RECIPES.register("vae")
@@ -81,9 +105,7 @@ class VAETraining(Recipe):
         the certificate uses one fresh noise vector per step."""
         from bench.families.vae_robustness.certified import elbo_lower_bound
 
-        p = self.params
-        t = min(1.0, max(0.0, batch.progress - p.warmup) / p.ramp)
-        kappa, eps = 1 - (1 - p.kappa_end) * t, p.eps * t
+        kappa, eps = provae_schedule(self.params, batch.progress)
         noise = torch.randn(1, model.latent, generator=batch.gen).to(batch.x.device)
         robust = elbo_lower_bound(model, batch.x, eps, noise).mean()
         return -(kappa * elbo + (1 - kappa) * robust)
