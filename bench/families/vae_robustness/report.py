@@ -75,15 +75,15 @@ def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, n_certified: 
         out["latent"][card_id] = latent_usage(model, x)
     for card_id in (VAE, PROVAE):
         out["surrogate"][card_id] = surrogate_spread(models[card_id], x)
-    columns = ("margin_est", "margin_bound", "clean_elbo")
+    columns = ("margin_est", "margin_bound", "clean_elbo", "margin_low")
     for r, threat in MARGINS.items():
         out["margins"][r], points = {}, {}
         for card_id in sorted({c for family in FAMILIES.values() for c in family.values()}):
             run = runner.run(cards[card_id], threat, n_margin)
-            out["margins"][r][card_id] = {name: getattr(run, name) for name in (
-                "margin_est", "margin_low", "margin_bound", "violation", "p0", "p0_lower", "at_cap", "censored",
-                "margin_est_censored", "clean_elbo")}
             points[card_id] = _points(runner, run, columns)
+            out["margins"][r][card_id] = {name: getattr(run, name) for name in (
+                "margin_est", "margin_bound", "violation", "p0", "p0_lower", "at_cap", "censored",
+                "margin_est_censored", "clean_elbo")} | {"margin_low": float(np.median(points[card_id]["margin_low"]))}
         out["grows"][r] = {family: {column: [paired_median_difference(points[a][column], points[b][column])
                                              for a, b in zip(list(ids_)[:-1], list(ids_)[1:])]
                                     for column in columns[:2]}
