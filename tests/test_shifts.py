@@ -210,3 +210,17 @@ def test_digits28_is_the_digits_split_as_28x28_mnist_like_images(split):
     ink = big.x[:, 0] > 0
     assert ink.any(2).sum(1).max() <= 20 and ink.any(1).sum(1).max() <= 20  # the digit fits the 20x20 box
     assert ((big.x == 0).flatten(1).sum(1) >= 28 * 28 - 20 * 20).all()  # a black canvas: the ink is high, as MNIST's
+
+
+@pytest.mark.parametrize("mode", ["nearest", "mirror", "reflect"])
+def test_the_gaussian_filter_is_scipys_in_every_boundary_mode_even_wider_than_the_image(mode):
+    """The filter's matrices fold the taps that fall outside as scipy does, for a kernel wider than the image too
+    (a padded convolution could not reflect that far)."""
+    from scipy.ndimage import gaussian_filter
+
+    from bench.ops.filters import gaussian_blur
+
+    x = torch.rand(2, 3, 7, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.7, 2.0, 5.0):
+        reference = gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode=mode, truncate=4.0)
+        np.testing.assert_allclose(gaussian_blur(x, sigma, mode).numpy(), reference, atol=1e-12, rtol=0)

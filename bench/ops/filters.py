@@ -28,13 +28,32 @@ def pad(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> T
     return torch.cat([flipped_h[..., -top:, :] if top else x[..., :0, :], x, flipped_h[..., :bottom, :]], -2)
 
 
+def _source(index: Tensor, n: int, mode: str) -> Tensor:
+    """Where each (possibly outside) position along an axis of length n reads from under ``mode``."""
+    if mode == "nearest":
+        return index.clamp(0, n - 1)
+    period, last = (2 * n - 2, n - 1) if mode == "mirror" else (2 * n, None)
+    if period == 0:  # a one-pixel axis mirrors onto itself
+        return torch.zeros_like(index)
+    folded = index.remainder(period)
+    return torch.where(folded < n, folded, period - folded - (0 if last is not None else 1))
+
+
+def filter_matrix(kernel: Tensor, n: int, mode: str) -> Tensor:
+    """The (n, n) matrix of a 1-D filter along an axis of length n with its boundary ``mode``: row i holds the
+    kernel's taps at the positions they read (boundary taps folded in), so a separable filter is two matrix
+    products, far faster on a CPU than a padded depthwise convolution on small images."""
+    r = (len(kernel) - 1) // 2
+    index = torch.arange(n, device=kernel.device)[:, None] + torch.arange(-r, r + 1, device=kernel.device)[None]
+    return torch.zeros(n, n, dtype=kernel.dtype, device=kernel.device).scatter_add_(
+        1, _source(index, n, mode), kernel.expand(n, -1).contiguous())
+
+
 def gaussian_blur(x: Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> Tensor:
     """Separable Gaussian filter with scipy's ``gaussian_filter`` kernel and boundary ``mode``."""
     if sigma <= 0:
         return x
-    kernel = gaussian_kernel(sigma, truncate).to(x)
-    r = (len(kernel) - 1) // 2
-    c = x.shape[1]
-    out = pad(x, r, r, r, r, mode)
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    kernel = gaussian_kernel(sigma, truncate).to(x.device)
+    rows = filter_matrix(kernel, x.shape[-2], mode).to(x.dtype)
+    cols = filter_matrix(kernel, x.shape[-1], mode).to(x.dtype)
+    return rows @ x @ cols.T

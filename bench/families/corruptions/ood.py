@@ -50,6 +50,7 @@ class OODParams(Params):
 class OOD(CellGrid):
     Params = OODParams
     mean_metric = Metric("ood_acc", "ood_acc", "mean accuracy under the shifts", agg="mean", as_percent=True)
+    revision = 2  # 2: Gaussian filters (blur, sharpen) as two matrix products (another order of float sums)
     params: OODParams
 
     def cells(self) -> list[Cell]:
