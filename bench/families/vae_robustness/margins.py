@@ -76,22 +76,6 @@ def inside_counts(model: nn.Module, x: Tensor, centre: Tensor, noise: Tensor, r:
     return inside
 
 
-class Stochastic:
-    """Probabilities of r-robustness for a batch from ``samples`` noise draws from ``gen`` that all its points
-    share: a quick check (the Lipschitz certificate's test uses it); this family's numbers use per-point draws."""
-
-    def __init__(self, model: nn.Module, x: Tensor, r: float, samples: int, gen: torch.Generator):
-        self.model, self.r = model, r
-        with torch.no_grad():
-            self.centre = model.reconstruct(x)
-        self.noise = torch.randn(samples, model.encode(x[:1])[0].shape[1], generator=gen)
-
-    def probability(self, x: Tensor) -> Tensor:
-        """Per point: the share of the noise draws whose reconstruction stays within r of the clean one."""
-        noise = self.noise.expand(len(x), -1, -1)
-        return inside_counts(self.model, x, self.centre, noise, self.r) / len(self.noise)
-
-
 def bounds(count: Tensor, n: int, alpha: float) -> tuple[Tensor, Tensor]:
     """One-sided Clopper-Pearson lower and upper bounds of the probabilities count / n, each at level alpha."""
     low, high = clopper_pearson_bounds(count.cpu().numpy(), n, alpha)

@@ -61,7 +61,7 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, n_certified: int, device: str) -> dict:
-    from bench.families.vae_robustness.recipe import VAETraining
+    from bench.models.card import load_model_card
     from bench.training import build_trained
 
     runner = SeedRunner(seed, work, device)
@@ -116,15 +116,8 @@ def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, n_certified: 
     out["lipschitz"] = {"certified_margin": run.certified_margin, "certified_nonzero": run.certified_nonzero,
                         "clean_elbo": run.clean_elbo, "reconstructions": spread.reconstructions,
                         "images": spread.images, "collapsed": spread.collapsed}
-    recipe = VAETraining(VAETraining.Params(**_recipe_params(cards[PROVAE])))
-    out["schedule"] = lr_weighted(recipe)
+    out["schedule"] = lr_weighted(load_model_card(cards[PROVAE]).make_recipe())
     return out
-
-
-def _recipe_params(card: Path) -> dict:
-    from bench.models.card import load_model_card
-
-    return dict(load_model_card(card).recipe.params)
 
 
 def _test_points(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
