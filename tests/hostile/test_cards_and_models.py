@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import os
 import shutil
 import stat
-import tempfile
 import typing
 from pathlib import Path
 
@@ -26,7 +26,6 @@ from bench.errors import BenchError
 from bench.models.weights import sha256_file
 from bench.testing import threat_card
 
-NOBODY = 65534
 TINY = {"id": "tiny", "dataset": "digits", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}},
         "recipe": {"name": "standard", "params": {"epochs": 1, "batch_size": 64, "train_subset": 128}}}
 
@@ -230,35 +229,50 @@ def test_a_composed_card_with_a_part_for_another_dataset_is_refused(tmp_path, di
 # --- 3c. weight files -------------------------------------------------------------------------------------
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+OVERRIDE = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: what lets root read any file
+
+
 @contextlib.contextmanager
 def as_a_user():
-    """File permissions as a user meets them: root reads any file, so root drops to nobody meanwhile."""
+    """File permissions as a user meets them. Root reads any file only through its capabilities to override them:
+    those are dropped from this thread meanwhile, so root still reads what it owns (the checkout and the
+    environment, wherever they lie: a checkout in a folder only root may enter defeated dropping to nobody) but
+    not a file whose mode forbids it."""
     if os.geteuid() != 0:
         yield
         return
-    os.setegid(NOBODY)
-    os.seteuid(NOBODY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    held = data[0].effective
+    data[0].effective = held & ~OVERRIDE
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
     try:
         yield
     finally:
-        os.seteuid(0)
-        os.setegid(0)
+        data[0].effective = held
+        libc.capset(ctypes.byref(header), data)
 
 
-def test_a_weight_file_the_user_cannot_read_is_a_clear_error(digits_card, monkeypatch):
-    folder = Path(tempfile.mkdtemp())  # not under pytest's folder, which only root may enter
-    try:
-        folder.chmod(0o777)
-        for name in ("digits-cnn.yaml", "digits-cnn.safetensors"):
-            shutil.copy(digits_card.parent / name, folder / name)
-        (folder / "digits-cnn.safetensors").chmod(0)
-        monkeypatch.setenv("BENCH_CACHE", str(folder / "cache"))
-        with as_a_user():
-            out = cli("run", "--model", folder / "digits-cnn.yaml", "--threat", "clean", "--results", folder / "r",
-                      code=2)
-        assert "digits-cnn.safetensors cannot be read (Permission denied)" in out and "chmod a+r" in out
-    finally:
-        shutil.rmtree(folder)
+def test_a_weight_file_the_user_cannot_read_is_a_clear_error(digits_card, monkeypatch, tmp_path):
+    for name in ("digits-cnn.yaml", "digits-cnn.safetensors"):
+        shutil.copy(digits_card.parent / name, tmp_path / name)
+    (tmp_path / "digits-cnn.safetensors").chmod(0)
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    with as_a_user():
+        out = cli("run", "--model", tmp_path / "digits-cnn.yaml", "--threat", "clean", "--results", tmp_path / "r",
+                  code=2)
+    assert "digits-cnn.safetensors cannot be read (Permission denied)" in out and "chmod a+r" in out
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o007])
