@@ -224,3 +224,21 @@ def test_the_gaussian_filter_is_scipys_in_every_boundary_mode_even_wider_than_th
     for sigma in (0.7, 2.0, 5.0):
         reference = gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode=mode, truncate=4.0)
         np.testing.assert_allclose(gaussian_blur(x, sigma, mode).numpy(), reference, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "mirror"])
+def test_the_2d_filter_is_scipys_correlate_on_small_and_large_images(mode):
+    """Small images take the SVD's separable matrix products (a disk wider than the image included), large ones
+    the padded convolution: both are scipy's ``correlate`` for a full-rank kernel and for a low-rank disk."""
+    from scipy.ndimage import correlate
+
+    from bench.families.corruptions.library import _disk
+    from bench.ops.filters import correlate2d
+
+    gen = torch.Generator().manual_seed(0)
+    kernels = [torch.rand(5, 5, dtype=torch.float64, generator=gen), _disk(3, 0.5).double()]
+    for x in (torch.rand(2, 3, 7, 12, dtype=torch.float64, generator=gen),
+              torch.rand(1, 2, 64, 64, dtype=torch.float64, generator=gen)):
+        for kernel in kernels:
+            reference = correlate(x.numpy(), kernel.numpy()[None, None], mode=mode)
+            np.testing.assert_allclose(correlate2d(x, kernel, mode).numpy(), reference, atol=1e-12, rtol=0)

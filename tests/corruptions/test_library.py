@@ -242,3 +242,19 @@ def test_frost_matches_imagecorruptions_with_the_same_picture_and_crop(natural, 
     monkeypatch.setattr(np.random, "randint", _Queue(2, top, left))
     draws = {"frost": layer[None, :, top:top + 32, left:left + 32]}
     assert np.abs(_reference("frost", image, 3) - _ours("frost", image, 3, draws)).max() < 2 / 255
+
+
+@pytest.mark.parametrize("width", [2, 3, 4, 5, 6, 7, 64])
+def test_a_pillow_pass_in_float32_rounds_every_mean_of_levels_half_up_exactly(width):
+    """Pixelate's passes compute in float32: every mean of ``width`` 8-bit levels (exact halves among them) rounds
+    as the integer rule floor((2 * sum + m) / 2m), Pillow's half up."""
+    from bench.families.corruptions.library import _box_matrix, _resample
+
+    gen = torch.Generator().manual_seed(width)
+    levels = torch.randint(0, 256, (4096, 3 * width), generator=gen)
+    levels[:8] = torch.tensor([0, 255])[torch.arange(3 * width) % 2]  # alternating extremes: halves at even widths
+    weights = _box_matrix(3 * width, 3)
+    assert int((weights != 0).sum(1).max()) == width
+    ours = _resample(levels.float(), weights, -1)
+    sums = levels.view(-1, 3, width).sum(2)
+    assert torch.equal(ours.long(), torch.div(2 * sums + width, 2 * width, rounding_mode="floor"))

@@ -6,9 +6,10 @@
     python tests/fingerprints/update.py --platform FAMILY    # this machine's outputs of unchanged code
 
 Only record a fingerprint for a family whose revision you bumped (or that is new): recording over a changed
-output under the same revision hides exactly what the fingerprint test exists to catch. ``--platform`` is for a machine that computes the
-tiny models' passes differently (the test says so): it adds this machine's outputs beside the recorded ones,
-only under the recorded implementation identity, and only from code that has not changed (a clean checkout).
+output under the same revision hides exactly what the fingerprint test exists to catch. ``--platform`` is for a
+machine that computes the tiny models' passes differently (the test says so): it adds this machine's outputs
+beside the recorded ones, only under the recorded implementation identity, and only from code that has not
+changed (a clean checkout).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.ops.filters import gaussian_blur, pad
+from bench.ops.filters import correlate2d, gaussian_blur
 from bench.registry import Registry
 
 SCALES = ("cifar", "imagenet")
@@ -260,11 +260,9 @@ def _disk(radius: float, alias_blur: float) -> Tensor:
 @corruption("defocus_blur", cifar=[(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
             imagenet=[(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)])
 def _defocus_blur(x: Tensor, c: tuple, d: Draws) -> Tensor:
-    kernel = _disk(*c).to(x)
+    kernel = _disk(*c)
     r = (kernel.shape[0] - 1) // 2
-    channels = x.shape[1]
-    padded = pad(x, r, r, r, r, "mirror") if r < min(x.shape[-2:]) else pad(x, r, r, r, r, "nearest")
-    return F.conv2d(padded, kernel.expand(channels, 1, -1, -1), groups=channels)
+    return correlate2d(x, kernel.to(x.device), "mirror" if r < min(x.shape[-2:]) else "nearest")
 
 
 @corruption("motion_blur", cifar=[(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
@@ -573,6 +571,7 @@ def _elastic_transform(x: Tensor, c: tuple, d: Draws) -> Tensor:
     return x
 
 
+@lru_cache(maxsize=None)
 def _box_matrix(size_in: int, size_out: int) -> Tensor:
     """Pillow's BOX resampling weights (out x in) along one axis (Resample.c's precompute_coeffs)."""
     scale = size_in / size_out
@@ -589,6 +588,7 @@ def _box_matrix(size_in: int, size_out: int) -> Tensor:
     return weights
 
 
+@lru_cache(maxsize=None)
 def _nearest_matrix(size_in: int, size_out: int) -> Tensor:
     """Pillow's NEAREST: output pixel k takes input pixel int((k + 0.5) * in / out)."""
     weights = torch.zeros(size_out, size_in, dtype=torch.float64)
@@ -603,20 +603,34 @@ def _pixelate(x: Tensor, c: tuple, d: Draws) -> Tensor:
     """Pillow's BOX resize down to c[0] of the side, then back up with BOX (CIFAR-10-C) or NEAREST
     (imagecorruptions), on the image in 8 bits. Like Pillow, each resize runs along the rows, then the columns,
     and rounds to 8 bits (half up) after each of those passes: four roundings, where staying in float put the
-    generator's stored values one level higher on up to 68% of them."""
+    generator's stored values one level higher on up to 68% of them. Computed on levels (0-255), in float32
+    where that is exact (``_resample``)."""
     h, w = x.shape[-2:]
     small_h, small_w = int(h * c[0]), int(w * c[0])
     up = _box_matrix if c[1] == "box" else _nearest_matrix
-    out = _to_8bit(x.double())
+    # 8 bits, half up, from the exact float64 product (1e-6: a half computed a hair below)
+    levels = x.to(torch.float64, copy=True).mul_(255).add_(0.5 + 1e-6).floor_().float()
     for rows, cols in ((_box_matrix(h, small_h), _box_matrix(w, small_w)), (up(small_h, h), up(small_w, w))):
-        out = _to_8bit(out @ cols.to(out).T) if cols.shape[0] != cols.shape[1] else out
-        out = _to_8bit(rows.to(out) @ out) if rows.shape[0] != rows.shape[1] else out
-    return out.to(x.dtype)
+        levels = _resample(levels, cols, -1) if cols.shape[0] != cols.shape[1] else levels
+        levels = _resample(levels, rows, -2) if rows.shape[0] != rows.shape[1] else levels
+    return levels.div_(255).to(x.dtype)
 
 
-def _to_8bit(x: Tensor) -> Tensor:
-    """Rounded half up to a multiple of 1/255, as Pillow stores a resampling pass."""
-    return torch.floor(x * 255 + (0.5 + 1e-6)) / 255  # 1e-6: an exact half computed a hair below it
+_HALF_MARGIN = 1e-3  # in levels: above float32's error on a mean of m <= 64 levels ((m + 1) * 255 * 2**-24),
+# below the distance 1 / (2m) from a half of any other fraction j/m
+
+
+def _resample(levels: Tensor, weights: Tensor, dim: int) -> Tensor:
+    """One Pillow resampling pass of 8-bit ``levels`` along ``dim`` (-1 or -2), rounded half up as Pillow stores
+    it. A pass whose every output copies one input (NEAREST; BOX enlarging) is a gather. Otherwise each output is
+    an equal-weight mean of m levels (m <= 5 at the constants, which shrink by at most 4x), so its fraction is
+    j/m, which float32 rounds as exactly as Pillow: an exact half stays above the rounding point by the margin, and
+    any other fraction stays on its side."""
+    if bool((weights.amax(1) == 1).all()):
+        return levels.index_select(dim, weights.argmax(1).to(levels.device))
+    weights = weights.to(levels)
+    mean = levels @ weights.T if dim == -1 else weights @ levels
+    return mean.add_(0.5 + _HALF_MARGIN).floor_()
 
 
 @corruption("jpeg_compression", cifar=[80, 65, 58, 50, 40], imagenet=[25, 18, 15, 10, 7])

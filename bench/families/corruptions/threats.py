@@ -72,11 +72,12 @@ class CorruptionParams(Params):
 @THREAT_FAMILIES.register("corruptions")
 class Corruptions(CellGrid):
     Params = CorruptionParams
-    revision = 4  # 2: CIFAR-10-C's glass blur copies, spatter's water colour and OpenCV rims, frost scaled by 0.2
+    revision = 5  # 2: CIFAR-10-C's glass blur copies, spatter's water colour and OpenCV rims, frost scaled by 0.2
     # exactly, 8-bit truncation for cifar10-c and imagenet-c (each as the published generators); 3: motion blur and
     # snow read back as ImageMagick writes its PNG (snow's layer in 8 bits before), CIFAR-10-C's elastic transform
     # sampled as OpenCV's warpAffine and the 2019 scipy's map_coordinates (each as its 2019 generator); 4: Gaussian
-    # filters as two matrix products (the same filter, another order of float sums)
+    # filters as two matrix products (the same filter, another order of float sums); 5: defocus blur's disk as its
+    # SVD's separable matrix products on small images (the same filter to float32's precision)
     mean_metric = Metric("corruption_acc", "corruption_acc", "mean corruption accuracy", agg="mean", as_percent=True)
     level_names = ("severity", "severities")
     params: CorruptionParams
