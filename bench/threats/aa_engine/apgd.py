@@ -122,6 +122,8 @@ class _Points:
     group: Tensor | None = None  # each row's point, where several runs of the points share the batch
     sparsity_old: Tensor | None = None  # L1 only
     topk: Tensor | None = None  # L1 only: the share of coordinates a step moves
+    low: Tensor | None = None  # Linf only: x - eps and x + eps clipped to [0, 1], the bounds of one clamp
+    high: Tensor | None = None
 
     def keep(self, mask: Tensor) -> None:
         for f in fields(self):
@@ -151,6 +153,8 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                 prev_loss=torch.zeros_like(cur_loss),  # the official's unset history row (module docstring)
                 increases=torch.zeros_like(cur_loss), best_at_check=cur_loss.clone(),
                 reduced_at_check=torch.ones_like(cur_loss, dtype=torch.bool), group=group)
+    if norm == "Linf":
+        p.low, p.high = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
     if norm == "L1":
         window = max(int(0.04 * n_iter), 1)
         if continued:
@@ -186,21 +190,25 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                 direction = (p.grad * (magnitude >= threshold).view_as(p.grad)).sign()
                 moved = p.x_adv + s * direction / per_point(norms(direction, "L1") + 1e-10, direction)
                 x_new = p.x + project_l1(p.x, moved - p.x, eps)
+            elif norm == "Linf":  # the official's arithmetic: clamp(min(max(v, x - eps), x + eps), 0, 1), as one clamp
+                a = MOMENTUM if i > 0 else 1.0
+                momentum = p.x_adv - p.x_old
+                z = torch.clamp(p.x_adv + s * p.grad.sign(), p.low, p.high)
+                x_new = torch.clamp(p.x_adv + (z - p.x_adv) * a + momentum * (1 - a), p.low, p.high)
             else:
                 a = MOMENTUM if i > 0 else 1.0
                 momentum = p.x_adv - p.x_old
-                direction = p.grad.sign() if norm == "Linf" else p.grad / per_point(
-                    norms(p.grad, "L2") + 1e-12, p.grad)
+                direction = p.grad / per_point(norms(p.grad, "L2") + 1e-12, p.grad)
                 z = p.x + project(p.x, p.x_adv + s * direction - p.x, norm, eps)
                 x_new = p.x + project(p.x, p.x_adv + (z - p.x_adv) * a + momentum * (1 - a) - p.x, norm, eps)
             p.x_old, p.x_adv = p.x_adv, x_new
         y_i, t_i = p.y, p.target
         logits, p.loss, p.grad = _gradient(model, p.x_adv, lambda z: loss_fn(z, y_i, t_i), eot)
         with torch.no_grad():
-            better = p.loss > p.loss_best
-            p.x_best = torch.where(per_point(better, p.x_adv), p.x_adv, p.x_best)
-            p.grad_best = torch.where(per_point(better, p.grad), p.grad, p.grad_best)
-            p.loss_best = torch.where(better, p.loss, p.loss_best)
+            better = (p.loss > p.loss_best).nonzero().squeeze(1)  # rows copied in place: often a few of them
+            p.x_best.index_copy_(0, better, p.x_adv.index_select(0, better))
+            p.grad_best.index_copy_(0, better, p.grad.index_select(0, better))
+            p.loss_best.index_copy_(0, better, p.loss.index_select(0, better))
             p.increases += (p.loss > p.prev_loss).to(p.increases.dtype)
             p.prev_loss = p.loss
         retire(logits.argmax(1) != p.y)  # before a checkpoint can move a fooling iterate back to the best point

@@ -19,7 +19,7 @@ from bench.progress import stage as progress
 from bench.threats.aa_engine import checks, rng
 from bench.threats.aa_engine.model import frozen
 
-ENGINE_REVISION = 2  # bump whenever the engine's numbers may change
+ENGINE_REVISION = 3  # bump whenever the engine's numbers may change (3: APGD's Linf step as the official's clamps)
 VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
             "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
             "rand": ["apgd-ce", "apgd-dlr"]}

@@ -129,10 +129,12 @@ def _lp(delta: Tensor, norm: str, dims: tuple[int, ...]) -> Tensor:
 
 class _Squares:
     """Per-point s x s squares of a c x h x w image as a few indexing ops: for each side s, tables of the rows
-    (columns) a square starting at each row (column) covers, and the flat offsets of its pixels."""
+    (columns) a square starting at each row (column) covers, and the flat offsets of its pixels. Masks are 0/1 in
+    the images' dtype: on a CPU an image-sized bool mask, and any product or select with it, costs several times
+    its float arithmetic."""
 
-    def __init__(self, c: int, h: int, w: int, device: torch.device):
-        self.c, self.h, self.w, self.device = c, h, w, device
+    def __init__(self, c: int, h: int, w: int, device: torch.device, dtype: torch.dtype):
+        self.c, self.h, self.w, self.device, self.dtype = c, h, w, device, dtype
         self._tables: dict[int, tuple[Tensor, ...]] = {}
 
     def _for(self, s: int) -> tuple[Tensor, ...]:
@@ -140,25 +142,26 @@ class _Squares:
             def covered(size: int) -> Tensor:  # (size - s + 1, size): [start, position] -> covered
                 starts = torch.arange(size - s + 1, device=self.device)[:, None]
                 position = torch.arange(size, device=self.device)[None, :]
-                return (position >= starts) & (position < starts + s)
+                return ((position >= starts) & (position < starts + s)).to(self.dtype)
 
             offsets = (torch.arange(s, device=self.device)[:, None] * self.w
                        + torch.arange(s, device=self.device)[None, :]).flatten()
-            highs = torch.tensor([self.h - s, self.w - s] * 2, device=self.device)
-            self._tables[s] = covered(self.h), covered(self.w), offsets, highs, (highs - 1).clamp_min(0)
+            self._tables[s] = covered(self.h), covered(self.w), offsets
         return self._tables[s]
 
-    def starts(self, s: int, u: Tensor) -> Tensor:
-        """(n, k) top/left corners from k uniforms per point, alternating rows and columns: the official's
-        ``random_int(0, h - s)``, floor((h - s) * u), so in [0, h - s - 1] (or 0 when the square fills it)."""
-        k = u.shape[1]
-        highs, caps = self._for(s)[3:]
-        return torch.minimum((u * highs[:k]).long(), caps[:k])
+    def starts(self, sides: list[int], u: Tensor) -> Tensor:
+        """(n, J, k) top/left corners for J iterations whose squares have the sides ``sides``, from k uniforms per
+        point and iteration (``u``: (n, J, k)), alternating rows and columns: the official's ``random_int(0, h - s)``,
+        floor((h - s) * u), so in [0, h - s - 1] (or 0 when the square fills it). Drawn for a chunk of iterations
+        at once: per iteration that leaves a slice, not a handful of small ops."""
+        sizes = torch.tensor([self.h, self.w] * 2, device=self.device)[:u.shape[2]]
+        highs = sizes[None, :] - torch.tensor(sides, device=self.device)[:, None]  # (J, k)
+        return torch.minimum((u * highs).long(), (highs - 1).clamp_min(0))
 
     def mask(self, s: int, top: Tensor, left: Tensor) -> Tensor:
-        """(n, 1, h, w) bool: each point's square."""
+        """(n, 1, h, w): 1.0 on each point's square, else 0.0."""
         rows, cols = self._for(s)[:2]
-        return (rows[top][:, :, None] & cols[left][:, None, :])[:, None]
+        return (rows[top][:, :, None] * cols[left][:, None, :])[:, None]
 
     def index(self, s: int, top: Tensor, left: Tensor) -> Tensor:
         """(n, c, s*s): the flat (h*w) positions of each point's square, for gather and scatter."""
@@ -208,25 +211,28 @@ def _init(x: Tensor, keys: Tensor, norm: str, eps: float) -> Tensor:
     return _to_sphere(x, delta, eps) if norm == "L2" else _into_l1(x, delta, eps)
 
 
-def _candidate_linf(best: Tensor, low: Tensor, high: Tensor, u: Tensor, signs: Tensor, s: int, eps: float,
+def _candidate_linf(best: Tensor, low: Tensor, high: Tensor, corner: Tensor, step: Tensor, s: int,
                     squares: _Squares) -> Tensor:
-    """One square of each channel pushed to a random face of the Linf ball: best + 2 eps * sign there, clipped
-    to the ball and the box (``low``/``high``: x -+ eps clipped to [0, 1], the same bounds in one clamp)."""
-    corner = squares.starts(s, u)
-    moved = squares.mask(s, corner[:, 0], corner[:, 1]) * (2.0 * eps * signs)[:, :, None, None]
-    return torch.clamp(best + moved, low, high)
+    """One square of each channel pushed to a random face of the Linf ball: best + step (2 eps * sign, per channel)
+    there, clipped to the ball and the box (``low``/``high``: x -+ eps clipped to [0, 1], the same bounds in one
+    clamp). Only the square's s*s values per channel are computed (gathered, moved, scattered into a copy of
+    ``best``): outside it the clip leaves ``best`` as it is, and most iterations' squares cover a few pixels."""
+    index = squares.index(s, corner[:, 0], corner[:, 1])
+    flat = best.flatten(2)
+    moved = flat.gather(2, index) + step[:, :, None]
+    moved = torch.minimum(torch.maximum(moved, low.flatten(2).gather(2, index)), high.flatten(2).gather(2, index))
+    return flat.scatter(2, index, moved).view_as(best)
 
 
-def _candidate_lp(x: Tensor, best: Tensor, u: Tensor, signs: Tensor, transpose: Tensor, s: int, eps: float,
+def _candidate_lp(x: Tensor, best: Tensor, corner: Tensor, signs: Tensor, transpose: Tensor, s: int, eps: float,
                   norm: str, squares: _Squares) -> Tensor:
     """L2/L1: empty a second square and give its mass, with the budget left under eps, to the first square,
     whose content becomes its old (normalised) content plus a signed eta pattern; then back onto the sphere (L2)
     or into the L1 ball and the box (L1)."""
     n, c, h, w = x.shape
-    corner = squares.starts(s, u)
     index = squares.index(s, corner[:, 0], corner[:, 1])
     second = squares.mask(s, corner[:, 2], corner[:, 3])
-    union = squares.mask(s, corner[:, 0], corner[:, 1]) | second
+    union = torch.maximum(squares.mask(s, corner[:, 0], corner[:, 1]), second)
     delta = best - x
     flat = delta.flatten(2)  # (n, c, h*w)
     old = flat.gather(2, index)  # (n, c, s*s)
@@ -239,7 +245,7 @@ def _candidate_lp(x: Tensor, best: Tensor, u: Tensor, signs: Tensor, transpose: 
         new = new * ((eps ** 2 - total.square()).clamp_min(0.0) / c + freed.square()).sqrt()
     else:
         new = new * ((eps - total).clamp_min(0.0) / c + freed) * c
-    delta = flat.masked_fill(second.flatten(2), 0.0).scatter(2, index, new).view_as(x)
+    delta = (flat * (1.0 - second.flatten(2))).scatter(2, index, new).view_as(x)
     return _to_sphere(x, delta, eps) if norm == "L2" else _into_l1(x, delta, eps)
 
 
@@ -253,7 +259,7 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
     if n == 0:
         return SquareResult(x.clone(), torch.zeros(0, dtype=torch.bool, device=device),
                             torch.zeros(0, dtype=torch.long, device=device))
-    squares = _Squares(c, h, w, device)
+    squares = _Squares(c, h, w, device, x.dtype)
     with torch.no_grad():
         y = y.to(device=device, dtype=torch.long)
         keys = keys.to(device)
@@ -279,11 +285,13 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
             if j == 0:  # one hash pass per DRAW_CHUNK iterations (it costs about as much as a forward)
                 draws = rng.uniform(step_keys, it // DRAW_CHUNK, (DRAW_CHUNK, n_corners + 1 + c))
                 signs = _signs(draws[:, :, n_corners + 1:], x.dtype)
+                signs = 2.0 * eps * signs if norm == "Linf" else signs  # Linf's steps
                 transposes = (draws[:, :, n_corners] > 0.5).long()
-            s = side(it, norm, c, h, w, p_init)
-            u = draws[:, j, :n_corners]
-            cand = (_candidate_linf(best, low, high, u, signs[:, j], s, eps, squares) if norm == "Linf"
-                    else _candidate_lp(xs, best, u, signs[:, j], transposes[:, j], s, eps, norm, squares))
+                sides = [side(it + k, norm, c, h, w, p_init) for k in range(DRAW_CHUNK)]
+                corners = squares.starts(sides, draws[:, :, :n_corners])
+            s = sides[j]
+            cand = (_candidate_linf(best, low, high, corners[:, j], signs[:, j], s, squares) if norm == "Linf"
+                    else _candidate_lp(xs, best, corners[:, j], signs[:, j], transposes[:, j], s, eps, norm, squares))
             logits = model(cand)
             m = margin(logits, ys)
             accept = (m < margins) | (m <= 0)  # the official's rule: lower loss (= margin), or misclassified
@@ -297,9 +305,9 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
                 queries[rows] = it + 2
                 keep = (~finished).nonzero().squeeze(1)
                 active = active[keep]
-                xs, ys, best, margins, step_keys, draws, signs, transposes, low, high = (
+                xs, ys, best, margins, step_keys, signs, transposes, corners, low, high = (
                     None if t is None else t.index_select(0, keep)
-                    for t in (xs, ys, best, margins, step_keys, draws, signs, transposes, low, high))
+                    for t in (xs, ys, best, margins, step_keys, signs, transposes, corners, low, high))
         x_adv[active] = best
         queries[active] = 1 + n_queries  # still running: the loop ran to the end
     return SquareResult(x_adv, fooled, queries)
