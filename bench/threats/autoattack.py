@@ -35,6 +35,9 @@ class AutoAttackParams(Params):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[AttackName] | None = None  # only with version: custom
     engine: Literal["official", "bench"] = "official"  # which code computes it (not part of the protocol)
+    # our engine only, opt-in: the attacks' passes under autocast; every point is still decided in fp32, and the
+    # first points run again in fp32 for a note comparing the two (not part of the protocol either)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     @model_validator(mode="after")
     def _check(self) -> "AutoAttackParams":
@@ -43,6 +46,8 @@ class AutoAttackParams(Params):
             raise ValueError("list attacks: exactly when version is custom")
         if self.attacks is not None and len(set(self.attacks)) != len(self.attacks):
             raise ValueError("an attack is listed twice (each listed attack runs in full)")
+        if self.precision != "fp32" and self.engine != "bench":
+            raise ValueError(f"precision {self.precision} needs engine: bench (the official package runs in fp32)")
         return self
 
 
@@ -89,14 +94,17 @@ class AutoAttack(PerturbStep):
     @classmethod
     def protocol(cls, params: AutoAttackParams) -> dict:
         """The question asked, without the engine that answers it (that is the run's implementation identity)."""
-        return params.model_dump(mode="json", exclude={"engine"})
+        return params.model_dump(mode="json", exclude={"engine", "precision"})
 
     def implementation(self) -> dict:
         if self.params.engine == "official":
             return super().implementation()
         from bench.threats.aa_engine.engine import ENGINE_REVISION
 
-        return {"revision": self.revision, "engine": {"name": "bench", "revision": ENGINE_REVISION}}
+        engine = {"name": "bench", "revision": ENGINE_REVISION}
+        if self.params.precision != "fp32":
+            engine["precision"] = self.params.precision
+        return {"revision": self.revision, "engine": engine}
 
     @classmethod
     def backends(cls) -> dict[str, str]:
@@ -116,7 +124,7 @@ class AutoAttack(PerturbStep):
         p = self.params
         self._require_gradient(target.module, x)
         result = autoattack(target.module, x, y, norm=p.norm, eps=p.eps, version=p.version, attacks=p.attacks,
-                            seed=draws.seed, positions=draws.keys)
+                            seed=draws.seed, positions=draws.keys, precision=p.precision)
         stats = {f"broken_by:{name}": count for name, count in result.broken_by.items()}
         return Candidates(result.x_adv, stats=stats, notes=[f"{CHECK_NOTE}{n}" for n in result.notes])
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bench.errors import CardError
 from bench.run import evaluate
 from bench.store import Store
 from bench.threats import make_threat
@@ -121,3 +122,49 @@ def test_the_class_count_check_words_what_the_official_does(n_classes, version, 
         assert [m.replace("(9) are used in FAB-T", "(5) are used in FAB-T").replace(
             "classes (9) than possible", "classes (5) than possible") for m in ours] == records
         assert all("FAB-T" not in m or "(9)" in m for m in ours)
+
+
+class AutocastLies(torch.nn.Module):
+    """Right in fp32, wrong under autocast (every logit shifted by one class): a model on which the attacks' search
+    in lower precision 'breaks' every point at once."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out.roll(1, dims=1) if torch.is_autocast_enabled(x.device.type) else out
+
+
+def test_mixed_precision_is_opt_in_identity_never_decides_and_is_checked_against_fp32(digits_model):
+    """bf16 attacks: the implementation names the precision (the protocol does not); every point is decided by the
+    model in fp32, so a search fooled by autocast breaks nothing; the first points run again in fp32 and a note
+    says where the two differ."""
+    from bench.data import load_dataset
+    from bench.threats.aa_engine.engine import autoattack
+
+    params = dict(norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce"], engine="bench")
+    _, fp32 = make_threat(threat("autoattack", **params))
+    _, bf16 = make_threat(threat("autoattack", precision="bf16", **params))
+    assert threat("autoattack", precision="bf16", **params).hash == threat("autoattack", **params).hash
+    assert bf16.implementation()["engine"]["precision"] == "bf16" and "precision" not in fp32.implementation()["engine"]
+    with pytest.raises(CardError, match="precision bf16 needs engine: bench"):
+        make_threat(threat("autoattack", norm="Linf", eps=0.1, precision="bf16"))
+
+    test = load_dataset("digits", "test")
+    x, y = test.x[:40], test.y[:40]
+    kw = dict(norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce"], seed=0, positions=torch.arange(40))
+    with torch.no_grad():
+        right = digits_model(x).argmax(1) == y
+    lied_to = autoattack(AutocastLies(digits_model), x, y, precision="bf16", **kw)
+    with torch.no_grad():
+        still_right = digits_model(lied_to.x_adv).argmax(1) == y
+    assert torch.equal(lied_to.robust, right & still_right)  # broken only where the fp32 model is wrong
+    honest = autoattack(digits_model, x, y, **kw)
+    assert int(honest.robust.sum()) < int(lied_to.robust.sum())  # the fooled search found less than fp32's
+    (note,) = [n for n in lied_to.notes if n.startswith("attacks in bf16")]
+    assert "on the first 32 points" in note and "rerun in fp32" in note
+    same = autoattack(digits_model, x, y, precision="bf16", **kw)
+    (note,) = [n for n in same.notes if n.startswith("attacks in bf16")]
+    assert abs(int(same.robust.sum()) - int(honest.robust.sum())) <= paired_tolerance(same.robust, honest.robust)

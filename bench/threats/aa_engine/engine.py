@@ -17,7 +17,7 @@ from torch import Tensor
 
 from bench.progress import stage as progress
 from bench.threats.aa_engine import checks, rng
-from bench.threats.aa_engine.model import frozen
+from bench.threats.aa_engine.model import MixedPrecision, frozen
 
 ENGINE_REVISION = 3  # bump whenever the engine's numbers may change (3: APGD's Linf step as the official's clamps)
 VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
@@ -90,11 +90,17 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECK_POINTS = 32  # points the ensemble runs again in fp32 when the attacks run in lower precision
+
+
 def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: str = "standard",
-               attacks: list[str] | None = None, seed: int, positions: Tensor, batch_size: int | None = None
-               ) -> Result:
+               attacks: list[str] | None = None, seed: int, positions: Tensor, batch_size: int | None = None,
+               precision: str = "fp32") -> Result:
     """Run the ensemble on ``x`` (labels ``y``; ``positions``: each point's position in the split, which keys its
-    draws with ``seed``)."""
+    draws with ``seed``). ``precision`` (opt-in bf16 or fp16): the attacks' passes run under autocast, which only
+    steers the search; whether a point is broken is always decided by the model in fp32. The first
+    ``CHECK_POINTS`` points then run again in fp32, and a note compares the two."""
     notes: list[str] = []
     with frozen(model):
         plan = stages(version, norm, attacks, notes)
@@ -104,26 +110,50 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
         found, n_classes = checks.probabilities(model, x[:size])
         notes += found + checks.dynamic(model, x[:size])
         notes += checks.classes(n_classes, {s.name: s.targets for s in plan})
-        robust = _predict(model, x, size) == y
-        result = Result(x.clone(), robust, accuracy={"clean": robust.float().mean().item()})
-        for s in plan:
-            todo = robust.nonzero()[:, 0]
-            if not len(todo):
-                break
-            broken, began = 0, time.time()
-            for chunk in todo.split(size):
-                keys = rng.point_keys(seed, positions[chunk.cpu()].to(x.device), s.name)
-                progress(f"AutoAttack {s.name}: {len(chunk)} points")
-                x_adv, _ = s.run(model, x[chunk], y[chunk], norm=norm, eps=eps, keys=keys)
-                fooled = _predict(model, x_adv, size) != y[chunk]  # as the official: this forward pass decides
-                robust[chunk[fooled]] = False
-                result.x_adv[chunk[fooled]] = x_adv[fooled]
-                broken += int(fooled.sum())
-            result.broken_by[s.name] = broken
-            result.spans[s.name] = (began, time.time())
-            result.accuracy[s.name] = robust.float().mean().item()
-            progress(f"AutoAttack robust accuracy after {s.name.upper()}: {result.accuracy[s.name]:.2%}")
+        attacker = model if PRECISIONS[precision] is None else MixedPrecision(model, PRECISIONS[precision])
+        if attacker is not model:
+            progress(f"AutoAttack: attacks in {precision} (autocast), every point decided in fp32")
+        result = _ensemble(plan, attacker, model, x, y, norm, eps, seed, positions, size)
+        if attacker is not model:
+            k = min(CHECK_POINTS, len(x))
+            progress(f"AutoAttack: the first {k} points again in fp32, to check {precision}")
+            full = _ensemble(plan, model, model, x[:k], y[:k], norm, eps, seed, positions[:k], size)
+            notes.append(precision_note(precision, result.robust[:k], full.robust))
         result.notes = notes + checks.square_success(result.accuracy)
+    return result
+
+
+def precision_note(precision: str, low: Tensor, full: Tensor) -> str:
+    """How the lower-precision run compares with fp32 on the same points: robust counts and disagreements."""
+    differ = int((low != full).sum())
+    return (f"attacks in {precision}: on the first {len(full)} points, {int(low.sum())} robust against "
+            f"{int(full.sum())} with the attacks in fp32, {differ} point(s) differ"
+            + ("; rerun in fp32 (precision: fp32) before relying on these numbers" if differ else
+               " (a sample: a search in lower precision can still miss points that fp32 breaks)"))
+
+
+def _ensemble(plan: list[Stage], attacker, model, x: Tensor, y: Tensor, norm: str, eps: float, seed: int,
+              positions: Tensor, size: int) -> Result:
+    """The stages on the points still robust: ``attacker`` runs the attacks, ``model`` decides every point."""
+    robust = _predict(model, x, size) == y
+    result = Result(x.clone(), robust, accuracy={"clean": robust.float().mean().item()})
+    for s in plan:
+        todo = robust.nonzero()[:, 0]
+        if not len(todo):
+            break
+        broken, began = 0, time.time()
+        for chunk in todo.split(size):
+            keys = rng.point_keys(seed, positions[chunk.cpu()].to(x.device), s.name)
+            progress(f"AutoAttack {s.name}: {len(chunk)} points")
+            x_adv, _ = s.run(attacker, x[chunk], y[chunk], norm=norm, eps=eps, keys=keys)
+            fooled = _predict(model, x_adv, size) != y[chunk]  # as the official: this forward pass decides
+            robust[chunk[fooled]] = False
+            result.x_adv[chunk[fooled]] = x_adv[fooled]
+            broken += int(fooled.sum())
+        result.broken_by[s.name] = broken
+        result.spans[s.name] = (began, time.time())
+        result.accuracy[s.name] = robust.float().mean().item()
+        progress(f"AutoAttack robust accuracy after {s.name.upper()}: {result.accuracy[s.name]:.2%}")
     return result
 
 

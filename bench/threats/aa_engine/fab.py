@@ -53,14 +53,21 @@ def _water_level(weight: Tensor, level: Tensor, need: Tensor) -> Tensor:
     few steps of elementwise work where sorting the levels costs several times more on a CPU."""
     need = need[:, None]
     full = (weight * level).sum(1, keepdim=True)
-    mu, used = torch.zeros_like(need), None
+    mu = torch.zeros_like(need)
+    rows, w, lv, nd, m, used = torch.arange(len(need), device=need.device), weight, level, need, mu, None
     tiny = torch.finfo(level.dtype).tiny
     for _ in range(level.shape[1] + 1):  # each step before the last passes at least one breakpoint
-        slope = (weight * _above(level, mu)).sum(1, keepdim=True)
-        if used is not None and torch.equal(slope, used):
-            break
-        filled = 0.0 if used is None else (weight * torch.minimum(level, mu)).sum(1, keepdim=True)  # g(0) = 0
-        mu, used = mu + ((need - filled) / slope.clamp_min(tiny)).clamp_min(0.0), slope
+        slope = (w * _above(lv, m)).sum(1, keepdim=True)
+        if used is not None:
+            moving = (slope != used)[:, 0]  # a row whose slope held is solved: it leaves (most do after 2 steps)
+            if not bool(moving.any()):
+                break
+            if not bool(moving.all()):
+                keep = moving.nonzero()[:, 0]
+                rows, w, lv, nd, m, slope = rows[keep], w[keep], lv[keep], nd[keep], m[keep], slope[keep]
+        filled = 0.0 if used is None else (w * torch.minimum(lv, m)).sum(1, keepdim=True)  # g(0) = 0
+        m, used = m + ((nd - filled) / slope.clamp_min(tiny)).clamp_min(0.0), slope
+        mu = mu.index_copy(0, rows, m)
     return torch.where(need >= full, torch.full_like(mu, float("inf")), mu)
 
 

@@ -1,9 +1,9 @@
 """``bench perf``: how fast AutoAttack engines run on one model and point set, and how close each stage comes to
 its pass-count limit.
 
-The limit of a stage is the time its model passes would take at the model's own best measured speed: every
-call it makes (forward only, or forward with an input gradient and its backward pass) costs the best time
-measured for a pass of that many rows (measured at powers of two up to the point count, interpolated between).
+The limit of a stage is the time its model passes would take at the model's own measured speed: every call it
+makes (forward only, or forward with an input gradient and its backward pass) costs the time per pass the model
+sustains back to back at that many rows (measured at powers of two up to the largest call, interpolated between).
 A ratio near 1 says the attack is as fast as its passes allow; what lies above is the attack's own work.
 
 Every engine runs in a fresh process (spawned), on the same points, with the same thread count, and measures the
@@ -51,7 +51,8 @@ class PassCounter(nn.Module):
 
 @dataclass
 class Rates:
-    """The best time of one pass per batch size: forward only, and forward with the input's gradient."""
+    """The time per pass at each batch size, sustained back to back: forward only, and forward with the input's
+    gradient."""
 
     sizes: list[int]
     forward: list[float]
@@ -72,17 +73,28 @@ class Rates:
         return self.sizes[-1] / (self.backward if backward else self.forward)[-1] if self.sizes else math.nan
 
 
-def pass_rates(model: nn.Module, x: Tensor, repeats: int = 5) -> Rates:
-    """The model's best time per pass at batch sizes 1, 2, 4, ... up to ``len(x)``, with and without an input
-    gradient (parameters frozen: the limit counts input gradients only, no attack needs the weights')."""
-    def best(fn, batch: Tensor) -> float:
+def pass_rates(model: nn.Module, x: Tensor, max_rows: int | None = None, repeats: int = 3,
+               block_s: float = 0.05) -> Rates:
+    """The model's time per pass at batch sizes 1, 2, 4, ... up to ``max_rows`` (by default ``len(x)``; rows
+    beyond the points repeat them), with and without an input gradient (parameters frozen: the limit counts input
+    gradients only, no attack needs the weights'). Each is the best of ``repeats`` blocks of back-to-back passes
+    (as many as fill about ``block_s``), divided by their count: the rate a loop of passes sustains, which is what
+    an attack's stage runs (on the 2-core CPU within 4% of a single pass's best time, either way). Sizes reach the
+    largest call: batched runs call the model with more rows than there are points, and those calls are measured,
+    not extrapolated from the point count."""
+    def per_pass(fn, batch: Tensor) -> float:
         fn(batch)  # warm-up
+        start = time.perf_counter()
+        fn(batch)
+        _sync(batch)
+        count = max(1, min(100, int(block_s / max(time.perf_counter() - start, 1e-9))))
         out = math.inf
         for _ in range(repeats):
             start = time.perf_counter()
-            fn(batch)
+            for _ in range(count):
+                fn(batch)
             _sync(batch)
-            out = min(out, time.perf_counter() - start)
+            out = min(out, (time.perf_counter() - start) / count)
         return out
 
     def forward(batch: Tensor) -> None:
@@ -93,9 +105,12 @@ def pass_rates(model: nn.Module, x: Tensor, repeats: int = 5) -> Rates:
         probe = batch.detach().requires_grad_(True)
         torch.autograd.grad(model(probe).sum(), probe)
 
-    sizes = sorted({2 ** k for k in range(len(x).bit_length()) if 2 ** k <= len(x)} | {len(x)})
+    top = max(max_rows or len(x), 1)
+    sizes = sorted({2 ** k for k in range(top.bit_length()) if 2 ** k <= top} | {len(x), top})
+    batches = {s: x[torch.arange(s, device=x.device) % len(x)] for s in sizes}
     with frozen(model):
-        return Rates(sizes, [best(forward, x[:s]) for s in sizes], [best(backward, x[:s]) for s in sizes])
+        return Rates(sizes, [per_pass(forward, batches[s]) for s in sizes],
+                     [per_pass(backward, batches[s]) for s in sizes])
 
 
 def _sync(x: Tensor) -> None:
@@ -215,7 +230,6 @@ def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, e
     if attacks is not None and engine.startswith("torchattacks"):
         raise ValueError("torchattacks' AutoAttack runs whole versions only, not a list of attacks")
     model = model.eval()
-    rates = pass_rates(model, x)
     counter = PassCounter(model)
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
@@ -229,8 +243,10 @@ def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, e
                                          100 if engine == "torchattacks-100" else None)
     _sync(x)
     seconds = time.time() - start
+    memory = peak(x.device)
     stages = [Stage(name, stop - begin, *counter.between(begin, stop), broken) for name, begin, stop, broken in spans]
-    return Measure(engine, seconds, int(robust.sum()), len(x), rates, peak(x.device), stages)
+    rates = pass_rates(model, x, max((rows for _, rows, _ in counter.events), default=len(x)))  # the largest call
+    return Measure(engine, seconds, int(robust.sum()), len(x), rates, memory, stages)
 
 
 def peak(device: torch.device) -> int:
