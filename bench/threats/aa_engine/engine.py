@@ -3,7 +3,8 @@
 Each stage attacks only the points every earlier stage left standing (as the official), in chunks of
 ``batch_size`` points; every draw is keyed by the point's position in the split and the stage, so the chunking
 (and the shard's size) changes no point's outcome. The model's parameters are frozen for the whole run. The
-official's checks run on the same inputs and give the same warnings (``checks``).
+official's checks run on the same inputs and give the same warnings (``checks``). Whichever precision the
+attacks run in (opt-in bf16 or fp16), the model in fp32 decides every point.
 """
 from __future__ import annotations
 
