@@ -284,3 +284,14 @@ def test_the_same_entries_give_the_same_bytes(all_families_site, tmp_path):
     first = {p.relative_to(all_families_site.site): p.read_bytes()
              for p in all_families_site.site.rglob("*") if p.is_file()}
     assert again == first
+
+
+def test_a_protocol_is_shown_by_what_it_asks_not_by_the_engine_that_answers():
+    """AutoAttack's engine and precision are implementation, not protocol: a page neither titles nor groups by
+    them; params of a family this code does not know are shown whole."""
+    from bench.leaderboard.marks import asked
+
+    card = {"norm": "Linf", "eps": 0.3, "version": "standard", "engine": "bench", "precision": "bf16"}
+    assert asked("autoattack", card) == {"norm": "Linf", "eps": 0.3, "version": "standard"}
+    assert asked("no-such-family", card) == card
+    assert asked("autoattack", {"norm": "L7"}) == {"norm": "L7"}  # unreadable: shown as written

@@ -76,3 +76,21 @@ def adaptive(family: str) -> bool:
 
     cls = family_class(family)
     return cls is None or cls.adaptive
+
+
+def asked(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The card's params that make up its protocol, as the card writes them: without those its family leaves out
+    of the protocol (AutoAttack's engine and precision say which code answers, not what is asked), so a page
+    neither titles nor groups a protocol by them. Params this code cannot read are shown whole."""
+    from pydantic import ValidationError
+
+    from bench.threats.base import family_class
+
+    cls = family_class(family)
+    if cls is None:
+        return params
+    try:
+        kept = cls.protocol(cls.Params.model_validate(params))
+    except (ValidationError, BenchError, TypeError):
+        return params
+    return {k: v for k, v in params.items() if k in kept}

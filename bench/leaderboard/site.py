@@ -25,7 +25,7 @@ from bench.errors import BenchError
 from bench.files import safe_filename
 from bench.leaderboard import figures
 from bench.leaderboard.entries import Entry, read_entry
-from bench.leaderboard.marks import CurrentCode, adaptive, stale_reason
+from bench.leaderboard.marks import CurrentCode, adaptive, asked, stale_reason
 from bench.leaderboard.table import cell_text
 from bench.metrics import INTERVALS, Metric, rank_key
 
@@ -228,9 +228,9 @@ def _protocols(results: list[Result], page: str) -> list[Protocol]:
 
         members.sort(key=lambda r: (bool(r.stale), rank_key(headline, value(r)), r.entry.model.id, r.entry.model.hash))
         params = first.protocol.card.get("params")
+        params = asked(first.protocol.family, params) if isinstance(params, dict) else {}
         protocol = Protocol(protocol_hash, sorted({r.entry.protocol.id for r in members}), first.protocol.family,
-                            params if isinstance(params, dict) else {}, first.headline, headline, metrics, members,
-                            page)
+                            params, first.headline, headline, metrics, members, page)
         for rank, r in enumerate(members, 1):
             r.rank, r.of, r.table = rank, len(members), f"{page}#{protocol.anchor}"
         out.append(protocol)
