@@ -36,7 +36,7 @@ class AutoAttackParams(Params):
     attacks: list[AttackName] | None = None  # only with version: custom
     engine: Literal["official", "bench"] = "official"  # which code computes it (not part of the protocol)
     # our engine only, opt-in: the attacks' passes under autocast; every point is still decided in fp32, and the
-    # first points run again in fp32 for a note comparing the two (not part of the protocol either)
+    # first points of each batch run again in fp32, counted in stats precision_check:* (not protocol either)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     @model_validator(mode="after")
@@ -126,7 +126,8 @@ class AutoAttack(PerturbStep):
         result = autoattack(target.module, x, y, norm=p.norm, eps=p.eps, version=p.version, attacks=p.attacks,
                             seed=draws.seed, positions=draws.keys, precision=p.precision)
         stats = {f"broken_by:{name}": count for name, count in result.broken_by.items()}
-        return Candidates(result.x_adv, stats=stats, notes=[f"{CHECK_NOTE}{n}" for n in result.notes])
+        stats.update({f"precision_check:{name}": count for name, count in result.precision_check.items()})
+        return Candidates(result.x_adv, stats=stats, notes=[f"{CHECK_NOTE}{n}" for n in result.notes] + result.remarks)
 
     def _require_gradient(self, model, x: Tensor) -> None:
         p = self.params

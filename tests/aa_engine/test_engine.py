@@ -163,8 +163,12 @@ def test_mixed_precision_is_opt_in_identity_never_decides_and_is_checked_against
     assert torch.equal(lied_to.robust, right & still_right)  # broken only where the fp32 model is wrong
     honest = autoattack(digits_model, x, y, **kw)
     assert int(honest.robust.sum()) < int(lied_to.robust.sum())  # the fooled search found less than fp32's
-    (note,) = [n for n in lied_to.notes if n.startswith("attacks in bf16")]
-    assert "on the first 32 points" in note and "rerun in fp32" in note
+    (note,) = lied_to.remarks
+    assert note.startswith("attacks in bf16") and "rerun in fp32" in note
+    check = lied_to.precision_check
+    assert check["points"] == 32 and check["robust"] == int(lied_to.robust[:32].sum())
+    assert check["differ"] >= check["robust"] - check["robust_fp32"] > 0  # fp32 breaks what the lied-to search missed
+    assert not any("bf16" in n for n in lied_to.notes)  # the official's checks stay its own
     same = autoattack(digits_model, x, y, precision="bf16", **kw)
-    (note,) = [n for n in same.notes if n.startswith("attacks in bf16")]
+    assert same.remarks[0].startswith("attacks in bf16") and not honest.remarks and not honest.precision_check
     assert abs(int(same.robust.sum()) - int(honest.robust.sum())) <= paired_tolerance(same.robust, honest.robust)

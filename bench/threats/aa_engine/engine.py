@@ -88,7 +88,9 @@ class Result:
     broken_by: dict[str, int] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)  # robust accuracy after each stage, "clean" first
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # each stage's start and end (time.time)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the official's checks
+    remarks: list[str] = field(default_factory=list)  # the engine's own: how lower-precision attacks compare
+    precision_check: dict[str, int] = field(default_factory=dict)  # its counts (summed over a run's batches)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,7 +103,8 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
     """Run the ensemble on ``x`` (labels ``y``; ``positions``: each point's position in the split, which keys its
     draws with ``seed``). ``precision`` (opt-in bf16 or fp16): the attacks' passes run under autocast, which only
     steers the search; whether a point is broken is always decided by the model in fp32. The first
-    ``CHECK_POINTS`` points then run again in fp32, and a note compares the two."""
+    ``CHECK_POINTS`` points then run again in fp32: ``precision_check`` counts them, the robust ones either way and
+    the points where the two differ, and a remark says what that means."""
     notes: list[str] = []
     with frozen(model):
         plan = stages(version, norm, attacks, notes)
@@ -119,18 +122,21 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
             k = min(CHECK_POINTS, len(x))
             progress(f"AutoAttack: the first {k} points again in fp32, to check {precision}")
             full = _ensemble(plan, model, model, x[:k], y[:k], norm, eps, seed, positions[:k], size)
-            notes.append(precision_note(precision, result.robust[:k], full.robust))
+            low = result.robust[:k]
+            result.precision_check = {"points": k, "robust": int(low.sum()), "robust_fp32": int(full.robust.sum()),
+                                      "differ": int((low != full.robust).sum())}
+            result.remarks.append(precision_note(precision, result.precision_check["differ"] > 0))
         result.notes = notes + checks.square_success(result.accuracy)
     return result
 
 
-def precision_note(precision: str, low: Tensor, full: Tensor) -> str:
-    """How the lower-precision run compares with fp32 on the same points: robust counts and disagreements."""
-    differ = int((low != full).sum())
-    return (f"attacks in {precision}: on the first {len(full)} points, {int(low.sum())} robust against "
-            f"{int(full.sum())} with the attacks in fp32, {differ} point(s) differ"
-            + ("; rerun in fp32 (precision: fp32) before relying on these numbers" if differ else
-               " (a sample: a search in lower precision can still miss points that fp32 breaks)"))
+def precision_note(precision: str, differ: bool) -> str:
+    """The run's remark on lower-precision attacks (the same words for every batch, so a run shows it once)."""
+    head = (f"attacks in {precision} (autocast), every point decided in fp32; the first {CHECK_POINTS} points of "
+            f"each batch ran again with the attacks in fp32 (stats precision_check:*)")
+    if differ:
+        return head + ": some of those points differ, so rerun in fp32 (precision: fp32) before relying on this"
+    return head + ": none differ, a sample only: a search in lower precision can still miss points fp32 breaks"
 
 
 def _ensemble(plan: list[Stage], attacker, model, x: Tensor, y: Tensor, norm: str, eps: float, seed: int,
