@@ -104,15 +104,22 @@ def elbo_lower_bound(model: nn.Module, x: Tensor, eps: float, noise: Tensor, bou
     return ll.view(len(noise), len(x)).mean(0) - kl_upper(mu_l, mu_u, v_l.clamp(-12, 8), v_u.clamp(-12, 8))
 
 
+def _chord(lo: Tensor, hi: Tensor, at_lo: Tensor, at_hi: Tensor, usable: Tensor | None = None
+           ) -> tuple[Tensor, Tensor, Tensor]:
+    """The line through (lo, at_lo) and (hi, at_hi) as (slope, shift, drawn): drawn where ``usable`` and the
+    interval is wider than 1e-9; elsewhere slope 0, and the caller picks the constant."""
+    drawn = hi - lo > 1e-9 if usable is None else usable & (hi - lo > 1e-9)
+    slope = torch.where(drawn, (at_hi - at_lo) / torch.where(drawn, hi - lo, 1), 0)
+    return slope, at_lo - slope * lo, drawn
+
+
 def bernoulli_chord(x_l: Tensor, x_u: Tensor, out_l: Tensor, out_u: Tensor) -> tuple[Tensor, Tensor]:
     """x l - softplus(l) >= slope l + shift for x in [x_l, x_u] and l in [out_l, out_u]: the chord of
     min(x_l l, x_u l) - softplus(l) (the worst x for each l), which is concave, between the interval's ends."""
     worst = lambda out: torch.minimum(x_l * out, x_u * out) - F.softplus(out)  # noqa: E731
     at_l, at_u = worst(out_l), worst(out_u)
-    width = out_u - out_l
-    wide = width > 1e-9
-    slope = torch.where(wide, (at_u - at_l) / torch.where(wide, width, 1), 0)
-    shift = torch.where(wide, at_l - slope * out_l, torch.minimum(at_l, at_u))
+    slope, shift, drawn = _chord(out_l, out_u, at_l, at_u)
+    shift = torch.where(drawn, shift, torch.minimum(at_l, at_u))
     return slope, shift - ROUNDING * (at_l.abs() + at_u.abs() + slope.abs() * (out_l.abs() + out_u.abs()))
 
 
@@ -125,10 +132,8 @@ def half_exp_relaxation(v_l: Tensor, v_u: Tensor) -> tuple[Tensor, Tensor, Tenso
     s_middle = (0.5 * middle).exp()
     low_slope = torch.where(inside, s_middle / 2, 0)
     low_shift = torch.where(inside, s_middle - low_slope * middle, s_l)
-    width = v_u - v_l
-    chord = inside & (width > 1e-9)
-    up_slope = torch.where(chord, (s_u - s_l) / torch.where(chord, width, 1), 0)
-    up_shift = torch.where(chord, s_l - up_slope * v_l, s_u)
+    up_slope, up_shift, drawn = _chord(v_l, v_u, s_l, s_u, inside)
+    up_shift = torch.where(drawn, up_shift, s_u)
     slack = ROUNDING * (s_u + (low_slope + up_slope) * (v_l.abs() + v_u.abs()))
     return low_slope, low_shift - slack, up_slope, up_shift + slack
 

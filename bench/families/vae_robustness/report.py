@@ -65,8 +65,8 @@ def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, n_certified: 
     from bench.training import build_trained
 
     runner = SeedRunner(seed, work, device)
-    ids = sorted({c for family in FAMILIES.values() for c in family.values()} | {PROVAE, LIPSCHITZ})
-    cards = {card_id: runner.card("model", card_id) for card_id in ids}
+    beta_models = sorted({c for family in FAMILIES.values() for c in family.values()})
+    cards = {card_id: runner.card("model", card_id) for card_id in sorted({*beta_models, PROVAE, LIPSCHITZ})}
     models = {card_id: build_trained(str(path), device=device).eval() for card_id, path in cards.items()}
     x, y = _test_points(n_elbo, device)
     out: dict = {"margins": {}, "grows": {}, "tc_less": {}, "certified": {}, "versus": {}, "latent": {},
@@ -78,7 +78,7 @@ def run_seed(seed: int, work: Path, *, n_margin: int, n_elbo: int, n_certified: 
     columns = ("margin_est", "margin_bound", "clean_elbo", "margin_low")
     for r, threat in MARGINS.items():
         out["margins"][r], points = {}, {}
-        for card_id in sorted({c for family in FAMILIES.values() for c in family.values()}):
+        for card_id in beta_models:
             run = runner.run(cards[card_id], threat, n_margin)
             points[card_id] = _points(runner, run, columns)
             out["margins"][r][card_id] = {name: getattr(run, name) for name in (

@@ -190,17 +190,16 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                 direction = (p.grad * (magnitude >= threshold).view_as(p.grad)).sign()
                 moved = p.x_adv + s * direction / per_point(norms(direction, "L1") + 1e-10, direction)
                 x_new = p.x + project_l1(p.x, moved - p.x, eps)
-            elif norm == "Linf":  # the official's arithmetic: clamp(min(max(v, x - eps), x + eps), 0, 1), as one clamp
-                a = MOMENTUM if i > 0 else 1.0
-                momentum = p.x_adv - p.x_old
-                z = torch.clamp(p.x_adv + s * p.grad.sign(), p.low, p.high)
-                x_new = torch.clamp(p.x_adv + (z - p.x_adv) * a + momentum * (1 - a), p.low, p.high)
             else:
                 a = MOMENTUM if i > 0 else 1.0
                 momentum = p.x_adv - p.x_old
-                direction = p.grad / per_point(norms(p.grad, "L2") + 1e-12, p.grad)
-                z = p.x + project(p.x, p.x_adv + s * direction - p.x, norm, eps)
-                x_new = p.x + project(p.x, p.x_adv + (z - p.x_adv) * a + momentum * (1 - a) - p.x, norm, eps)
+                if norm == "Linf":  # the official's arithmetic: clamp(min(max(v, x - eps), x + eps), 0, 1), one clamp
+                    direction, inside = p.grad.sign(), lambda v: torch.clamp(v, p.low, p.high)
+                else:
+                    direction = p.grad / per_point(norms(p.grad, "L2") + 1e-12, p.grad)
+                    inside = lambda v: p.x + project(p.x, v - p.x, norm, eps)  # noqa: E731
+                z = inside(p.x_adv + s * direction)
+                x_new = inside(p.x_adv + (z - p.x_adv) * a + momentum * (1 - a))
             p.x_old, p.x_adv = p.x_adv, x_new
         y_i, t_i = p.y, p.target
         logits, p.loss, p.grad = _gradient(model, p.x_adv, lambda z: loss_fn(z, y_i, t_i), eot)
