@@ -99,9 +99,12 @@ class AutoAttack(PerturbStep):
     def implementation(self) -> dict:
         if self.params.engine == "official":
             return super().implementation()
+        from bench.threats.aa_engine import cpu_kernels
         from bench.threats.aa_engine.engine import ENGINE_REVISION
 
         engine = {"name": "bench", "revision": ENGINE_REVISION}
+        if cpu_kernels.name():  # the fused CPU steps (FAB's to float rounding, not bit for bit, the torch step's)
+            engine["cpu_kernels"] = cpu_kernels.name()
         if self.params.precision != "fp32":
             engine["precision"] = self.params.precision
         return {"revision": self.revision, "engine": engine}

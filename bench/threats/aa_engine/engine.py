@@ -20,7 +20,9 @@ from bench.progress import stage as progress
 from bench.threats.aa_engine import checks, rng
 from bench.threats.aa_engine.model import MixedPrecision, frozen
 
-ENGINE_REVISION = 3  # bump whenever the engine's numbers may change (3: APGD's Linf step as the official's clamps)
+# bump whenever the engine's numbers may change (3: APGD's Linf step as the official's clamps; 4: FAB's step fused
+# on CPUs, float64 inside)
+ENGINE_REVISION = 4
 VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
             "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
             "rand": ["apgd-ce", "apgd-dlr"]}

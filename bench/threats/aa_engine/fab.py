@@ -35,7 +35,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from bench.threats.aa_engine import rng, runs
+from bench.threats.aa_engine import cpu_kernels, rng, runs
 from bench.threats.aa_engine.geometry import norms, per_point
 
 NORMS = ("Linf", "L2", "L1")
@@ -175,6 +175,23 @@ def _nearest_plane(model, x: Tensor, y: Tensor, target: Tensor | None, norm: str
     return f[rows, nearest], jac[rows, nearest]
 
 
+def step(x1: Tensor, clean: Tensor, w: Tensor, f: Tensor, *, norm: str, eta: float, alpha_max: float) -> Tensor:
+    """FAB's next iterate from ``x1``, given the linearised boundary there (value ``f``, gradient ``w``): both
+    ``x1`` and the clean point projected onto it, and moved to their convex combination (weight alpha <= alpha_max
+    on the clean point's, overshoot eta), clamped to the box. On a CPU with numba, fused (``cpu_kernels``)."""
+    fused = cpu_kernels.fab_step(x1, clean, w, f, norm=norm, eta=eta, alpha_max=alpha_max)
+    if fused is not None:
+        return fused
+    m = len(x1)
+    flat1, flat0 = x1.flatten(1), clean.flatten(1)
+    b = (w * flat1).sum(1) - f  # the linearised boundary: <w, z> = <w, x1> - f(x1)
+    steps = project_hyperplane(norm, torch.cat((flat1, flat0)), torch.cat((w, w)), torch.cat((b, b)))
+    size = norms(steps, norm).clamp_min(1e-8)
+    alpha = per_point((size[:m] / (size[:m] + size[m:])).clamp(0.0, alpha_max), x1)
+    d1, d0 = steps[:m].reshape(x1.shape), steps[m:].reshape(x1.shape)
+    return ((x1 + eta * d1) * (1 - alpha) + (clean + eta * d0) * alpha).clamp(0.0, 1.0)
+
+
 # --- one run ---------------------------------------------------------------------------------------------------------
 
 def _random_start(x0: Tensor, norm: str, eps: float, keys: Tensor) -> Tensor:
@@ -205,24 +222,11 @@ def _run(model, x0: Tensor, y: Tensor, target: Tensor | None, *, norm: str, eps:
     for _ in range(n_iter):
         if len(idx) == 0:
             break
-        m = len(idx)
         f, w = _nearest_plane(model, x1, label, aim, norm)
-        flat1, flat0 = x1.flatten(1), clean.flatten(1)
-        b = (w * flat1).sum(1) - f  # the linearised boundary: <w, z> = <w, x1> - f(x1)
-        steps = project_hyperplane(norm, torch.cat((flat1, flat0)), torch.cat((w, w)), torch.cat((b, b)))
-        size = norms(steps, norm).clamp_min(1e-8)
-        alpha = (size[:m] / (size[:m] + size[m:])).clamp(0.0, alpha_max)
-        d1, d0 = steps[:m].reshape(x1.shape), steps[m:].reshape(x1.shape)
-        alpha = per_point(alpha, x1)
-        x1 = ((x1 + eta * d1) * (1 - alpha) + (clean + eta * d0) * alpha).clamp(0.0, 1.0)
+        x1 = step(x1, clean, w, f, norm=norm, eta=eta, alpha_max=alpha_max)
         with torch.no_grad():
-            adv = model(x1).argmax(1) != label
-        if adv.any():
-            dist = norms(x1 - clean, norm)
-            better = adv & (dist < best_norm[idx])
-            best[idx[better]] = x1[better]
-            best_norm[idx[better]] = dist[better]
-            x1 = torch.where(per_point(adv, x1), clean + (x1 - clean) * beta, x1)
+            logits = model(x1)
+        if _record(logits, label, x1, clean, idx, best, best_norm, norm=norm, beta=beta):
             if stop_within_eps:
                 keep = best_norm[idx] > eps
                 if group is not None and not keep.all():
@@ -231,6 +235,26 @@ def _run(model, x0: Tensor, y: Tensor, target: Tensor | None, *, norm: str, eps:
                     idx, clean, label, x1 = idx[keep], clean[keep], label[keep], x1[keep]
                     aim = aim[keep] if aim is not None else None
     return best, best_norm
+
+
+def _record(logits: Tensor, label: Tensor, x1: Tensor, clean: Tensor, idx: Tensor, best: Tensor, best_norm: Tensor,
+            *, norm: str, beta: float) -> int:
+    """After the check pass, in place: each adversarial row (``logits``' argmax not ``label``) becomes its point's
+    record in ``best``/``best_norm`` where it is the nearest to ``clean`` found, and is pulled back towards
+    ``clean`` by ``beta`` (the official's bookkeeping, on the adversarial rows only). Returns their count. On a CPU
+    with numba, fused (``cpu_kernels``)."""
+    found = cpu_kernels.fab_record(logits, label, x1, clean, idx, best, best_norm, norm=norm, beta=beta)
+    if found is not None:
+        return found
+    rows = (logits.argmax(1) != label).nonzero()[:, 0]
+    if len(rows):
+        moved = x1[rows] - clean[rows]
+        dist = norms(moved, norm)
+        better = dist < best_norm[idx[rows]]
+        best[idx[rows[better]]] = x1[rows[better]]
+        best_norm[idx[rows[better]]] = dist[better]
+        x1[rows] = clean[rows] + moved * beta
+    return len(rows)
 
 
 def fab(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, targeted: bool = True,

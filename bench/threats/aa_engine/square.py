@@ -40,7 +40,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from bench.threats.aa_engine import rng
+from bench.threats.aa_engine import cpu_kernels, rng
 from bench.threats.aa_engine.geometry import project_l1
 
 NORMS = ("Linf", "L2", "L1")
@@ -215,8 +215,12 @@ def _candidate_linf(best: Tensor, low: Tensor, high: Tensor, corner: Tensor, ste
                     squares: _Squares) -> Tensor:
     """One square of each channel pushed to a random face of the Linf ball: best + step (2 eps * sign, per channel)
     there, clipped to the ball and the box (``low``/``high``: x -+ eps clipped to [0, 1], the same bounds in one
-    clamp). Only the square's s*s values per channel are computed (gathered, moved, scattered into a copy of
-    ``best``): outside it the clip leaves ``best`` as it is, and most iterations' squares cover a few pixels."""
+    clamp). Only the square's s*s values per channel are computed (gathered, moved, clipped, scattered into a copy
+    of ``best``; on a CPU with numba, fused): outside it the clip leaves ``best`` as it is, and most iterations'
+    squares cover a few pixels."""
+    fused = cpu_kernels.square_linf_candidate(best, low, high, corner, step, s)
+    if fused is not None:
+        return fused
     index = squares.index(s, corner[:, 0], corner[:, 1])
     flat = best.flatten(2)
     moved = flat.gather(2, index) + step[:, :, None]
@@ -247,6 +251,19 @@ def _candidate_lp(x: Tensor, best: Tensor, corner: Tensor, signs: Tensor, transp
         new = new * ((eps - total).clamp_min(0.0) / c + freed) * c
     delta = (flat * (1.0 - second.flatten(2))).scatter(2, index, new).view_as(x)
     return _to_sphere(x, delta, eps) if norm == "L2" else _into_l1(x, delta, eps)
+
+
+def _accept(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The official's rule: a candidate replaces the best point where its margin is lower, or <= 0 (misclassified).
+    -> (best, margins, finished: margin <= 0); on a CPU with numba fused, updating ``best`` and ``margins`` in
+    place."""
+    finished = cpu_kernels.square_accept(logits, y, margins, best, cand)
+    if finished is not None:
+        return best, margins, finished
+    m = margin(logits, y)
+    accept = (m < margins) | (m <= 0)
+    margins = torch.where(accept, m, margins)
+    return torch.where(accept[:, None, None, None], cand, best), margins, margins <= 0
 
 
 def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, n_queries: int = 5000,
@@ -293,11 +310,7 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
             cand = (_candidate_linf(best, low, high, corners[:, j], signs[:, j], s, squares) if norm == "Linf"
                     else _candidate_lp(xs, best, corners[:, j], signs[:, j], transposes[:, j], s, eps, norm, squares))
             logits = model(cand)
-            m = margin(logits, ys)
-            accept = (m < margins) | (m <= 0)  # the official's rule: lower loss (= margin), or misclassified
-            best = torch.where(accept[:, None, None, None], cand, best)
-            margins = torch.where(accept, m, margins)
-            finished = margins <= 0
+            best, margins, finished = _accept(logits, ys, margins, best, cand)
             if finished.any():
                 rows = active[finished]
                 x_adv[rows] = best[finished]

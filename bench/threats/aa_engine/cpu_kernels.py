@@ -1,0 +1,299 @@
+"""The engine's per-iteration arithmetic outside the model, fused into CPU kernels (numba): each is one pass over a
+row while it sits in the core's cache, where torch makes a dozen or more passes over the whole batch, each bound by
+memory. On the project's 2-core CPU, FAB-T's step in torch (about 40 passes) took a third of the stage, as much as
+the model's forward pass; APGD's L-inf step (11 passes) about a tenth.
+
+- ``fab_step``: FAB's linearised boundary, the projections of the iterate and of the clean point onto it within
+  the box (L-inf and L2), their norms, and the convex combination that is the next iterate. Float64 inside (the
+  dot products and the water level's sums), so it is at least as close to the exact step as the torch step
+  (``fab.step``); the two agree to float rounding (``tests/aa_engine/test_cpu_kernels.py``).
+- ``apgd_linf_step``: APGD's L-inf step, the official's clamps, in the same float operations in the same order as
+  the torch step: bit for bit its result.
+
+Rows are independent, so no result depends on the thread count. Without numba (``AVAILABLE`` false), or on
+another device, the engine runs the torch steps; a run's implementation identity names the kernels (``name``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:
+    import numba
+except ImportError:  # an optional speed-up: the torch steps compute the same things
+    numba = None
+
+AVAILABLE = numba is not None
+FAB_NORMS = ("Linf", "L2")
+DEAD_WEIGHT = 1e-8  # the torch step's: coordinates with |w| at or below it take no part in the L2 projection
+TINY = np.finfo(np.float64).tiny
+DTYPES = (torch.float32, torch.float64)
+
+
+def name() -> str | None:
+    """The kernels' part of the engine's implementation identity: numba's version, or None (the torch steps)."""
+    return f"numba {numba.__version__}" if AVAILABLE else None
+
+
+def usable(x: Tensor) -> bool:
+    return AVAILABLE and x.device.type == "cpu" and x.dtype in DTYPES
+
+
+def fab_step(x1: Tensor, x0: Tensor, w: Tensor, f: Tensor, *, norm: str, eta: float, alpha_max: float
+             ) -> Tensor | None:
+    """FAB's next iterate (``fab.step``) from ``x1`` (points (m, ...); clean points ``x0``; the boundary's value
+    ``f`` (m,) and gradient ``w`` (m, d) at ``x1``), or None where the kernel does not apply: another norm or
+    device, or a non-finite value in ``w`` or ``f`` (its fast arithmetic assumes finite values; the torch step
+    then carries the NaN on as it always has)."""
+    if not usable(x1) or norm not in FAB_NORMS or not math.isfinite(float(w.sum()) + float(f.sum())):
+        return None
+    flat1 = _rows(x1)
+    out = torch.empty_like(flat1)
+    _threads()
+    _FAB(flat1.numpy(), _rows(x0).numpy(), _rows(w.to(x1.dtype)).numpy(), f.detach().double().numpy(),
+         norm == "Linf", float(eta), float(alpha_max), out.numpy())
+    return out.view_as(x1)
+
+
+def fab_record(logits: Tensor, label: Tensor, x1: Tensor, clean: Tensor, idx: Tensor, best: Tensor,
+               best_norm: Tensor, *, norm: str, beta: float) -> int | None:
+    """FAB's bookkeeping after its check pass (``fab._record``), in place: rows whose ``logits`` argmax is not
+    ``label`` are adversarial; where one is nearer ``clean`` than its point's record (``best_norm[idx]``) it
+    becomes the record in ``best``, and every one is pulled back towards ``clean`` by ``beta``. Returns how many
+    rows were adversarial, or None where the kernel does not apply (nothing touched)."""
+    tensors = (x1, clean, best, best_norm)
+    if not (usable(x1) and all(t.dtype == x1.dtype and t.is_contiguous() for t in tensors)
+            and logits.dtype == x1.dtype and norm in ("Linf", "L2", "L1")):
+        return None
+    return int(_FAB_RECORD(logits.detach().contiguous().numpy(), label.contiguous().numpy(),
+                           x1.view(len(x1), -1).numpy(), clean.view(len(clean), -1).numpy(),
+                           idx.contiguous().numpy(), best.view(len(best), -1).numpy(), best_norm.numpy(),
+                           ("Linf", "L2", "L1").index(norm), x1.new_tensor(beta).numpy()))
+
+
+def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low: Tensor, high: Tensor,
+                   a: float) -> Tensor | None:
+    """APGD's L-inf step (``apgd._linf_step``, bit for bit) from ``x_adv`` (previous iterate ``x_old``, gradient
+    ``grad``, step size per point ``step``, bounds ``low``/``high``, momentum weight ``a``), or None where the
+    kernel does not apply."""
+    if not usable(x_adv):
+        return None
+    flat = _rows(x_adv)
+    out = torch.empty_like(flat)
+    _threads()
+    _APGD(flat.numpy(), _rows(x_old).numpy(), _rows(grad).numpy(), step.detach().to(x_adv.dtype).numpy(),
+          _rows(low).numpy(), _rows(high).numpy(), x_adv.new_tensor([a, 1 - a]).numpy(), out.numpy())
+    return out.view_as(x_adv)
+
+
+def square_linf_candidate(best: Tensor, low: Tensor, high: Tensor, corner: Tensor, step: Tensor, s: int
+                          ) -> Tensor | None:
+    """Square's L-inf candidate (``square._candidate_linf``, bit for bit): ``best`` with each point's s x s square
+    (top-left ``corner``, (n, 2)) moved by ``step`` (n, c) and clipped to [``low``, ``high``]; or None where the
+    kernel does not apply."""
+    if not usable(best):
+        return None
+    out = torch.empty_like(best)
+    _threads()
+    _SQUARE_CANDIDATE(best.contiguous().numpy(), low.contiguous().numpy(), high.contiguous().numpy(),
+                      corner.contiguous().numpy(), step.to(best.dtype).contiguous().numpy(), s, out.numpy())
+    return out
+
+
+def square_accept(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor) -> Tensor | None:
+    """Square's acceptance (``square._accept``, bit for bit), in place: where the candidate's margin is lower than
+    ``margins`` or <= 0, ``best`` takes the candidate and ``margins`` its margin. Returns the finished points
+    (margin <= 0), or None where the kernel does not apply (``best`` and ``margins`` then untouched)."""
+    if not (usable(best) and best.is_contiguous() and margins.is_contiguous() and logits.dtype == best.dtype):
+        return None
+    finished = torch.empty(len(best), dtype=torch.bool)
+    _threads()
+    _SQUARE_ACCEPT(logits.detach().contiguous().numpy(), y.contiguous().numpy(), margins.numpy(),
+                   best.view(len(best), -1).numpy(), cand.detach().reshape(len(cand), -1).contiguous().numpy(),
+                   finished.numpy())
+    return finished
+
+
+def _rows(t: Tensor) -> Tensor:
+    return t.detach().reshape(len(t), -1).contiguous()
+
+
+def _threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _water_level(weight, level, need, full, slope):  # pragma: no cover - compiled by numba
+    """The row's water level mu (``fab._water_level``): sum_i weight_i * min(mu, level_i) = need, by Newton's
+    method from 0 (where the slope is ``slope``) on that concave piecewise-linear equation, exact once the slope
+    stops changing; +inf where even every coordinate at its level (``full``) falls short or just reaches it."""
+    if need >= full:
+        return math.inf
+    mu = need / max(slope, TINY)  # the first step, from g(0) = 0
+    used = slope
+    for _ in range(weight.shape[0]):  # each step before the last passes at least one breakpoint
+        slope, filled = 0.0, 0.0
+        for i in range(weight.shape[0]):
+            above = level[i] > mu
+            slope += weight[i] if above else 0.0
+            filled += weight[i] * (mu if above else level[i])
+        if slope == used:
+            break
+        mu += max((need - filled) / max(slope, TINY), 0.0)
+        used = slope
+    return mu
+
+
+def _fab(x1, x0, w, f, linf, eta, alpha_max, out):  # pragma: no cover - compiled by numba
+    d = x1.shape[1]
+    for r in numba.prange(x1.shape[0]):
+        a, c, g = x1[r], x0[r], w[r]
+        shift = 0.0  # <w, x0 - x1>: the iterate's gap to the hyperplane is f, the clean point's f + shift
+        for i in range(d):
+            shift += g[i] * (c[i] - a[i])
+        gap1, gap0 = f[r], f[r] + shift
+        s1, s0 = (-1.0 if gap1 < 0 else 1.0), (-1.0 if gap0 < 0 else 1.0)  # so that <s w, .> has to drop
+        # the water filling's weights and levels: a coordinate's room is how far it can go in the direction that
+        # lowers <s w, .> (t where s w > 0, else 1 - t); Linf: weight |w|, level room; L2: w^2, room / |w|
+        weight, level1, level0 = np.empty(d), np.empty(d), np.empty(d)
+        full1, full0, slope1, slope0 = 0.0, 0.0, 0.0, 0.0
+        for i in range(d):
+            size = abs(g[i])
+            room1 = a[i] if s1 * g[i] > 0.0 else 1.0 - a[i]
+            room0 = c[i] if s0 * g[i] > 0.0 else 1.0 - c[i]
+            if linf:
+                wt, lv1, lv0 = size, room1, room0
+            else:
+                inverse = 1.0 / size if size > DEAD_WEIGHT else 0.0
+                wt, lv1, lv0 = (size * size if size > DEAD_WEIGHT else 0.0), room1 * inverse, room0 * inverse
+            weight[i], level1[i], level0[i] = wt, lv1, lv0
+            full1 += wt * lv1
+            full0 += wt * lv0
+            slope1 += wt if lv1 > 0.0 else 0.0
+            slope0 += wt if lv0 > 0.0 else 0.0
+        mu1 = _water_level(weight, level1, abs(gap1), full1, slope1)
+        mu0 = _water_level(weight, level0, abs(gap0), full0, slope0)
+        n1, n0 = 0.0, 0.0
+        for i in range(d):  # the steps, against the sign of s w, kept in the levels' place
+            scale = 1.0 if linf else abs(g[i])
+            d1, d0 = min(mu1, level1[i]) * scale, min(mu0, level0[i]) * scale
+            d1 = -d1 if s1 * g[i] > 0.0 else (d1 if s1 * g[i] < 0.0 else 0.0)
+            d0 = -d0 if s0 * g[i] > 0.0 else (d0 if s0 * g[i] < 0.0 else 0.0)
+            level1[i], level0[i] = d1, d0
+            if linf:
+                n1, n0 = max(n1, abs(d1)), max(n0, abs(d0))
+            else:
+                n1, n0 = n1 + d1 * d1, n0 + d0 * d0
+        if not linf:
+            n1, n0 = math.sqrt(n1), math.sqrt(n0)
+        n1, n0 = max(n1, 1e-8), max(n0, 1e-8)
+        alpha = min(max(n1 / (n1 + n0), 0.0), alpha_max)
+        for i in range(d):
+            v = (a[i] + eta * level1[i]) * (1.0 - alpha) + (c[i] + eta * level0[i]) * alpha
+            out[r, i] = min(max(v, 0.0), 1.0)
+
+
+def _fab_record(logits, label, x1, clean, idx, best, best_norm, norm, beta):  # pragma: no cover - numba
+    """Per row: torch's argmax (the first maximum, NaN counting as the largest); where it is not the label, the
+    row's distance to ``clean`` in the norm (0 Linf, 1 L2, 2 L1), a new record where it is the point's smallest,
+    and the pull back clean + (x1 - clean) * beta in the rows' dtype (torch's arithmetic)."""
+    found = 0
+    for r in range(x1.shape[0]):
+        top, value = 0, logits[r, 0]
+        for k in range(1, logits.shape[1]):
+            if value != value:
+                break
+            if logits[r, k] > value or logits[r, k] != logits[r, k]:
+                top, value = k, logits[r, k]
+        if top == label[r]:
+            continue
+        found += 1
+        dist = 0.0  # float64: Linf's max is exact either way, L2's and L1's sums the closer
+        for i in range(x1.shape[1]):
+            moved = x1[r, i] - clean[r, i]
+            if norm == 0:
+                dist = max(dist, abs(moved))
+            elif norm == 1:
+                dist += moved * moved
+            else:
+                dist += abs(moved)
+        if norm == 1:
+            dist = np.sqrt(dist)
+        point = idx[r]
+        if dist < best_norm[point]:
+            best_norm[point] = dist
+            best[point] = x1[r]
+        for i in range(x1.shape[1]):
+            x1[r, i] = clean[r, i] + (x1[r, i] - clean[r, i]) * beta[()]
+    return found
+
+
+def _apgd(x_adv, x_old, grad, step, low, high, weights, out):  # pragma: no cover - compiled by numba
+    """The torch step's float operations, in its order and its dtype (``weights``: a and 1 - a in it): z = clamp(x +
+    s * sign(g)), then clamp(x + (z - x) * a + (x - x_old) * (1 - a)); clamp(v) = min(max(v, low), high)."""
+    a, rest = weights[0], weights[1]
+    for r in numba.prange(x_adv.shape[0]):
+        s = step[r]
+        for i in range(x_adv.shape[1]):
+            x, lo, hi = x_adv[r, i], low[r, i], high[r, i]
+            g = grad[r, i]
+            z = x + s if g > 0 else (x - s if g < 0 else x)  # x + s * sign(g): torch's sign is 0 at 0 and NaN
+            z = lo if z < lo else z
+            z = hi if z > hi else z
+            v = x + (z - x) * a + (x - x_old[r, i]) * rest
+            v = lo if v < lo else v
+            out[r, i] = hi if v > hi else v
+
+
+def _square_candidate(best, low, high, corner, step, s, out):  # pragma: no cover - compiled by numba
+    """out = best, then on each point's square min(max(best + step, low), high) per channel (torch's clamp order)."""
+    for r in numba.prange(best.shape[0]):
+        out[r] = best[r]
+        top, left = corner[r, 0], corner[r, 1]
+        for ch in range(best.shape[1]):
+            move = step[r, ch]
+            for i in range(top, top + s):
+                for j in range(left, left + s):
+                    v = best[r, ch, i, j] + move
+                    lo, hi = low[r, ch, i, j], high[r, ch, i, j]
+                    v = lo if v < lo else v
+                    out[r, ch, i, j] = hi if v > hi else v
+
+
+def _square_accept(logits, y, margins, best, cand, finished):  # pragma: no cover - compiled by numba
+    """Per point: its margin (the true logit minus the largest other), the official's acceptance rule (lower, or
+    <= 0), the accepted candidate copied into ``best``, and whether its margin is now <= 0."""
+    for r in numba.prange(logits.shape[0]):
+        true = logits[r, y[r]]
+        other = -np.inf
+        for k in range(logits.shape[1]):
+            v = logits[r, k]
+            if k != y[r] and (v > other or v != v):  # NaN kept, as torch's amax keeps it
+                other = v
+        m = true - other
+        if m < margins[r] or m <= 0:
+            margins[r] = m
+            best[r] = cand[r]
+        finished[r] = margins[r] <= 0
+
+
+def _compiled(fn, **options):
+    """``fn`` compiled on its first call, cached on disk where numba finds a writable place (else compiled anew in
+    each process: about 5 s for the FAB step)."""
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(**options)(fn)
+
+
+if AVAILABLE:
+    # FAB: fastmath for vectorised sums and selects, which assume finite values (``fab_step`` checks its inputs);
+    # APGD: none, so that every float operation is the torch step's
+    _water_level = _compiled(_water_level, fastmath=True)
+    _FAB = _compiled(_fab, parallel=True, fastmath=True)
+    _FAB_RECORD = _compiled(_fab_record)
+    _APGD = _compiled(_apgd, parallel=True)
+    _SQUARE_CANDIDATE = _compiled(_square_candidate, parallel=True)
+    _SQUARE_ACCEPT = _compiled(_square_accept, parallel=True)

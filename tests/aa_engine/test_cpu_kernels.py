@@ -1,0 +1,188 @@
+"""The fused CPU kernels against the torch steps they replace: FAB's to float rounding (it computes in float64
+inside), APGD's bit for bit; neither depends on the thread count, and the torch steps still run where the kernels
+do not apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.threats.aa_engine import cpu_kernels
+from bench.threats.aa_engine.apgd import linf_step
+from bench.threats.aa_engine.fab import step
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture
+def torch_steps(monkeypatch):
+    """The torch steps, as on a machine without numba."""
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+
+
+def _fab_problem(rows: int, seed: int, dtype=torch.float32):
+    """FAB iterates and clean points in [0, 1] (a fifth of the pixels on the box's faces), gradients with a fifth
+    exactly 0 and a few rows all 0, and boundary values from 0 (on the plane) to far out of the box's reach."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(rows, 1, 8, 8, generator=g, dtype=dtype)
+    x0[..., :2, :] = x0[..., :2, :].round()
+    x1 = (x0 + 0.2 * torch.randn(x0.shape, generator=g, dtype=dtype)).clamp(0.0, 1.0)
+    w = torch.randn(rows, 64, generator=g, dtype=dtype)
+    w[torch.rand(rows, 64, generator=g) < 0.2] = 0
+    w[:3] = 0
+    f = torch.randn(rows, generator=g, dtype=dtype) * torch.logspace(-3, 2, rows, dtype=dtype)
+    f[3:6] = 0
+    return x1, x0, w, f
+
+
+def _torch_fab(monkeypatch, *args, **kwargs):
+    with monkeypatch.context() as m:
+        m.setattr(cpu_kernels, "AVAILABLE", False)
+        return step(*args, **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_fab_step_is_the_torch_step_to_rounding(monkeypatch, norm):
+    """In float64 the two agree to 1e-9 (both solve the same water filling exactly, summing in other orders); in
+    float32 the kernel (float64 inside) is at least as close to the float64 step as the torch step in float32."""
+    kwargs = dict(norm=norm, eta=1.05, alpha_max=0.1)
+    x1, x0, w, f = _fab_problem(300, seed=1, dtype=torch.float64)
+    exact = _torch_fab(monkeypatch, x1, x0, w, f, **kwargs)
+    fused = cpu_kernels.fab_step(x1, x0, w, f, **kwargs)
+    assert fused is not None and fused.dtype == torch.float64
+    moved = (exact - x1).flatten(1).abs().amax(1) > 1e-3
+    assert moved.sum() > 250  # the steps are not trivial
+    torch.testing.assert_close(fused, exact, rtol=0, atol=1e-9)
+    single = [x.float() for x in (x1, x0, w, f)]
+    fused32 = cpu_kernels.fab_step(*single, **kwargs)
+    torch32 = _torch_fab(monkeypatch, *single, **kwargs)
+    assert fused32.dtype == torch.float32
+    assert (fused32.double() - exact).abs().max() <= max((torch32.double() - exact).abs().max(), 1e-7)
+
+
+def test_fab_step_does_not_depend_on_threads():
+    x1, x0, w, f = _fab_problem(64, seed=2)
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(cpu_kernels.fab_step(x1, x0, w, f, norm="Linf", eta=1.05, alpha_max=0.1))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0], out[1])
+
+
+def test_fab_step_leaves_non_finite_gradients_to_the_torch_step(monkeypatch):
+    """The kernel's fast arithmetic assumes finite values: a NaN or inf gradient goes to the torch step, whose
+    NaN iterate the run then carries as it always has (no adversarial example is ever recorded from it)."""
+    x1, x0, w, f = _fab_problem(8, seed=3)
+    for bad in (float("nan"), float("inf")):
+        w2 = w.clone()
+        w2[4, 7] = bad
+        assert cpu_kernels.fab_step(x1, x0, w2, f, norm="Linf", eta=1.05, alpha_max=0.1) is None
+        out = step(x1, x0, w2, f, norm="Linf", eta=1.05, alpha_max=0.1)
+        assert torch.equal(out.isnan(), _torch_fab(monkeypatch, x1, x0, w2, f, norm="Linf", eta=1.05,
+                                                   alpha_max=0.1).isnan())
+    assert cpu_kernels.fab_step(x1, x0, w, f, norm="L1", eta=1.05, alpha_max=0.1) is None  # L1: the torch step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("a", [1.0, 0.75])
+def test_apgd_linf_step_is_the_torch_step_bit_for_bit(monkeypatch, dtype, a):
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(50, 3, 6, 6, generator=g, dtype=dtype)
+    x[:, 0] = x[:, 0].round()  # on the box's faces
+    eps = 8 / 255
+    low, high = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+    x_adv = torch.minimum(torch.maximum(x + eps * (2 * torch.rand(x.shape, generator=g, dtype=dtype) - 1), low),
+                          high)
+    x_old = torch.minimum(torch.maximum(x_adv + 0.01 * torch.randn(x.shape, generator=g, dtype=dtype), low), high)
+    grad = torch.randn(x.shape, generator=g, dtype=dtype)
+    grad[grad.abs() < 0.3] = 0  # sign 0: no move
+    grad[0, 0, 0, 0] = float("nan")  # torch's sign: 0, no move
+    x_old[1, 0, 0, 0] = float("nan")  # carried through the momentum and the clamp
+    step_size = torch.rand(50, generator=g, dtype=dtype) * 2 * eps
+    fused = cpu_kernels.apgd_linf_step(x_adv, x_old, grad, step_size, low, high, a)
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    reference = linf_step(x_adv, x_old, grad, step_size, low, high, a)
+    assert fused is not None and fused.dtype == dtype
+    assert torch.equal(fused.isnan(), reference.isnan()) and bool(fused.isnan().any())
+    assert torch.equal(fused.nan_to_num(), reference.nan_to_num())
+    assert (fused != x_adv).float().mean() > 0.3
+
+
+def test_kernels_apply_on_cpu_floats_only_and_name_themselves(torch_steps):
+    assert cpu_kernels.name() is None and not cpu_kernels.usable(torch.zeros(2, 2))
+
+
+def test_kernels_name_numba_when_available():
+    import numba
+
+    assert cpu_kernels.name() == f"numba {numba.__version__}"
+    assert cpu_kernels.usable(torch.zeros(2, 2)) and not cpu_kernels.usable(torch.zeros(2, 2, dtype=torch.float16))
+
+
+def test_square_candidate_and_acceptance_are_the_torch_steps_bit_for_bit(monkeypatch):
+    """Square's L-inf candidate (squares at the image's edges included) and its acceptance rule (lower margin, or
+    <= 0; NaN logits never accepted), fused against torch, on the same inputs."""
+    from bench.threats.aa_engine.square import _Squares, _accept, _candidate_linf
+
+    g = torch.Generator().manual_seed(5)
+    n, c, h, w, s, eps = 40, 3, 7, 7, 3, 0.1
+    x = torch.rand(n, c, h, w, generator=g)
+    low, high = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+    best = torch.minimum(torch.maximum(x + eps * torch.randn(x.shape, generator=g), low), high)
+    corner = torch.randint(0, h - s + 1, (n, 2), generator=g)
+    corner[0] = torch.tensor([h - s, w - s])
+    step_ = 2 * eps * torch.where(torch.rand(n, c, generator=g) < 0.5, -1.0, 1.0)
+    logits = torch.randn(n, 10, generator=g)
+    logits[1, 4] = float("nan")
+    y = torch.randint(0, 10, (n,), generator=g)
+    margins = torch.randn(n, generator=g)
+
+    fused_cand = _candidate_linf(best, low, high, corner, step_, s, _Squares(c, h, w, x.device, x.dtype))
+    fused = _accept(logits, y, margins.clone(), best.clone(), fused_cand)
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    cand = _candidate_linf(best, low, high, corner, step_, s, _Squares(c, h, w, x.device, x.dtype))
+    reference = _accept(logits, y, margins.clone(), best.clone(), cand)
+    assert torch.equal(fused_cand, cand) and (cand != best).any()
+    for ours, theirs in zip(fused, reference):
+        assert torch.equal(ours, theirs)
+    accepted = (reference[1] != margins)
+    assert 0 < accepted.sum() < n and not accepted[1] and reference[2].any()
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_fab_record_is_the_torch_bookkeeping(monkeypatch, norm):
+    """FAB's records and pull backs after a check pass, fused against torch: the same adversarial rows (argmax ties
+    and NaN logits as torch's argmax reads them), the same records, the same pulled-back rows; L-inf bit for bit,
+    L2 and L1 norms to float rounding (summed in float64)."""
+    from bench.threats.aa_engine.fab import _record
+
+    g = torch.Generator().manual_seed(6)
+    m, n = 60, 80
+    x1 = torch.rand(m, 1, 5, 5, generator=g)
+    clean = torch.rand(m, 1, 5, 5, generator=g)
+    idx = torch.randperm(n, generator=g)[:m]  # each row its own record, as in a run
+    logits = torch.randn(m, 4, generator=g)
+    logits[0] = torch.tensor([1.0, 3.0, 3.0, 0.0])  # a tie: the first maximum
+    logits[1, 2] = float("nan")  # NaN counts as the largest
+    label = torch.randint(0, 4, (m,), generator=g)
+    label[0], label[1] = 2, 2
+    best0 = torch.rand(n, 1, 5, 5, generator=g)
+    norm0 = torch.where(torch.rand(n, generator=g) < 0.5, float("inf"), torch.rand(n, generator=g) * 3)
+
+    def once():
+        state = [t.clone() for t in (x1, best0, norm0)]
+        count = _record(logits, label, state[0], clean, idx, state[1], state[2], norm=norm, beta=0.9)
+        return count, state
+
+    fused_count, fused = once()
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    count, reference = once()
+    assert fused_count == count and 10 < count < m
+    exact = (lambda a, b: torch.equal(a, b)) if norm == "Linf" else (
+        lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=0))
+    for ours, theirs in zip(fused, reference):
+        assert exact(ours, theirs)
+    assert not torch.equal(reference[0], x1) and not torch.equal(reference[2], norm0)
