@@ -122,7 +122,11 @@ def _rows(t: Tensor) -> Tensor:
 
 
 def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """numba's threads as torch's (the run's thread count), set only when that changed: setting costs more than a
+    small kernel's call."""
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
 
 
 def _water_level(weight, level, need, full, slope):  # pragma: no cover - compiled by numba
