@@ -1,6 +1,6 @@
-"""The fused CPU kernels against the torch steps they replace: FAB's to float rounding (it computes in float64
-inside), APGD's bit for bit; neither depends on the thread count, and the torch steps still run where the kernels
-do not apply."""
+"""The fused CPU kernels against the torch steps they replace, on the same inputs: FAB's step to float rounding (it
+computes in float64 inside), its L2 and L1 records likewise, the rest bit for bit; the result does not depend on the
+thread count, and the torch steps still run where the kernels do not apply."""
 from __future__ import annotations
 
 import pytest

@@ -6,12 +6,15 @@ the model's forward pass; APGD's L-inf step (11 passes) about a tenth.
 - ``fab_step``: FAB's linearised boundary, the projections of the iterate and of the clean point onto it within
   the box (L-inf and L2), their norms, and the convex combination that is the next iterate. Float64 inside (the
   dot products and the water level's sums), so it is at least as close to the exact step as the torch step
-  (``fab.step``); the two agree to float rounding (``tests/aa_engine/test_cpu_kernels.py``).
-- ``apgd_linf_step``: APGD's L-inf step, the official's clamps, in the same float operations in the same order as
-  the torch step: bit for bit its result.
+  (``fab.step``); the two agree to float rounding.
+- ``fab_record``: FAB's records and pull backs after its check pass (``fab._record``); L-inf bit for bit, the L2
+  and L1 distances summed in float64.
+- ``apgd_linf_step``, ``square_linf_candidate``, ``square_accept``: APGD's L-inf step, Square's L-inf candidate and
+  its acceptance rule, in the same float operations in the same order as the torch steps: bit for bit theirs.
 
-Rows are independent, so no result depends on the thread count. Without numba (``AVAILABLE`` false), or on
-another device, the engine runs the torch steps; a run's implementation identity names the kernels (``name``).
+``tests/aa_engine/test_cpu_kernels.py`` holds each to its torch step. Rows are independent, so no result depends
+on the thread count. Without numba (``AVAILABLE`` false), or on another device, the engine runs the torch steps;
+a run's implementation identity names the kernels (``name``).
 """
 from __future__ import annotations
 
@@ -21,14 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.threats.aa_engine.geometry import DEAD_WEIGHT
+
 try:
     import numba
 except ImportError:  # an optional speed-up: the torch steps compute the same things
     numba = None
 
 AVAILABLE = numba is not None
-FAB_NORMS = ("Linf", "L2")
-DEAD_WEIGHT = 1e-8  # the torch step's: coordinates with |w| at or below it take no part in the L2 projection
+FAB_NORMS = ("Linf", "L2")  # fab_step's; L1's greedy projection stays the torch step's
+RECORD_NORMS = ("Linf", "L2", "L1")  # fab_record's, in the order of its norm codes
 TINY = np.finfo(np.float64).tiny
 DTYPES = (torch.float32, torch.float64)
 
@@ -39,6 +44,7 @@ def name() -> str | None:
 
 
 def usable(x: Tensor) -> bool:
+    """Whether the kernels can take ``x``'s tensors: numba present, on the CPU, in float32 or float64."""
     return AVAILABLE and x.device.type == "cpu" and x.dtype in DTYPES
 
 
@@ -54,7 +60,7 @@ def fab_step(x1: Tensor, x0: Tensor, w: Tensor, f: Tensor, *, norm: str, eta: fl
     out = torch.empty_like(flat1)
     _threads()
     _FAB(flat1.numpy(), _rows(x0).numpy(), _rows(w.to(x1.dtype)).numpy(), f.detach().double().numpy(),
-         norm == "Linf", float(eta), float(alpha_max), out.numpy())
+         norm == "Linf", float(eta), float(alpha_max), DEAD_WEIGHT, out.numpy())
     return out.view_as(x1)
 
 
@@ -66,17 +72,17 @@ def fab_record(logits: Tensor, label: Tensor, x1: Tensor, clean: Tensor, idx: Te
     rows were adversarial, or None where the kernel does not apply (nothing touched)."""
     tensors = (x1, clean, best, best_norm)
     if not (usable(x1) and all(t.dtype == x1.dtype and t.is_contiguous() for t in tensors)
-            and logits.dtype == x1.dtype and norm in ("Linf", "L2", "L1")):
+            and logits.dtype == x1.dtype and norm in RECORD_NORMS):
         return None
     return int(_FAB_RECORD(logits.detach().contiguous().numpy(), label.contiguous().numpy(),
                            x1.view(len(x1), -1).numpy(), clean.view(len(clean), -1).numpy(),
                            idx.contiguous().numpy(), best.view(len(best), -1).numpy(), best_norm.numpy(),
-                           ("Linf", "L2", "L1").index(norm), x1.new_tensor(beta).numpy()))
+                           RECORD_NORMS.index(norm), x1.new_tensor(beta).numpy()))
 
 
 def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low: Tensor, high: Tensor,
                    a: float) -> Tensor | None:
-    """APGD's L-inf step (``apgd._linf_step``, bit for bit) from ``x_adv`` (previous iterate ``x_old``, gradient
+    """APGD's L-inf step (``apgd.linf_step``, bit for bit) from ``x_adv`` (previous iterate ``x_old``, gradient
     ``grad``, step size per point ``step``, bounds ``low``/``high``, momentum weight ``a``), or None where the
     kernel does not apply."""
     if not usable(x_adv):
@@ -150,7 +156,10 @@ def _water_level(weight, level, need, full, slope):  # pragma: no cover - compil
     return mu
 
 
-def _fab(x1, x0, w, f, linf, eta, alpha_max, out):  # pragma: no cover - compiled by numba
+def _fab(x1, x0, w, f, linf, eta, alpha_max, dead, out):  # pragma: no cover - compiled by numba
+    """Per row: both gaps to the hyperplane, the water filling's weights and levels for both points, their water
+    levels, the steps and their norms, then alpha and the next iterate (``fab.step``'s arithmetic, in float64).
+    ``dead``: ``DEAD_WEIGHT``, an argument so that a cached compilation never holds a stale copy of it."""
     d = x1.shape[1]
     for r in numba.prange(x1.shape[0]):
         a, c, g = x1[r], x0[r], w[r]
@@ -170,8 +179,8 @@ def _fab(x1, x0, w, f, linf, eta, alpha_max, out):  # pragma: no cover - compile
             if linf:
                 wt, lv1, lv0 = size, room1, room0
             else:
-                inverse = 1.0 / size if size > DEAD_WEIGHT else 0.0
-                wt, lv1, lv0 = (size * size if size > DEAD_WEIGHT else 0.0), room1 * inverse, room0 * inverse
+                inverse = 1.0 / size if size > dead else 0.0
+                wt, lv1, lv0 = (size * size if size > dead else 0.0), room1 * inverse, room0 * inverse
             weight[i], level1[i], level0[i] = wt, lv1, lv0
             full1 += wt * lv1
             full0 += wt * lv0
@@ -285,7 +294,7 @@ def _square_accept(logits, y, margins, best, cand, finished):  # pragma: no cove
 
 def _compiled(fn, **options):
     """``fn`` compiled on its first call, cached on disk where numba finds a writable place (else compiled anew in
-    each process: about 5 s for the FAB step)."""
+    each process: about 13 s for all the kernels of one dtype)."""
     try:
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"

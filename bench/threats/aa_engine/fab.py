@@ -36,10 +36,9 @@ import torch
 from torch import Tensor
 
 from bench.threats.aa_engine import cpu_kernels, rng, runs
-from bench.threats.aa_engine.geometry import norms, per_point
+from bench.threats.aa_engine.geometry import DEAD_WEIGHT, norms, per_point
 
 NORMS = ("Linf", "L2", "L1")
-DEAD_WEIGHT = 1e-8  # coordinates with |w| below this take no part in the L2 and L1 projections (as the official)
 
 
 # --- projection onto {z : <w, z> = b} intersected with [0, 1]^n -----------------------------------------------------

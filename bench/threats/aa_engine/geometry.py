@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# FAB's: coordinates with |w| at or below it take no part in the L2 and L1 projections (as the official)
+DEAD_WEIGHT = 1e-8
+
 
 def norms(delta: Tensor, norm: str) -> Tensor:
     """Each point's ||delta||_p (``norm``: Linf, L2 or L1), shape (n,)."""
