@@ -172,3 +172,19 @@ def test_mixed_precision_is_opt_in_identity_never_decides_and_is_checked_against
     same = autoattack(digits_model, x, y, precision="bf16", **kw)
     assert same.remarks[0].startswith("attacks in bf16") and not honest.remarks and not honest.precision_check
     assert abs(int(same.robust.sum()) - int(honest.robust.sum())) <= paired_tolerance(same.robust, honest.robust)
+
+
+def test_a_run_of_another_engine_revision_is_stale_not_another_engine(digits_model, tmp_path, monkeypatch):
+    """The note beside a new run names why an earlier run of the same question was not reused: another engine
+    (official against bench) is said so; the same engine at another revision is stale code."""
+    import bench.threats.aa_engine.engine as engine
+
+    kw = dict(dataset="digits", n=8, batch_size=8, results=tmp_path, progress=False)
+    card = threat("autoattack", "aa-bench", engine="bench", norm="Linf", eps=0.1, version="custom",
+                  attacks=["apgd-ce"])
+    first = evaluate(digits_model, card, **kw)
+    monkeypatch.setattr(engine, "ENGINE_REVISION", engine.ENGINE_REVISION + 1)
+    second = evaluate(digits_model, card, **kw)
+    assert second.run_id != first.run_id
+    notes = [n for n in second.notes if first.run_id in n]
+    assert notes and "stale (made by other code)" in notes[0] and "other engine" not in notes[0]
