@@ -122,34 +122,24 @@ def test_kernels_name_numba_when_available():
     assert cpu_kernels.usable(torch.zeros(2, 2)) and not cpu_kernels.usable(torch.zeros(2, 2, dtype=torch.float16))
 
 
-def test_square_candidate_and_acceptance_are_the_torch_steps_bit_for_bit(monkeypatch):
-    """Square's L-inf candidate (squares at the image's edges included) and its acceptance rule (lower margin, or
-    <= 0; NaN logits never accepted), fused against torch, on the same inputs."""
-    from bench.threats.aa_engine.square import _Squares, _accept, _candidate_linf
+def test_square_linf_run_is_the_torch_run_bit_for_bit(monkeypatch, model):
+    """Square's L-inf candidates and acceptance fused (the candidate in a buffer kept equal to the best point outside
+    each square) against the torch steps (a fresh candidate each iteration): the same examples, outcomes and query
+    counts, bit for bit, on a run where points finish at different iterations (so the batch shrinks under both)."""
+    from bench.data import load_dataset
+    from bench.threats.aa_engine import rng
+    from bench.threats.aa_engine.square import run_square
 
-    g = torch.Generator().manual_seed(5)
-    n, c, h, w, s, eps = 40, 3, 7, 7, 3, 0.1
-    x = torch.rand(n, c, h, w, generator=g)
-    low, high = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
-    best = torch.minimum(torch.maximum(x + eps * torch.randn(x.shape, generator=g), low), high)
-    corner = torch.randint(0, h - s + 1, (n, 2), generator=g)
-    corner[0] = torch.tensor([h - s, w - s])
-    step_ = 2 * eps * torch.where(torch.rand(n, c, generator=g) < 0.5, -1.0, 1.0)
-    logits = torch.randn(n, 10, generator=g)
-    logits[1, 4] = float("nan")
-    y = torch.randint(0, 10, (n,), generator=g)
-    margins = torch.randn(n, generator=g)
-
-    fused_cand = _candidate_linf(best, low, high, corner, step_, s, _Squares(c, h, w, x.device, x.dtype))
-    fused = _accept(logits, y, margins.clone(), best.clone(), fused_cand)
+    data = load_dataset("digits", "test")
+    x, y = data.x[:40], data.y[:40]
+    keys = rng.point_keys(0, torch.arange(40), "square")
+    fused = run_square(model, x, y, norm="Linf", eps=0.15, keys=keys, n_queries=300)
     monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
-    cand = _candidate_linf(best, low, high, corner, step_, s, _Squares(c, h, w, x.device, x.dtype))
-    reference = _accept(logits, y, margins.clone(), best.clone(), cand)
-    assert torch.equal(fused_cand, cand) and (cand != best).any()
-    for ours, theirs in zip(fused, reference):
+    reference = run_square(model, x, y, norm="Linf", eps=0.15, keys=keys, n_queries=300)
+    assert 5 < int(reference.fooled.sum()) < 35 and len(set(reference.queries.tolist())) > 5
+    for ours, theirs in zip((fused.x_adv, fused.fooled, fused.queries),
+                            (reference.x_adv, reference.fooled, reference.queries)):
         assert torch.equal(ours, theirs)
-    accepted = (reference[1] != margins)
-    assert 0 < accepted.sum() < n and not accepted[1] and reference[2].any()
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])

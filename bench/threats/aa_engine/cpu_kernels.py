@@ -9,8 +9,11 @@ the model's forward pass; APGD's L-inf step (11 passes) about a tenth.
   (``fab.step``); the two agree to float rounding.
 - ``fab_record``: FAB's records and pull backs after its check pass (``fab._record``); L-inf bit for bit, the L2
   and L1 distances summed in float64.
-- ``apgd_linf_step``, ``square_linf_candidate``, ``square_accept``: APGD's L-inf step, Square's L-inf candidate and
-  its acceptance rule, in the same float operations in the same order as the torch steps: bit for bit theirs.
+- ``apgd_linf_step``: APGD's L-inf step, in the same float operations in the same order as the torch step: bit for
+  bit its result.
+- ``square_linf_propose``, ``square_settle``: Square's L-inf candidate and its acceptance rule, bit for bit the
+  torch steps', but on the squares only: the candidate lives in a buffer kept equal to the best point outside each
+  iteration's square, so no iteration copies the batch.
 
 ``tests/aa_engine/test_cpu_kernels.py`` holds each to its torch step. Rows are independent, so no result depends
 on the thread count. Without numba (``AVAILABLE`` false), or on another device, the engine runs the torch steps;
@@ -95,31 +98,25 @@ def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low
     return out.view_as(x_adv)
 
 
-def square_linf_candidate(best: Tensor, low: Tensor, high: Tensor, corner: Tensor, step: Tensor, s: int
-                          ) -> Tensor | None:
-    """Square's L-inf candidate (``square._candidate_linf``, bit for bit): ``best`` with each point's s x s square
-    (top-left ``corner``, (n, 2)) moved by ``step`` (n, c) and clipped to [``low``, ``high``]; or None where the
-    kernel does not apply."""
-    if not usable(best):
-        return None
-    out = torch.empty_like(best)
+def square_linf_propose(cand: Tensor, best: Tensor, low: Tensor, high: Tensor, corner: Tensor, step: Tensor,
+                        s: int) -> None:
+    """Square's L-inf candidate written into ``cand``, a buffer equal to ``best`` outside the iteration's squares
+    (``square_settle`` keeps it so): on each point's s x s square (top-left ``corner``, (n, 2)) ``best`` moved by
+    ``step`` (n, c) and clipped to [``low``, ``high``]; bit for bit ``square._candidate_linf``. The batch is not
+    copied, only the squares are written. For CPU tensors of one float dtype (``usable``)."""
     _threads()
-    _SQUARE_CANDIDATE(best.contiguous().numpy(), low.contiguous().numpy(), high.contiguous().numpy(),
-                      corner.contiguous().numpy(), step.to(best.dtype).contiguous().numpy(), s, out.numpy())
-    return out
+    _SQUARE_PROPOSE(cand.numpy(), best.numpy(), low.numpy(), high.numpy(), corner.contiguous().numpy(),
+                    step.to(best.dtype).contiguous().numpy(), s)
 
 
-def square_accept(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor) -> Tensor | None:
-    """Square's acceptance (``square._accept``, bit for bit), in place: where the candidate's margin is lower than
-    ``margins`` or <= 0, ``best`` takes the candidate and ``margins`` its margin. Returns the finished points
-    (margin <= 0), or None where the kernel does not apply (``best`` and ``margins`` then untouched)."""
-    if not (usable(best) and best.is_contiguous() and margins.is_contiguous() and logits.dtype == best.dtype):
-        return None
+def square_settle(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor, corner: Tensor, s: int
+                  ) -> Tensor:
+    """Square's acceptance after ``square_linf_propose``, in place (bit for bit ``square._accept``): where the
+    candidate's margin is lower than ``margins`` or <= 0, its square goes into ``best`` and its margin into
+    ``margins``; elsewhere ``cand``'s square is restored from ``best``. Returns the finished points (margin <= 0)."""
     finished = torch.empty(len(best), dtype=torch.bool)
-    _threads()
-    _SQUARE_ACCEPT(logits.detach().contiguous().numpy(), y.contiguous().numpy(), margins.numpy(),
-                   best.view(len(best), -1).numpy(), cand.detach().reshape(len(cand), -1).contiguous().numpy(),
-                   finished.numpy())
+    _SQUARE_SETTLE(logits.detach().contiguous().numpy(), y.contiguous().numpy(), margins.numpy(),
+                   best.numpy(), cand.numpy(), corner.contiguous().numpy(), s, finished.numpy())
     return finished
 
 
@@ -260,10 +257,9 @@ def _apgd(x_adv, x_old, grad, step, low, high, weights, out):  # pragma: no cove
             out[r, i] = hi if v > hi else v
 
 
-def _square_candidate(best, low, high, corner, step, s, out):  # pragma: no cover - compiled by numba
-    """out = best, then on each point's square min(max(best + step, low), high) per channel (torch's clamp order)."""
-    for r in numba.prange(best.shape[0]):
-        out[r] = best[r]
+def _square_propose(cand, best, low, high, corner, step, s):  # pragma: no cover - compiled by numba
+    """On each point's square: min(max(best + step, low), high) per channel (torch's clamp order), into cand."""
+    for r in range(best.shape[0]):
         top, left = corner[r, 0], corner[r, 1]
         for ch in range(best.shape[1]):
             move = step[r, ch]
@@ -272,13 +268,14 @@ def _square_candidate(best, low, high, corner, step, s, out):  # pragma: no cove
                     v = best[r, ch, i, j] + move
                     lo, hi = low[r, ch, i, j], high[r, ch, i, j]
                     v = lo if v < lo else v
-                    out[r, ch, i, j] = hi if v > hi else v
+                    cand[r, ch, i, j] = hi if v > hi else v
 
 
-def _square_accept(logits, y, margins, best, cand, finished):  # pragma: no cover - compiled by numba
+def _square_settle(logits, y, margins, best, cand, corner, s, finished):  # pragma: no cover - compiled by numba
     """Per point: its margin (the true logit minus the largest other), the official's acceptance rule (lower, or
-    <= 0), the accepted candidate copied into ``best``, and whether its margin is now <= 0."""
-    for r in numba.prange(logits.shape[0]):
+    <= 0), the square copied from cand into best where accepted and back from best into cand where not, and
+    whether the margin is now <= 0."""
+    for r in range(logits.shape[0]):
         true = logits[r, y[r]]
         other = -np.inf
         for k in range(logits.shape[1]):
@@ -286,9 +283,17 @@ def _square_accept(logits, y, margins, best, cand, finished):  # pragma: no cove
             if k != y[r] and (v > other or v != v):  # NaN kept, as torch's amax keeps it
                 other = v
         m = true - other
-        if m < margins[r] or m <= 0:
+        accept = m < margins[r] or m <= 0
+        if accept:
             margins[r] = m
-            best[r] = cand[r]
+        top, left = corner[r, 0], corner[r, 1]
+        for ch in range(best.shape[1]):
+            for i in range(top, top + s):
+                for j in range(left, left + s):
+                    if accept:
+                        best[r, ch, i, j] = cand[r, ch, i, j]
+                    else:
+                        cand[r, ch, i, j] = best[r, ch, i, j]
         finished[r] = margins[r] <= 0
 
 
@@ -308,5 +313,6 @@ if AVAILABLE:
     _FAB = _compiled(_fab, parallel=True, fastmath=True)
     _FAB_RECORD = _compiled(_fab_record)
     _APGD = _compiled(_apgd, parallel=True)
-    _SQUARE_CANDIDATE = _compiled(_square_candidate, parallel=True)
-    _SQUARE_ACCEPT = _compiled(_square_accept, parallel=True)
+    # Square's: serial, as a parallel launch costs more than a few small squares' work
+    _SQUARE_PROPOSE = _compiled(_square_propose)
+    _SQUARE_SETTLE = _compiled(_square_settle)

@@ -216,11 +216,7 @@ def _candidate_linf(best: Tensor, low: Tensor, high: Tensor, corner: Tensor, ste
     """One square of each channel pushed to a random face of the Linf ball: best + step (2 eps * sign, per channel)
     there, clipped to the ball and the box (``low``/``high``: x -+ eps clipped to [0, 1], the same bounds in one
     clamp). Only the square's s*s values per channel are computed (gathered, moved, clipped, scattered into a copy
-    of ``best``; on a CPU with numba, fused): outside it the clip leaves ``best`` as it is, and most iterations'
-    squares cover a few pixels."""
-    fused = cpu_kernels.square_linf_candidate(best, low, high, corner, step, s)
-    if fused is not None:
-        return fused
+    of ``best``): outside it the clip leaves ``best`` as it is, and most iterations' squares cover a few pixels."""
     index = squares.index(s, corner[:, 0], corner[:, 1])
     flat = best.flatten(2)
     moved = flat.gather(2, index) + step[:, :, None]
@@ -255,11 +251,7 @@ def _candidate_lp(x: Tensor, best: Tensor, corner: Tensor, signs: Tensor, transp
 
 def _accept(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The official's rule: a candidate replaces the best point where its margin is lower, or <= 0 (misclassified).
-    -> (best, margins, finished: margin <= 0); on a CPU with numba fused, updating ``best`` and ``margins`` in
-    place."""
-    finished = cpu_kernels.square_accept(logits, y, margins, best, cand)
-    if finished is not None:
-        return best, margins, finished
+    -> (best, margins, finished: margin <= 0)."""
     m = margin(logits, y)
     accept = (m < margins) | (m <= 0)
     margins = torch.where(accept, m, margins)
@@ -295,6 +287,9 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
         # Linf's clip bounds, kept with the running rows
         low, high = ((xs - eps).clamp(0.0, 1.0), (xs + eps).clamp(0.0, 1.0)) if norm == "Linf" else (None, None)
         n_corners = 2 if norm == "Linf" else 4  # one square's top and left; L2/L1 also the emptied square's
+        # L-inf on a CPU with numba: the candidate in a buffer kept equal to best outside each iteration's square
+        fused = norm == "Linf" and cpu_kernels.usable(best)
+        cand = best.clone() if fused else None
         for it in range(n_queries):
             if len(active) == 0:
                 break
@@ -307,10 +302,17 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
                 sides = [side(it + k, norm, c, h, w, p_init) for k in range(DRAW_CHUNK)]
                 corners = squares.starts(sides, draws[:, :, :n_corners])
             s = sides[j]
-            cand = (_candidate_linf(best, low, high, corners[:, j], signs[:, j], s, squares) if norm == "Linf"
-                    else _candidate_lp(xs, best, corners[:, j], signs[:, j], transposes[:, j], s, eps, norm, squares))
+            if fused:
+                cpu_kernels.square_linf_propose(cand, best, low, high, corners[:, j], signs[:, j], s)
+            else:
+                cand = (_candidate_linf(best, low, high, corners[:, j], signs[:, j], s, squares) if norm == "Linf"
+                        else _candidate_lp(xs, best, corners[:, j], signs[:, j], transposes[:, j], s, eps, norm,
+                                           squares))
             logits = model(cand)
-            best, margins, finished = _accept(logits, ys, margins, best, cand)
+            if fused:
+                finished = cpu_kernels.square_settle(logits, ys, margins, best, cand, corners[:, j], s)
+            else:
+                best, margins, finished = _accept(logits, ys, margins, best, cand)
             if finished.any():
                 rows = active[finished]
                 x_adv[rows] = best[finished]
@@ -318,9 +320,10 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
                 queries[rows] = it + 2
                 keep = (~finished).nonzero().squeeze(1)
                 active = active[keep]
-                xs, ys, best, margins, step_keys, signs, transposes, corners, low, high = (
+                xs, ys, best, margins, step_keys, signs, transposes, corners, low, high, cand = (
                     None if t is None else t.index_select(0, keep)
-                    for t in (xs, ys, best, margins, step_keys, signs, transposes, corners, low, high))
+                    for t in (xs, ys, best, margins, step_keys, signs, transposes, corners, low, high,
+                              cand if fused else None))
         x_adv[active] = best
         queries[active] = 1 + n_queries  # still running: the loop ran to the end
     return SquareResult(x_adv, fooled, queries)
