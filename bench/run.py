@@ -98,8 +98,8 @@ def earlier_runs(store: Store, key: dict[str, Any]) -> list[str]:
                      if d.startswith(f"{name}:")), d)
                for d in differences({k: other.get(k) for k in key if k not in SAME_QUESTION},
                                     {k: v for k, v in key.items() if k not in SAME_QUESTION}, ("there", "here"))]
-        engine = any(d.startswith("implementation.family.engine:") or d.startswith("implementation.family.engine.name")
-                     for d in why)  # another engine, not another revision of the same one
+        # another engine, not another revision of the same one
+        engine = any(d.startswith(("implementation.family.engine:", "implementation.family.engine.name")) for d in why)
         stale = any(d.startswith("implementation.") for d in why)
         whose = (" and that one was computed by the family's other engine" if engine
                  else " and that one is stale (made by other code)" if stale else "")

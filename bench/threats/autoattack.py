@@ -103,8 +103,9 @@ class AutoAttack(PerturbStep):
         from bench.threats.aa_engine.engine import ENGINE_REVISION
 
         engine = {"name": "bench", "revision": ENGINE_REVISION}
-        if cpu_kernels.name():  # the fused CPU steps (FAB's to float rounding, not bit for bit, the torch step's)
-            engine["cpu_kernels"] = cpu_kernels.name()
+        kernels = cpu_kernels.name()
+        if kernels:  # the fused CPU steps (FAB's to float rounding, not bit for bit, the torch step's)
+            engine["cpu_kernels"] = kernels
         if self.params.precision != "fp32":
             engine["precision"] = self.params.precision
         return {"revision": self.revision, "engine": engine}

@@ -286,14 +286,9 @@ def _square_settle(logits, y, margins, best, cand, corner, s, finished):  # prag
         accept = m < margins[r] or m <= 0
         if accept:
             margins[r] = m
+        source, target = (cand, best) if accept else (best, cand)
         top, left = corner[r, 0], corner[r, 1]
-        for ch in range(best.shape[1]):
-            for i in range(top, top + s):
-                for j in range(left, left + s):
-                    if accept:
-                        best[r, ch, i, j] = cand[r, ch, i, j]
-                    else:
-                        cand[r, ch, i, j] = best[r, ch, i, j]
+        target[r, :, top:top + s, left:left + s] = source[r, :, top:top + s, left:left + s]
         finished[r] = margins[r] <= 0
 
 
