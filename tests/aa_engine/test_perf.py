@@ -1,6 +1,7 @@
 """`bench perf`: every engine timed on the same points, each stage against its pass-count limit."""
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -25,6 +26,7 @@ def test_stages_account_for_every_pass_and_the_limit_is_below_the_time(digits_mo
         assert all(sum(s.backward_calls) > 0 for s in m.stages)  # the gradient attacks' passes are counted
         assert 0 < m.limit < m.seconds * 1.05  # no stage can beat its own passes (5% timing noise)
         assert 0 <= m.robust <= len(x)
+        assert 0 < m.warm_up_s < math.inf  # timed apart, before the run
     assert all(p.requires_grad for p in digits_model.parameters())
     text = table([bench, official])
     assert "bench engine" in text and "official AutoAttack" in text and "| bench | apgd-ce |" in text
@@ -46,6 +48,6 @@ def test_bench_perf_times_each_engine_in_its_own_process():
                               "apgd-ce", "--engine", "bench", "--engine", "official", "--threads", "1"])
     assert out.exit_code == 0, out.output
     rows = [line for line in out.output.splitlines() if re.match(r"\| (bench engine|official AutoAttack)", line)]
-    assert len(rows) == 2 and all(re.search(r"\| \d+\.\d\dx \|$", r) for r in rows), out.output
+    assert len(rows) == 2 and all(re.search(r"\| \d+\.\d\dx \| \d+\.\d \|$", r) for r in rows), out.output
     bad = runner.invoke(app, ["perf", "--model", "mnist-cnn-standard", "--eps", "0.3", "--engine", "fast"])
     assert bad.exit_code != 0 and "unknown engine 'fast'" in bad.output

@@ -98,26 +98,23 @@ def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low
     return out.view_as(x_adv)
 
 
-def square_linf_propose(cand: Tensor, best: Tensor, low: Tensor, high: Tensor, corner: Tensor, step: Tensor,
-                        s: int) -> None:
-    """Square's L-inf candidate written into ``cand``, a buffer equal to ``best`` outside the iteration's squares
-    (``square_settle`` keeps it so): on each point's s x s square (top-left ``corner``, (n, 2)) ``best`` moved by
-    ``step`` (n, c) and clipped to [``low``, ``high``]; bit for bit ``square._candidate_linf``. The batch is not
-    copied, only the squares are written. For CPU tensors of one float dtype (``usable``)."""
-    _threads()
-    _SQUARE_PROPOSE(cand.numpy(), best.numpy(), low.numpy(), high.numpy(), corner.contiguous().numpy(),
-                    step.to(best.dtype).contiguous().numpy(), s)
+def square_linf_propose(cand: Tensor, low: Tensor, high: Tensor, corners: Tensor, steps: Tensor, j: int, s: int
+                        ) -> None:
+    """Square's L-inf candidate written into ``cand``, a buffer equal to the best point (``square_settle`` keeps it
+    so): on each point's s x s square (top-left ``corners[:, j]``, of (n, J, 2)) moved by ``steps[:, j]`` (of (n,
+    J, c)) and clipped to [``low``, ``high``]; bit for bit ``square._candidate_linf``. Only the squares are read
+    and written, and the chunk's draws are passed whole (no per-iteration slice or copy)."""
+    _SQUARE_PROPOSE(cand.numpy(), low.numpy(), high.numpy(), corners.numpy(), steps.numpy(), j, s)
 
 
-def square_settle(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor, corner: Tensor, s: int
-                  ) -> Tensor:
+def square_settle(logits: Tensor, y: Tensor, margins: Tensor, best: Tensor, cand: Tensor, corners: Tensor, j: int,
+                  s: int, finished: Tensor) -> int:
     """Square's acceptance after ``square_linf_propose``, in place (bit for bit ``square._accept``): where the
     candidate's margin is lower than ``margins`` or <= 0, its square goes into ``best`` and its margin into
-    ``margins``; elsewhere ``cand``'s square is restored from ``best``. Returns the finished points (margin <= 0)."""
-    finished = torch.empty(len(best), dtype=torch.bool)
-    _SQUARE_SETTLE(logits.detach().contiguous().numpy(), y.contiguous().numpy(), margins.numpy(),
-                   best.numpy(), cand.numpy(), corner.contiguous().numpy(), s, finished.numpy())
-    return finished
+    ``margins``; elsewhere ``cand``'s square is restored from ``best``. ``finished`` (bool, n) gets the points
+    whose margin is now <= 0; returns how many."""
+    return int(_SQUARE_SETTLE(logits.detach().contiguous().numpy(), y.numpy(), margins.numpy(), best.numpy(),
+                              cand.numpy(), corners.numpy(), j, s, finished.numpy()))
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -257,24 +254,26 @@ def _apgd(x_adv, x_old, grad, step, low, high, weights, out):  # pragma: no cove
             out[r, i] = hi if v > hi else v
 
 
-def _square_propose(cand, best, low, high, corner, step, s):  # pragma: no cover - compiled by numba
-    """On each point's square: min(max(best + step, low), high) per channel (torch's clamp order), into cand."""
-    for r in range(best.shape[0]):
-        top, left = corner[r, 0], corner[r, 1]
-        for ch in range(best.shape[1]):
-            move = step[r, ch]
+def _square_propose(cand, low, high, corners, steps, j, s):  # pragma: no cover - compiled by numba
+    """On each point's square: min(max(best + step, low), high) per channel (torch's clamp order), in cand, which
+    holds the best point on entry."""
+    for r in range(cand.shape[0]):
+        top, left = corners[r, j, 0], corners[r, j, 1]
+        for ch in range(cand.shape[1]):
+            move = steps[r, j, ch]
             for i in range(top, top + s):
-                for j in range(left, left + s):
-                    v = best[r, ch, i, j] + move
-                    lo, hi = low[r, ch, i, j], high[r, ch, i, j]
+                for k in range(left, left + s):
+                    v = cand[r, ch, i, k] + move
+                    lo, hi = low[r, ch, i, k], high[r, ch, i, k]
                     v = lo if v < lo else v
-                    cand[r, ch, i, j] = hi if v > hi else v
+                    cand[r, ch, i, k] = hi if v > hi else v
 
 
-def _square_settle(logits, y, margins, best, cand, corner, s, finished):  # pragma: no cover - compiled by numba
+def _square_settle(logits, y, margins, best, cand, corners, j, s, finished):  # pragma: no cover - compiled by numba
     """Per point: its margin (the true logit minus the largest other), the official's acceptance rule (lower, or
     <= 0), the square copied from cand into best where accepted and back from best into cand where not, and
-    whether the margin is now <= 0."""
+    whether the margin is now <= 0; returns the count of those."""
+    count = 0
     for r in range(logits.shape[0]):
         true = logits[r, y[r]]
         other = -np.inf
@@ -287,9 +286,11 @@ def _square_settle(logits, y, margins, best, cand, corner, s, finished):  # prag
         if accept:
             margins[r] = m
         source, target = (cand, best) if accept else (best, cand)
-        top, left = corner[r, 0], corner[r, 1]
+        top, left = corners[r, j, 0], corners[r, j, 1]
         target[r, :, top:top + s, left:left + s] = source[r, :, top:top + s, left:left + s]
         finished[r] = margins[r] <= 0
+        count += finished[r]
+    return count
 
 
 def _compiled(fn, **options):

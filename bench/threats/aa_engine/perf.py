@@ -8,13 +8,15 @@ A ratio near 1 says the attack is as fast as its passes allow; what lies above i
 
 Every engine runs in a fresh process (spawned), on the same points, with the same thread count, and measures the
 pass times there too, so its ratios are against the model's speed measured in the same run, and its peak memory
-is its own (CUDA: peak allocated; CPU: the process's peak resident set).
+is its own (CUDA: peak allocated; CPU: the process's peak resident set). Each engine first runs on the first
+``WARM_UP_POINTS`` points: the costs paid once per process (imports, the engine's kernels loaded or compiled, the
+model's first passes at new shapes, CUDA's set-up) land there, timed and shown apart, so the timed run is the
+steady cost per example, measured like the limit, which is also taken from warm passes.
 """
 from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ ENGINES = ("bench", "official", "torchattacks-100", "torchattacks")
 LABELS = {"bench": "bench engine", "official": "official AutoAttack (pyautoattack)",
           "torchattacks-100": "torchattacks AutoAttack, 100 iterations",
           "torchattacks": "torchattacks AutoAttack as shipped (10 iterations per gradient attack)"}
-_AFTER = re.compile(r"^robust accuracy after (\S+):")
+WARM_UP_POINTS = 2
 
 
 class PassCounter(nn.Module):
@@ -141,6 +143,7 @@ class Measure:
     peak_bytes: int
     stages: list[Stage] = field(default_factory=list)
     error: str | None = None
+    warm_up_s: float = math.nan  # the run on the first WARM_UP_POINTS points before the timed one
 
     @property
     def examples_per_s(self) -> float:
@@ -225,28 +228,36 @@ def _classes(model: nn.Module, x: Tensor) -> int:
 
 def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float,
             version: str = "standard", attacks: list[str] | None = None) -> Measure:
-    """One engine on ``x``: wall time, robust points, per stage its time and passes, the model's pass times.
-    ``attacks`` (version custom): only these stages; torchattacks has no such version and refuses."""
+    """One engine on ``x``, after its warm-up run: wall time, robust points, per stage its time and passes, the
+    model's pass times. ``attacks`` (version custom): only these stages; torchattacks has no such version and
+    refuses."""
     if attacks is not None and engine.startswith("torchattacks"):
         raise ValueError("torchattacks' AutoAttack runs whole versions only, not a list of attacks")
     model = model.eval()
+    start = time.time()
+    _run(engine, PassCounter(model), x[:WARM_UP_POINTS], y[:WARM_UP_POINTS], norm, eps, version, attacks)
+    _sync(x)
+    warm_up = time.time() - start
     counter = PassCounter(model)
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
     start = time.time()
-    if engine == "bench":
-        spans, robust = run_bench(counter, x, y, norm, eps, version, attacks)
-    elif engine == "official":
-        spans, robust = run_official(counter, x, y, norm, eps, version, attacks)
-    else:
-        spans, robust = run_torchattacks(counter, x, y, norm, eps, version,
-                                         100 if engine == "torchattacks-100" else None)
+    spans, robust = _run(engine, counter, x, y, norm, eps, version, attacks)
     _sync(x)
     seconds = time.time() - start
     memory = peak(x.device)
     stages = [Stage(name, stop - begin, *counter.between(begin, stop), broken) for name, begin, stop, broken in spans]
     rates = pass_rates(model, x, max((rows for _, rows, _ in counter.events), default=len(x)))  # the largest call
-    return Measure(engine, seconds, int(robust.sum()), len(x), rates, memory, stages)
+    return Measure(engine, seconds, int(robust.sum()), len(x), rates, memory, stages, warm_up_s=warm_up)
+
+
+def _run(engine: str, counter: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
+         attacks: list[str] | None):
+    if engine == "bench":
+        return run_bench(counter, x, y, norm, eps, version, attacks)
+    if engine == "official":
+        return run_official(counter, x, y, norm, eps, version, attacks)
+    return run_torchattacks(counter, x, y, norm, eps, version, 100 if engine == "torchattacks-100" else None)
 
 
 def peak(device: torch.device) -> int:
@@ -258,15 +269,17 @@ def peak(device: torch.device) -> int:
 
 
 def table(measures: list[Measure]) -> str:
-    """A markdown table: per engine its throughput, memory, robust points and limit ratio, then per stage."""
-    lines = ["| engine | examples/s | peak memory | robust | seconds | pass-count limit (s) | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    """A markdown table: per engine its throughput, memory, robust points, limit ratio and warm-up, then per
+    stage."""
+    lines = [f"| engine | examples/s | peak memory | robust | seconds | pass-count limit (s) | ratio | warm-up on "
+             f"{WARM_UP_POINTS} points (s) |", "|---|---|---|---|---|---|---|---|"]
     for m in measures:
         if m.error:
-            lines.append(f"| {LABELS[m.engine]} | – | – | – | – | – | {m.error} |")
+            lines.append(f"| {LABELS[m.engine]} | – | – | – | – | – | {m.error} | – |")
             continue
         lines.append(f"| {LABELS[m.engine]} | {m.examples_per_s:.2f} | {m.peak_bytes / 2 ** 20:.0f} MiB | "
-                     f"{m.robust}/{m.n} | {m.seconds:.1f} | {m.limit:.1f} | {m.seconds / m.limit:.2f}x |")
+                     f"{m.robust}/{m.n} | {m.seconds:.1f} | {m.limit:.1f} | {m.seconds / m.limit:.2f}x | "
+                     f"{m.warm_up_s:.1f} |")
     lines += ["", "| engine | stage | seconds | forward calls (rows) | forward+backward calls (rows) | limit (s) "
               "| ratio |", "|---|---|---|---|---|---|---|"]
     for m in measures:

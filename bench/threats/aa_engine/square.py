@@ -290,6 +290,7 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
         # L-inf on a CPU with numba: the candidate in a buffer kept equal to best outside each iteration's square
         fused = norm == "Linf" and cpu_kernels.usable(best)
         cand = best.clone() if fused else None
+        finished = torch.empty(len(active), dtype=torch.bool) if fused else None
         for it in range(n_queries):
             if len(active) == 0:
                 break
@@ -303,17 +304,18 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
                 corners = squares.starts(sides, draws[:, :, :n_corners])
             s = sides[j]
             if fused:
-                cpu_kernels.square_linf_propose(cand, best, low, high, corners[:, j], signs[:, j], s)
+                cpu_kernels.square_linf_propose(cand, low, high, corners, signs, j, s)
             else:
                 cand = (_candidate_linf(best, low, high, corners[:, j], signs[:, j], s, squares) if norm == "Linf"
                         else _candidate_lp(xs, best, corners[:, j], signs[:, j], transposes[:, j], s, eps, norm,
                                            squares))
             logits = model(cand)
             if fused:
-                finished = cpu_kernels.square_settle(logits, ys, margins, best, cand, corners[:, j], s)
+                stop = cpu_kernels.square_settle(logits, ys, margins, best, cand, corners, j, s, finished)
             else:
                 best, margins, finished = _accept(logits, ys, margins, best, cand)
-            if finished.any():
+                stop = bool(finished.any())
+            if stop:
                 rows = active[finished]
                 x_adv[rows] = best[finished]
                 fooled[rows] = logits[finished].argmax(1) != ys[finished]
@@ -324,6 +326,7 @@ def run_square(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tens
                     None if t is None else t.index_select(0, keep)
                     for t in (xs, ys, best, margins, step_keys, signs, transposes, corners, low, high,
                               cand if fused else None))
+                finished = finished[:len(keep)] if fused else None
         x_adv[active] = best
         queries[active] = 1 + n_queries  # still running: the loop ran to the end
     return SquareResult(x_adv, fooled, queries)
