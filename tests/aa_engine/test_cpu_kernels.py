@@ -83,6 +83,11 @@ def test_fab_step_leaves_non_finite_gradients_to_the_torch_step(monkeypatch):
         out = step(x1, x0, w2, f, norm="Linf", eta=1.05, alpha_max=0.1)
         assert torch.equal(out.isnan(), _torch_fab(monkeypatch, x1, x0, w2, f, norm="Linf", eta=1.05,
                                                    alpha_max=0.1).isnan())
+        f2 = f.clone()
+        f2[6] = bad
+        assert cpu_kernels.fab_step(x1, x0, w, f2, norm="L2", eta=1.05, alpha_max=0.1) is None
+        assert cpu_kernels.fab_step(x1.double(), x0.double(), w2.double(), f.double(), norm="L2", eta=1.05,
+                                    alpha_max=0.1) is None
     assert cpu_kernels.fab_step(x1, x0, w, f, norm="L1", eta=1.05, alpha_max=0.1) is None  # L1: the torch step
 
 
@@ -176,3 +181,59 @@ def test_fab_record_is_the_torch_bookkeeping(monkeypatch, norm):
     for ours, theirs in zip(fused, reference):
         assert exact(ours, theirs)
     assert not torch.equal(reference[0], x1) and not torch.equal(reference[2], norm0)
+
+
+def test_apgd_bookkeeping_is_the_torch_bookkeeping_bit_for_bit(monkeypatch):
+    """APGD's records after a gradient pass, fused against torch: the same best rows (NaN losses never best), the
+    same increase counts and previous losses, the same fooled rows (argmax ties and NaN logits as torch reads
+    them)."""
+    from bench.threats.aa_engine.apgd import _bookkeep, _Points
+
+    g = torch.Generator().manual_seed(7)
+    m = 40
+
+    def state() -> _Points:
+        g.manual_seed(8)
+        x = torch.rand(m, 1, 4, 4, generator=g)
+        loss, loss_best, prev = (torch.randn(m, generator=g) for _ in range(3))
+        loss[0], loss_best[1], prev[2] = float("nan"), float("nan"), float("nan")
+        loss[3] = loss_best[3]  # a tie is no improvement
+        return _Points(index=torch.arange(m), x=x, y=torch.randint(0, 4, (m,), generator=g), target=None,
+                       x_adv=torch.rand(x.shape, generator=g), x_old=x.clone(), grad=torch.randn(x.shape, generator=g),
+                       loss=loss, x_best=x.clone(), grad_best=torch.zeros_like(x), loss_best=loss_best,
+                       step=loss.clone(), prev_loss=prev, increases=torch.full((m,), 2.0), best_at_check=loss.clone(),
+                       reduced_at_check=torch.ones(m, dtype=torch.bool))
+
+    logits = torch.randn(m, 4, generator=g)
+    logits[0] = torch.tensor([1.0, 3.0, 3.0, 0.0])
+    logits[1, 2] = float("nan")
+    fused_state, reference_state, calm = state(), state(), state()
+    fused = _bookkeep(fused_state, logits)
+    assert _bookkeep(calm, torch.eye(4)[calm.y]) is None  # no row fooled
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    reference = _bookkeep(reference_state, logits)
+    assert _bookkeep(calm, torch.eye(4)[calm.y]) is None
+    assert reference is not None and 5 < int(reference.sum()) < m and torch.equal(fused, reference)
+    for name in ("x_best", "grad_best", "loss_best", "increases", "prev_loss"):
+        ours, theirs = getattr(fused_state, name), getattr(reference_state, name)
+        assert torch.equal(ours.nan_to_num(), theirs.nan_to_num()) and torch.equal(ours.isnan(), theirs.isnan()), name
+    assert not torch.equal(reference_state.x_best, state().x_best)  # some rows improved
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr-targeted"])
+def test_apgd_linf_run_is_the_torch_run_bit_for_bit(monkeypatch, model, loss):
+    """APGD's L-inf step and bookkeeping fused against the torch steps: the same examples and outcomes, bit for
+    bit, on a run where points are fooled at different iterations (so the batch shrinks under both)."""
+    from bench.data import load_dataset
+    from bench.threats.aa_engine import rng
+    from bench.threats.aa_engine.apgd import apgd
+
+    data = load_dataset("digits", "test")
+    x, y = data.x[:40], data.y[:40]
+    keys = rng.point_keys(0, torch.arange(40), "apgd")
+    kwargs = dict(norm="Linf", eps=0.1, keys=keys, loss=loss, n_iter=30, n_target_classes=3)
+    fused = apgd(model, x, y, **kwargs)
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    reference = apgd(model, x, y, **kwargs)
+    assert 5 < int(reference[1].sum()) < 35
+    assert torch.equal(fused[0], reference[0]) and torch.equal(fused[1], reference[1])

@@ -181,21 +181,21 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
         marks = sorted(checkpoints(n_iter))
         windows = {i: i - before for i, before in zip(marks, [-1] + marks)}  # each checkpoint window's length
 
-    def retire(fooled: Tensor) -> None:
-        if counts and bool(fooled.any()):
+    def retire(fooled: Tensor | None) -> None:
+        if counts and fooled is not None:
             idx = p.index[fooled]
             out_fooled[idx] = True
             out_adv[idx] = p.x_adv[fooled]
             out_best[idx] = p.x_best[fooled]
             p.keep(~(fooled if p.group is None else runs.siblings(p.group, fooled)))
 
-    retire(logits.argmax(1) != p.y)
+    retire(_any(logits.argmax(1) != p.y))
     for i in range(n_iter):
         if not len(p.index):
             break
         with torch.no_grad():
-            s = per_point(p.step, p.x_adv)
             if norm == "L1":
+                s = per_point(p.step, p.x_adv)
                 magnitude = p.grad.abs().flatten(1)
                 rank = torch.clamp((1.0 - p.topk) * n_fts, 0, n_fts - 1).long()
                 threshold = magnitude.sort(1).values.gather(1, rank[:, None])
@@ -207,6 +207,7 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                 if norm == "Linf":
                     x_new = linf_step(p.x_adv, p.x_old, p.grad, p.step, p.low, p.high, a)
                 else:
+                    s = per_point(p.step, p.x_adv)
                     direction = p.grad / per_point(norms(p.grad, "L2") + 1e-12, p.grad)
                     inside = lambda v: p.x + project(p.x, v - p.x, norm, eps)  # noqa: E731
                     z = inside(p.x_adv + s * direction)
@@ -214,14 +215,7 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
             p.x_old, p.x_adv = p.x_adv, x_new
         y_i, t_i = p.y, p.target
         logits, p.loss, p.grad = _gradient(model, p.x_adv, lambda z: loss_fn(z, y_i, t_i), eot)
-        with torch.no_grad():
-            better = (p.loss > p.loss_best).nonzero().squeeze(1)  # rows copied in place: often a few of them
-            p.x_best.index_copy_(0, better, p.x_adv.index_select(0, better))
-            p.grad_best.index_copy_(0, better, p.grad.index_select(0, better))
-            p.loss_best.index_copy_(0, better, p.loss.index_select(0, better))
-            p.increases += (p.loss > p.prev_loss).to(p.increases.dtype)
-            p.prev_loss = p.loss
-        retire(logits.argmax(1) != p.y)  # before a checkpoint can move a fooling iterate back to the best point
+        retire(_bookkeep(p, logits))  # before a checkpoint can move a fooling iterate back to the best point
         if i in windows and len(p.index):
             with torch.no_grad():
                 if norm == "L1":
@@ -242,6 +236,29 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
     if len(p.index):
         out_best[p.index] = p.x_best
     return Run(out_best, out_fooled, out_adv, start_grad)
+
+
+@torch.no_grad()
+def _bookkeep(p: _Points, logits: Tensor) -> Tensor | None:
+    """After a gradient pass, in place: the rows whose loss beats their best become it, the loss increases are
+    counted and the loss kept for the next comparison. Returns the fooled rows (argmax not the label), None where
+    there are none. On a CPU with numba, fused (``cpu_kernels``): a handful of small ops cost more than the work."""
+    fooled = torch.empty(len(p.index), dtype=torch.bool, device=logits.device)
+    count = cpu_kernels.apgd_record(logits, p.y, p.loss, p.x_adv, p.grad, p.loss_best, p.x_best, p.grad_best,
+                                    p.prev_loss, p.increases, fooled)
+    if count is not None:
+        return fooled if count else None
+    better = (p.loss > p.loss_best).nonzero().squeeze(1)  # rows copied in place: often a few of them
+    p.x_best.index_copy_(0, better, p.x_adv.index_select(0, better))
+    p.grad_best.index_copy_(0, better, p.grad.index_select(0, better))
+    p.loss_best.index_copy_(0, better, p.loss.index_select(0, better))
+    p.increases += (p.loss > p.prev_loss).to(p.increases.dtype)
+    p.prev_loss = p.loss
+    return _any(logits.argmax(1) != p.y)
+
+
+def _any(mask: Tensor) -> Tensor | None:
+    return mask if bool(mask.any()) else None
 
 
 def _gradient(model, x: Tensor, loss_fn, eot: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -22,6 +22,7 @@ a run's implementation identity names the kernels (``name``).
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ AVAILABLE = numba is not None
 FAB_NORMS = ("Linf", "L2")  # fab_step's; L1's greedy projection stays the torch step's
 RECORD_NORMS = ("Linf", "L2", "L1")  # fab_record's, in the order of its norm codes
 TINY = np.finfo(np.float64).tiny
+_EXPONENT = {4: np.uint32(0x7F800000), 8: np.uint64(0x7FF0000000000000)}  # a float's exponent bits, by its size
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -57,14 +59,15 @@ def fab_step(x1: Tensor, x0: Tensor, w: Tensor, f: Tensor, *, norm: str, eta: fl
     ``f`` (m,) and gradient ``w`` (m, d) at ``x1``), or None where the kernel does not apply: another norm or
     device, or a non-finite value in ``w`` or ``f`` (its fast arithmetic assumes finite values; the torch step
     then carries the NaN on as it always has)."""
-    if not usable(x1) or norm not in FAB_NORMS or not math.isfinite(float(w.sum()) + float(f.sum())):
+    if not usable(x1) or norm not in FAB_NORMS:
         return None
     flat1 = _rows(x1)
     out = torch.empty_like(flat1)
+    weights, values = _rows(w.to(x1.dtype)).numpy(), f.detach().double().numpy()
     _threads()
-    _FAB(flat1.numpy(), _rows(x0).numpy(), _rows(w.to(x1.dtype)).numpy(), f.detach().double().numpy(),
-         norm == "Linf", float(eta), float(alpha_max), DEAD_WEIGHT, out.numpy())
-    return out.view_as(x1)
+    bad = _FAB(flat1.numpy(), _rows(x0).numpy(), weights, values, norm == "Linf", float(eta), float(alpha_max),
+               DEAD_WEIGHT, out.numpy(), *_bits(weights), *_bits(values))
+    return None if bad else out.view_as(x1)
 
 
 def fab_record(logits: Tensor, label: Tensor, x1: Tensor, clean: Tensor, idx: Tensor, best: Tensor,
@@ -72,15 +75,17 @@ def fab_record(logits: Tensor, label: Tensor, x1: Tensor, clean: Tensor, idx: Te
     """FAB's bookkeeping after its check pass (``fab._record``), in place: rows whose ``logits`` argmax is not
     ``label`` are adversarial; where one is nearer ``clean`` than its point's record (``best_norm[idx]``) it
     becomes the record in ``best``, and every one is pulled back towards ``clean`` by ``beta``. Returns how many
-    rows were adversarial, or None where the kernel does not apply (nothing touched)."""
+    rows were adversarial, or None where the kernel does not apply (nothing touched). Rows run in parallel: each
+    has its own record (``idx`` holds no point twice, as in a FAB run)."""
     tensors = (x1, clean, best, best_norm)
     if not (usable(x1) and all(t.dtype == x1.dtype and t.is_contiguous() for t in tensors)
             and logits.dtype == x1.dtype and norm in RECORD_NORMS):
         return None
+    _threads()
     return int(_FAB_RECORD(logits.detach().contiguous().numpy(), label.contiguous().numpy(),
                            x1.view(len(x1), -1).numpy(), clean.view(len(clean), -1).numpy(),
                            idx.contiguous().numpy(), best.view(len(best), -1).numpy(), best_norm.numpy(),
-                           RECORD_NORMS.index(norm), x1.new_tensor(beta).numpy()))
+                           RECORD_NORMS.index(norm), x1.new_tensor([beta]).numpy()))
 
 
 def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low: Tensor, high: Tensor,
@@ -96,6 +101,22 @@ def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low
     _APGD(flat.numpy(), _rows(x_old).numpy(), _rows(grad).numpy(), step.detach().to(x_adv.dtype).numpy(),
           _rows(low).numpy(), _rows(high).numpy(), x_adv.new_tensor([a, 1 - a]).numpy(), out.numpy())
     return out.view_as(x_adv)
+
+
+def apgd_record(logits: Tensor, y: Tensor, loss: Tensor, x_adv: Tensor, grad: Tensor, loss_best: Tensor,
+                x_best: Tensor, grad_best: Tensor, prev_loss: Tensor, increases: Tensor, fooled: Tensor) -> int | None:
+    """APGD's bookkeeping after a gradient pass (``apgd._bookkeep``), in place and bit for bit: where ``loss`` beats
+    ``loss_best`` the row's iterate, gradient and loss become its best; ``increases`` counts a loss above
+    ``prev_loss``, which then takes the loss; ``fooled`` (bool) gets the rows whose argmax is not ``y``. Returns
+    their count, or None where the kernel does not apply (nothing touched)."""
+    rows = (x_adv, grad, x_best, grad_best)
+    losses = (loss, loss_best, prev_loss, increases)
+    if not (usable(x_adv) and all(t.dtype == x_adv.dtype and t.is_contiguous() for t in rows + losses)):
+        return None
+    return int(_APGD_RECORD(logits.detach().contiguous().numpy(), y.contiguous().numpy(), loss.numpy(),
+                            x_adv.view(len(x_adv), -1).numpy(), grad.view(len(grad), -1).numpy(), loss_best.numpy(),
+                            x_best.view(len(x_best), -1).numpy(), grad_best.view(len(grad_best), -1).numpy(),
+                            prev_loss.numpy(), increases.numpy(), fooled.numpy()))
 
 
 def square_linf_propose(cand: Tensor, low: Tensor, high: Tensor, corners: Tensor, steps: Tensor, j: int, s: int
@@ -121,12 +142,22 @@ def _rows(t: Tensor) -> Tensor:
     return t.detach().reshape(len(t), -1).contiguous()
 
 
+def _bits(a: np.ndarray) -> tuple[np.ndarray, np.unsignedinteger]:
+    """The floats' bit patterns as unsigned integers (same memory) and their exponent mask: a non-finite value has
+    every exponent bit set, a test that fast-math arithmetic cannot fold away."""
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64), _EXPONENT[a.dtype.itemsize]
+
+
+_SET = threading.local()  # numba's thread count is per calling thread, as torch's
+
+
 def _threads() -> None:
-    """numba's threads as torch's (the run's thread count), set only when that changed: setting costs more than a
-    small kernel's call."""
-    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != wanted:
-        numba.set_num_threads(wanted)
+    """numba's threads as torch's (the run's thread count), set only when torch's changed: asking numba costs
+    more than a small kernel's call."""
+    wanted = torch.get_num_threads()
+    if getattr(_SET, "threads", None) != wanted:
+        numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+        _SET.threads = wanted
 
 
 def _water_level(weight, level, need, full, slope):  # pragma: no cover - compiled by numba
@@ -150,12 +181,22 @@ def _water_level(weight, level, need, full, slope):  # pragma: no cover - compil
     return mu
 
 
-def _fab(x1, x0, w, f, linf, eta, alpha_max, dead, out):  # pragma: no cover - compiled by numba
+def _fab(x1, x0, w, f, linf, eta, alpha_max, dead, out, wbits, wmask, fbits, fmask
+         ):  # pragma: no cover - compiled by numba
     """Per row: both gaps to the hyperplane, the water filling's weights and levels for both points, their water
     levels, the steps and their norms, then alpha and the next iterate (``fab.step``'s arithmetic, in float64).
-    ``dead``: ``DEAD_WEIGHT``, an argument so that a cached compilation never holds a stale copy of it."""
+    ``dead``: ``DEAD_WEIGHT``, an argument so that a cached compilation never holds a stale copy of it. A row whose
+    ``w`` or ``f`` holds a non-finite value (``wbits``, ``fbits``: their bits; ``wmask``, ``fmask``: the exponent's)
+    is left and counted (the count is returned): the fast arithmetic below assumes finite values."""
     d = x1.shape[1]
+    bad = 0
     for r in numba.prange(x1.shape[0]):
+        nonfinite = (fbits[r] & fmask) == fmask
+        for i in range(d):
+            nonfinite |= (wbits[r, i] & wmask) == wmask
+        if nonfinite:
+            bad += 1
+            continue
         a, c, g = x1[r], x0[r], w[r]
         shift = 0.0  # <w, x0 - x1>: the iterate's gap to the hyperplane is f, the clean point's f + shift
         for i in range(d):
@@ -200,6 +241,18 @@ def _fab(x1, x0, w, f, linf, eta, alpha_max, dead, out):  # pragma: no cover - c
         for i in range(d):
             v = (a[i] + eta * level1[i]) * (1.0 - alpha) + (c[i] + eta * level0[i]) * alpha
             out[r, i] = min(max(v, 0.0), 1.0)
+    return bad
+
+
+def _argmax(row):  # pragma: no cover - compiled by numba
+    """torch's argmax of a row: the first maximum, a NaN counting as the largest (the first NaN)."""
+    top, value = 0, row[0]
+    for k in range(1, row.shape[0]):
+        if value != value:
+            break
+        if row[k] > value or row[k] != row[k]:
+            top, value = k, row[k]
+    return top
 
 
 def _fab_record(logits, label, x1, clean, idx, best, best_norm, norm, beta):  # pragma: no cover - numba
@@ -207,14 +260,8 @@ def _fab_record(logits, label, x1, clean, idx, best, best_norm, norm, beta):  # 
     row's distance to ``clean`` in the norm (0 Linf, 1 L2, 2 L1), a new record where it is the point's smallest,
     and the pull back clean + (x1 - clean) * beta in the rows' dtype (torch's arithmetic)."""
     found = 0
-    for r in range(x1.shape[0]):
-        top, value = 0, logits[r, 0]
-        for k in range(1, logits.shape[1]):
-            if value != value:
-                break
-            if logits[r, k] > value or logits[r, k] != logits[r, k]:
-                top, value = k, logits[r, k]
-        if top == label[r]:
+    for r in numba.prange(x1.shape[0]):
+        if _argmax(logits[r]) == label[r]:
             continue
         found += 1
         dist = 0.0  # float64: Linf's max is exact either way, L2's and L1's sums the closer
@@ -233,7 +280,7 @@ def _fab_record(logits, label, x1, clean, idx, best, best_norm, norm, beta):  # 
             best_norm[point] = dist
             best[point] = x1[r]
         for i in range(x1.shape[1]):
-            x1[r, i] = clean[r, i] + (x1[r, i] - clean[r, i]) * beta[()]
+            x1[r, i] = clean[r, i] + (x1[r, i] - clean[r, i]) * beta[0]
     return found
 
 
@@ -252,6 +299,24 @@ def _apgd(x_adv, x_old, grad, step, low, high, weights, out):  # pragma: no cove
             v = x + (z - x) * a + (x - x_old[r, i]) * rest
             v = lo if v < lo else v
             out[r, i] = hi if v > hi else v
+
+
+def _apgd_record(logits, y, loss, x_adv, grad, loss_best, x_best, grad_best, prev_loss, increases, fooled
+                 ):  # pragma: no cover - compiled by numba
+    """Per row: a new best where the loss beats it, an increase counted where it beats the previous loss (which
+    then takes it), and whether the argmax is not the label; returns the count of those."""
+    count = 0
+    for r in range(x_adv.shape[0]):
+        if loss[r] > loss_best[r]:
+            loss_best[r] = loss[r]
+            x_best[r] = x_adv[r]
+            grad_best[r] = grad[r]
+        if loss[r] > prev_loss[r]:
+            increases[r] += 1.0
+        prev_loss[r] = loss[r]
+        fooled[r] = _argmax(logits[r]) != y[r]
+        count += fooled[r]
+    return count
 
 
 def _square_propose(cand, low, high, corners, steps, j, s):  # pragma: no cover - compiled by numba
@@ -307,8 +372,10 @@ if AVAILABLE:
     # APGD: none, so that every float operation is the torch step's
     _water_level = _compiled(_water_level, fastmath=True)
     _FAB = _compiled(_fab, parallel=True, fastmath=True)
-    _FAB_RECORD = _compiled(_fab_record)
+    _argmax = _compiled(_argmax)
+    _FAB_RECORD = _compiled(_fab_record, parallel=True)
     _APGD = _compiled(_apgd, parallel=True)
+    _APGD_RECORD = _compiled(_apgd_record)
     # Square's: serial, as a parallel launch costs more than a few small squares' work
     _SQUARE_PROPOSE = _compiled(_square_propose)
     _SQUARE_SETTLE = _compiled(_square_settle)
