@@ -237,3 +237,35 @@ def test_apgd_linf_run_is_the_torch_run_bit_for_bit(monkeypatch, model, loss):
     reference = apgd(model, x, y, **kwargs)
     assert 5 < int(reference[1].sum()) < 35
     assert torch.equal(fused[0], reference[0]) and torch.equal(fused[1], reference[1])
+
+
+def test_dlr_targeted_loss_and_gradient_are_autograds_bit_for_bit(monkeypatch, model):
+    """The targeted DLR loss and its gradient through the model, seeded at the logits by the kernel, against torch's
+    loss and autograd through it: equal bit for bit, on rows where the label leads and where it does not; rows
+    whose routing autograd decides by position (a tie, a NaN, the target as the label) leave it to autograd."""
+    from bench.data import load_dataset
+    from bench.threats.aa_engine.apgd import dlr_targeted_loss
+    from bench.threats.aa_engine.model import input_grad
+
+    data = load_dataset("digits", "test")
+    x, y = data.x[:64].clone(), data.y[:64]
+    x[::2] = (x[::2] + torch.randn(x[::2].shape, generator=torch.Generator().manual_seed(9))).clamp(0.0, 1.0)
+    target = (y + 1 + torch.arange(64) % 9) % 10
+    loss_fn = lambda z: dlr_targeted_loss(z, y, target)  # noqa: E731
+    fused = input_grad(model, x, loss_fn, lambda z: cpu_kernels.dlr_targeted(z, y, target))
+    reference = input_grad(model, x, loss_fn)
+    with torch.no_grad():
+        leads = model(x).argmax(1) == y
+    assert 5 < int(leads.sum()) < 60 and float(reference[2].abs().sum()) > 0
+    for ours, theirs in zip(fused, reference):
+        assert torch.equal(ours, theirs)
+    logits = torch.randn(6, 10, dtype=torch.float64)
+    labels, targets = torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)
+    assert cpu_kernels.dlr_targeted(logits, labels, targets) is not None  # float64 too
+    for row, spoil in enumerate([lambda t: t.__setitem__((0, 5), t[0].max()),  # a tie at the top
+                                 lambda t: t.__setitem__((0, 5), float("nan"))]):
+        bad = logits.clone()
+        spoil(bad)
+        assert cpu_kernels.dlr_targeted(bad, labels, targets) is None
+    assert cpu_kernels.dlr_targeted(logits, labels, labels) is None  # target == label
+    assert cpu_kernels.dlr_targeted(logits[:, :3], labels, targets) is None  # fewer than 4 classes

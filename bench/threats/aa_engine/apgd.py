@@ -57,6 +57,8 @@ def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
 
 
 LOSSES = {"ce": ce_loss, "dlr": dlr_loss, "dlr-targeted": dlr_targeted_loss}
+# the losses with a fused CPU kernel giving the loss and its gradient at the logits, as autograd would
+SEEDED = {"dlr-targeted": cpu_kernels.dlr_targeted}
 
 
 def checkpoints(n_iter: int) -> set[int]:
@@ -151,13 +153,12 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
     ``continued``: ``x0`` is where an earlier L1 stage ended (L1's sparsity starts from it, not from 20%).
     ``eot``: gradients averaged over that many passes (randomised models). ``group``: each row's point where the
     rows are several runs of the same points (``runs``); a point's other rows leave with its fooled one."""
-    loss_fn = LOSSES[loss]
     n, n_fts = len(x), math.prod(x.shape[1:])
     out_best, out_adv = x0.clone(), x0.clone()
     out_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     alpha = 2.0 if norm in ("Linf", "L2") else 1.0
     x_adv = x0.clamp(0.0, 1.0)
-    logits, cur_loss, grad = _gradient(model, x_adv, lambda z: loss_fn(z, y, target), eot)
+    logits, cur_loss, grad = _gradient(model, x_adv, loss, y, target, eot)
     start_grad = grad
     p = _Points(index=torch.arange(n, device=x.device), x=x, y=y, target=target, x_adv=x_adv, x_old=x_adv.clone(),
                 grad=grad, loss=cur_loss, x_best=x_adv.clone(), grad_best=grad.clone(), loss_best=cur_loss.clone(),
@@ -213,8 +214,7 @@ def run(model, x: Tensor, y: Tensor, target: Tensor | None, x0: Tensor, *, norm:
                     z = inside(p.x_adv + s * direction)
                     x_new = inside(p.x_adv + (z - p.x_adv) * a + (p.x_adv - p.x_old) * (1 - a))
             p.x_old, p.x_adv = p.x_adv, x_new
-        y_i, t_i = p.y, p.target
-        logits, p.loss, p.grad = _gradient(model, p.x_adv, lambda z: loss_fn(z, y_i, t_i), eot)
+        logits, p.loss, p.grad = _gradient(model, p.x_adv, loss, p.y, p.target, eot)
         retire(_bookkeep(p, logits))  # before a checkpoint can move a fooling iterate back to the best point
         if i in windows and len(p.index):
             with torch.no_grad():
@@ -261,13 +261,17 @@ def _any(mask: Tensor) -> Tensor | None:
     return mask if bool(mask.any()) else None
 
 
-def _gradient(model, x: Tensor, loss_fn, eot: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits and loss of the last pass, the gradient averaged over ``eot`` passes (as the official)."""
-    logits, loss, grad = input_grad(model, x, loss_fn)
+def _gradient(model, x: Tensor, loss: str, y: Tensor, target: Tensor | None, eot: int
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits and loss of the last pass, the gradient averaged over ``eot`` passes (as the official). A loss with
+    a fused kernel (``SEEDED``) gives autograd its gradient at the logits, where the kernel applies."""
+    loss_fn, fused = LOSSES[loss], SEEDED.get(loss)
+    args = (lambda z: loss_fn(z, y, target), None if fused is None else lambda z: fused(z, y, target))
+    logits, value, grad = input_grad(model, x, *args)
     for _ in range(eot - 1):
-        logits, loss, more = input_grad(model, x, loss_fn)
+        logits, value, more = input_grad(model, x, *args)
         grad = grad + more
-    return logits, loss, grad / eot if eot > 1 else grad
+    return logits, value, grad / eot if eot > 1 else grad
 
 
 def apgd(model, x: Tensor, y: Tensor, *, norm: str, eps: float, keys: Tensor, loss: str = "ce", n_iter: int = 100,

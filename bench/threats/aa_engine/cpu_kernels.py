@@ -119,6 +119,20 @@ def apgd_record(logits: Tensor, y: Tensor, loss: Tensor, x_adv: Tensor, grad: Te
                             prev_loss.numpy(), increases.numpy(), fooled.numpy()))
 
 
+def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:
+    """APGD-T's targeted DLR loss per row (``apgd.dlr_targeted_loss``) and its gradient with respect to the logits,
+    both bit for bit what torch's forward and autograd compute, in one call; or None where the kernel does not
+    apply: another device or dtype, fewer than 4 classes, or a row where autograd's routing is not decided by the
+    values alone (a NaN, the target being the label, or a tie across the sorted positions that get a gradient)."""
+    if not usable(logits) or logits.shape[1] < 4:
+        return None
+    values = logits.detach().contiguous()
+    loss, seed = torch.empty(len(values), dtype=values.dtype), torch.zeros_like(values)
+    undecided = _DLR_TARGETED(values.numpy(), y.contiguous().numpy(), target.contiguous().numpy(),
+                              np.array([0.5, 1e-12, 1.0], dtype=values.numpy().dtype), loss.numpy(), seed.numpy())
+    return None if undecided else (loss, seed)
+
+
 def square_linf_propose(cand: Tensor, low: Tensor, high: Tensor, corners: Tensor, steps: Tensor, j: int, s: int
                         ) -> None:
     """Square's L-inf candidate written into ``cand``, a buffer equal to the best point (``square_settle`` keeps it
@@ -319,6 +333,48 @@ def _apgd_record(logits, y, loss, x_adv, grad, loss_best, x_best, grad_best, pre
     return count
 
 
+def _dlr_targeted(logits, y, target, consts, loss, seed):  # pragma: no cover - compiled by numba
+    """Per row, in the logits' dtype: the top five values (one pass, kept in order), then torch's forward, -(z_y -
+    z_t) / (top1 - 0.5 * (top3 + top4) + 1e-12), and autograd's backward of its sum (div: 1 / D and -(L / D); the
+    sort routes the latter to top1 and half its negation to top3 and top4; the gathers route -(1 / D) to y and
+    1 / D to the target), so every float operation is torch's. Returns the rows it cannot decide as torch would
+    (left)."""
+    half, tiny, one = consts[0], consts[1], consts[2]
+    undecided = 0
+    k = logits.shape[1]
+    top = np.empty(5, dtype=np.int64)
+    for r in range(logits.shape[0]):
+        row = logits[r]
+        bad = y[r] == target[r]
+        filled = 0
+        for c in range(k):
+            v = row[c]
+            bad |= v != v
+            j = min(filled, 4)  # where v goes: below every kept value that is >= v
+            if filled == 5 and not v > row[top[4]]:
+                continue
+            while j > 0 and v > row[top[j - 1]]:
+                top[j] = top[j - 1]
+                j -= 1
+            top[j] = c
+            filled = min(filled + 1, 5)
+        v1, v2, v3, v4 = row[top[0]], row[top[1]], row[top[2]], row[top[3]]
+        if bad or v1 == v2 or v2 == v3 or (k > 4 and v4 == row[top[4]]):
+            undecided += 1
+            continue
+        d = (v1 - half * (v3 + v4)) + tiny
+        value = -(row[y[r]] - row[target[r]]) / d
+        loss[r] = value
+        q = one / d
+        g = -(value / d)  # autograd's -grad * ((B / D) / D), where B / D is the loss
+        seed[r, top[0]] += g
+        seed[r, top[2]] += -g * half
+        seed[r, top[3]] += -g * half
+        seed[r, y[r]] += -q
+        seed[r, target[r]] += q
+    return undecided
+
+
 def _square_propose(cand, low, high, corners, steps, j, s):  # pragma: no cover - compiled by numba
     """On each point's square: min(max(best + step, low), high) per channel (torch's clamp order), in cand, which
     holds the best point on entry."""
@@ -376,6 +432,7 @@ if AVAILABLE:
     _FAB_RECORD = _compiled(_fab_record, parallel=True)
     _APGD = _compiled(_apgd, parallel=True)
     _APGD_RECORD = _compiled(_apgd_record)
+    _DLR_TARGETED = _compiled(_dlr_targeted)
     # Square's: serial, as a parallel launch costs more than a few small squares' work
     _SQUARE_PROPOSE = _compiled(_square_propose)
     _SQUARE_SETTLE = _compiled(_square_settle)

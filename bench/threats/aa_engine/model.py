@@ -36,13 +36,20 @@ class MixedPrecision(nn.Module):
             return self.model(x).float()
 
 
-def input_grad(model, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def input_grad(model, x: torch.Tensor, loss_fn, seeded=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, per-point loss, gradient of the summed loss w.r.t. ``x``) in one forward and backward pass. A
     model whose outputs carry no gradient (detached, or computed outside autograd) gets a zero gradient, as
-    PGD's does: the attack then cannot move, and the run's gradient check says so."""
+    PGD's does: the attack then cannot move, and the run's gradient check says so. ``seeded`` (optional): the
+    logits -> (loss, its gradient at the logits), computed outside autograd (a fused kernel), or None where it
+    does not apply; the backward pass then starts at the logits, skipping the loss's small ops."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
+        done = seeded(logits.detach()) if seeded is not None and logits.requires_grad else None
+        if done is not None:
+            loss, seed = done
+            (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
+            return logits.detach(), loss, grad.detach()
         loss = loss_fn(logits)
         if not loss.requires_grad:
             return logits.detach(), loss.detach(), torch.zeros_like(x)
