@@ -269,3 +269,25 @@ def test_dlr_targeted_loss_and_gradient_are_autograds_bit_for_bit(monkeypatch, m
         assert cpu_kernels.dlr_targeted(bad, labels, targets) is None
     assert cpu_kernels.dlr_targeted(logits, labels, labels) is None  # target == label
     assert cpu_kernels.dlr_targeted(logits[:, :3], labels, targets) is None  # fewer than 4 classes
+
+
+def test_fab_targeted_plane_is_autograds_bit_for_bit(monkeypatch, model):
+    """FAB-T's boundary value and gradient, seeded at the logits by the kernel, against autograd through the
+    gathers: equal bit for bit, a target equal to the label (a zero gradient) and NaN logits included."""
+    from bench.data import load_dataset
+    from bench.threats.aa_engine.fab import _targeted_plane
+
+    data = load_dataset("digits", "test")
+    x, y = data.x[:48], data.y[:48]
+    target = (y + torch.arange(48) % 10) % 10  # every fifth or so row aims at its own label
+    logits = torch.randn(4, 5)
+    logits[1, 2] = float("nan")
+    f, seed = cpu_kernels.logit_difference(logits, torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 2, 0]))
+    assert f[1].isnan() and f[2] == 0 and torch.equal(seed.sum(1), torch.zeros(4))
+    assert seed[0, 1] == 1 and seed[0, 0] == -1 and not seed[2].any()
+    fused = _targeted_plane(model, x, y, target)
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    reference = _targeted_plane(model, x, y, target)
+    assert bool((target == y).any()) and float(reference[1].abs().sum()) > 0
+    for ours, theirs in zip(fused, reference):
+        assert torch.equal(ours, theirs)

@@ -133,6 +133,18 @@ def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Ten
     return None if undecided else (loss, seed)
 
 
+def logit_difference(logits: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:
+    """FAB-T's boundary value per row, f = logit[target] - logit[y], and its gradient with respect to the logits
+    (+1 at the target, -1 at the label: what autograd's gathers give, 0 where they coincide), in one call; or None
+    on another device or dtype."""
+    if not usable(logits):
+        return None
+    values = logits.detach().contiguous()
+    f, seed = torch.empty(len(values), dtype=values.dtype), torch.zeros_like(values)
+    _LOGIT_DIFFERENCE(values.numpy(), y.contiguous().numpy(), target.contiguous().numpy(), f.numpy(), seed.numpy())
+    return f, seed
+
+
 def square_linf_propose(cand: Tensor, low: Tensor, high: Tensor, corners: Tensor, steps: Tensor, j: int, s: int
                         ) -> None:
     """Square's L-inf candidate written into ``cand``, a buffer equal to the best point (``square_settle`` keeps it
@@ -375,6 +387,13 @@ def _dlr_targeted(logits, y, target, consts, loss, seed):  # pragma: no cover - 
     return undecided
 
 
+def _logit_difference(logits, y, target, f, seed):  # pragma: no cover - compiled by numba
+    for r in range(logits.shape[0]):
+        f[r] = logits[r, target[r]] - logits[r, y[r]]
+        seed[r, target[r]] += 1.0
+        seed[r, y[r]] -= 1.0
+
+
 def _square_propose(cand, low, high, corners, steps, j, s):  # pragma: no cover - compiled by numba
     """On each point's square: min(max(best + step, low), high) per channel (torch's clamp order), in cand, which
     holds the best point on entry."""
@@ -433,6 +452,7 @@ if AVAILABLE:
     _APGD = _compiled(_apgd, parallel=True)
     _APGD_RECORD = _compiled(_apgd_record)
     _DLR_TARGETED = _compiled(_dlr_targeted)
+    _LOGIT_DIFFERENCE = _compiled(_logit_difference)
     # Square's: serial, as a parallel launch costs more than a few small squares' work
     _SQUARE_PROPOSE = _compiled(_square_propose)
     _SQUARE_SETTLE = _compiled(_square_settle)
