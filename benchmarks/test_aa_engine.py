@@ -1,8 +1,8 @@
 """Our AutoAttack engine's speed goals (issue 23), as ratios measured in the same run: standard AutoAttack at L-inf
 0.3 on the shipped mnist-cnn-pgd-at and the first 200 evaluation points, our engine against the official package,
 and each against its pass-count limit (``bench.threats.aa_engine.perf``). ``bench perf --model mnist-cnn-pgd-at
---eps 0.3 --n 200`` prints the same figures as a table. Both run in this process, one after the other (about 2 min on 2
-CPU cores).
+--eps 0.3 --n 200`` prints the same figures as a table. Both run in this process, one after the other, each after its
+warm-up on 2 points (about 2.5 min on 2 CPU cores).
 """
 from __future__ import annotations
 

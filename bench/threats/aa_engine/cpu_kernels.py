@@ -207,6 +207,20 @@ def _water_level(weight, level, need, full, slope):  # pragma: no cover - compil
     return mu
 
 
+def _max_abs(v):  # pragma: no cover - compiled by numba
+    """max |v_i| (exact) over four running maxima: one running maximum waits on each compare, four overlap."""
+    a = b = c = e = 0.0
+    n = v.shape[0] - v.shape[0] % 4
+    for i in range(0, n, 4):
+        a = max(a, abs(v[i]))
+        b = max(b, abs(v[i + 1]))
+        c = max(c, abs(v[i + 2]))
+        e = max(e, abs(v[i + 3]))
+    for i in range(n, v.shape[0]):
+        a = max(a, abs(v[i]))
+    return max(max(a, b), max(c, e))
+
+
 def _fab(x1, x0, w, f, linf, eta, alpha_max, dead, out, wbits, wmask, fbits, fmask
          ):  # pragma: no cover - compiled by numba
     """Per row: both gaps to the hyperplane, the water filling's weights and levels for both points, their water
@@ -249,18 +263,20 @@ def _fab(x1, x0, w, f, linf, eta, alpha_max, dead, out, wbits, wmask, fbits, fma
             slope0 += wt if lv0 > 0.0 else 0.0
         mu1 = _water_level(weight, level1, abs(gap1), full1, slope1)
         mu0 = _water_level(weight, level0, abs(gap0), full0, slope0)
-        n1, n0 = 0.0, 0.0
-        for i in range(d):  # the steps, against the sign of s w, kept in the levels' place
-            scale = 1.0 if linf else abs(g[i])
-            d1, d0 = min(mu1, level1[i]) * scale, min(mu0, level0[i]) * scale
-            d1 = -d1 if s1 * g[i] > 0.0 else (d1 if s1 * g[i] < 0.0 else 0.0)
-            d0 = -d0 if s0 * g[i] > 0.0 else (d0 if s0 * g[i] < 0.0 else 0.0)
-            level1[i], level0[i] = d1, d0
-            if linf:
-                n1, n0 = max(n1, abs(d1)), max(n0, abs(d0))
-            else:
+        # the steps, against the sign of s w (np.sign: no branch to mispredict), kept in the levels' place
+        if linf:
+            for i in range(d):
+                level1[i] = -(min(mu1, level1[i]) * np.sign(s1 * g[i]))
+                level0[i] = -(min(mu0, level0[i]) * np.sign(s0 * g[i]))
+            n1, n0 = _max_abs(level1), _max_abs(level0)
+        else:
+            n1, n0 = 0.0, 0.0
+            for i in range(d):
+                scale = abs(g[i])
+                d1 = -((min(mu1, level1[i]) * scale) * np.sign(s1 * g[i]))
+                d0 = -((min(mu0, level0[i]) * scale) * np.sign(s0 * g[i]))
+                level1[i], level0[i] = d1, d0
                 n1, n0 = n1 + d1 * d1, n0 + d0 * d0
-        if not linf:
             n1, n0 = math.sqrt(n1), math.sqrt(n0)
         n1, n0 = max(n1, 1e-8), max(n0, 1e-8)
         alpha = min(max(n1 / (n1 + n0), 0.0), alpha_max)
@@ -446,6 +462,7 @@ if AVAILABLE:
     # FAB: fastmath for vectorised sums and selects, which assume finite values (``fab_step`` checks its inputs);
     # APGD: none, so that every float operation is the torch step's
     _water_level = _compiled(_water_level, fastmath=True)
+    _max_abs = _compiled(_max_abs, fastmath=True)
     _FAB = _compiled(_fab, parallel=True, fastmath=True)
     _argmax = _compiled(_argmax)
     _FAB_RECORD = _compiled(_fab_record, parallel=True)
