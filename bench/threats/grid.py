@@ -42,7 +42,6 @@ class CellGrid(Threat):
 
     tasks = ("classifier",)
     mean_metric: ClassVar[Metric]  # the headline: the mean over cells
-    group_label: ClassVar[str]  # e.g. "corruption"
     level_names: ClassVar[tuple[str, str]] = ("level", "levels")  # a corruption's are severities
 
     def cells(self) -> list[Cell]:
