@@ -243,10 +243,10 @@ def _bookkeep(p: _Points, logits: Tensor) -> Tensor | None:
     """After a gradient pass, in place: the rows whose loss beats their best become it, the loss increases are
     counted and the loss kept for the next comparison. Returns the fooled rows (argmax not the label), None where
     there are none. On a CPU with numba, fused (``cpu_kernels``): a handful of small ops cost more than the work."""
-    fooled = torch.empty(len(p.index), dtype=torch.bool, device=logits.device)
-    count = cpu_kernels.apgd_record(logits, p.y, p.loss, p.x_adv, p.grad, p.loss_best, p.x_best, p.grad_best,
-                                    p.prev_loss, p.increases, fooled)
-    if count is not None:
+    fused = cpu_kernels.apgd_record(logits, p.y, p.loss, p.x_adv, p.grad, p.loss_best, p.x_best, p.grad_best,
+                                    p.prev_loss, p.increases)
+    if fused is not None:
+        count, fooled = fused
         return fooled if count else None
     better = (p.loss > p.loss_best).nonzero().squeeze(1)  # rows copied in place: often a few of them
     p.x_best.index_copy_(0, better, p.x_adv.index_select(0, better))

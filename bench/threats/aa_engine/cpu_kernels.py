@@ -104,19 +104,21 @@ def apgd_linf_step(x_adv: Tensor, x_old: Tensor, grad: Tensor, step: Tensor, low
 
 
 def apgd_record(logits: Tensor, y: Tensor, loss: Tensor, x_adv: Tensor, grad: Tensor, loss_best: Tensor,
-                x_best: Tensor, grad_best: Tensor, prev_loss: Tensor, increases: Tensor, fooled: Tensor) -> int | None:
+                x_best: Tensor, grad_best: Tensor, prev_loss: Tensor, increases: Tensor) -> tuple[int, Tensor] | None:
     """APGD's bookkeeping after a gradient pass (``apgd._bookkeep``), in place and bit for bit: where ``loss`` beats
     ``loss_best`` the row's iterate, gradient and loss become its best; ``increases`` counts a loss above
-    ``prev_loss``, which then takes the loss; ``fooled`` (bool) gets the rows whose argmax is not ``y``. Returns
-    their count, or None where the kernel does not apply (nothing touched)."""
+    ``prev_loss``, which then takes the loss. Returns (how many rows are fooled, the fooled rows: argmax not
+    ``y``), or None where the kernel does not apply (nothing touched)."""
     rows = (x_adv, grad, x_best, grad_best)
     losses = (loss, loss_best, prev_loss, increases)
     if not (usable(x_adv) and all(t.dtype == x_adv.dtype and t.is_contiguous() for t in rows + losses)):
         return None
-    return int(_APGD_RECORD(logits.detach().contiguous().numpy(), y.contiguous().numpy(), loss.numpy(),
-                            x_adv.view(len(x_adv), -1).numpy(), grad.view(len(grad), -1).numpy(), loss_best.numpy(),
-                            x_best.view(len(x_best), -1).numpy(), grad_best.view(len(grad_best), -1).numpy(),
-                            prev_loss.numpy(), increases.numpy(), fooled.numpy()))
+    fooled = torch.empty(len(x_adv), dtype=torch.bool)
+    count = _APGD_RECORD(logits.detach().contiguous().numpy(), y.contiguous().numpy(), loss.numpy(),
+                         x_adv.view(len(x_adv), -1).numpy(), grad.view(len(grad), -1).numpy(), loss_best.numpy(),
+                         x_best.view(len(x_best), -1).numpy(), grad_best.view(len(grad_best), -1).numpy(),
+                         prev_loss.numpy(), increases.numpy(), fooled.numpy())
+    return int(count), fooled
 
 
 def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -126,10 +128,10 @@ def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> tuple[Tensor, Ten
     values alone (a NaN, the target being the label, or a tie across the sorted positions that get a gradient)."""
     if not usable(logits) or logits.shape[1] < 4:
         return None
-    values = logits.detach().contiguous()
-    loss, seed = torch.empty(len(values), dtype=values.dtype), torch.zeros_like(values)
-    undecided = _DLR_TARGETED(values.numpy(), y.contiguous().numpy(), target.contiguous().numpy(),
-                              np.array([0.5, 1e-12, 1.0], dtype=values.numpy().dtype), loss.numpy(), seed.numpy())
+    values = logits.detach().contiguous().numpy()
+    loss, seed = torch.empty(len(values), dtype=logits.dtype), torch.zeros(values.shape, dtype=logits.dtype)
+    undecided = _DLR_TARGETED(values, y.contiguous().numpy(), target.contiguous().numpy(),
+                              np.array([0.5, 1e-12, 1.0], dtype=values.dtype), loss.numpy(), seed.numpy())
     return None if undecided else (loss, seed)
 
 
