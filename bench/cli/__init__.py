@@ -385,7 +385,9 @@ def perf(model: str = typer.Option(..., "--model", "-m", help="Model card id or 
          attacks: list[str] = typer.Option([], "--attack", help="Only these stages (repeat; version custom: "
                                            "apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square)."),
          engines: list[str] = typer.Option(["bench", "official", "torchattacks-100", "torchattacks"], "--engine",
-                                           help="Engines to time (repeat the option)."),
+                                           help="Engines to time (repeat the option): bench, bench-compiled "
+                                           "(torch.compile on fixed-shape batches; CUDA graphs on a GPU), official, "
+                                           "torchattacks-100, torchattacks."),
          threads: int = typer.Option(0, "--threads", help="CPU threads per engine [default: torch's]."),
          device: str = DeviceOpt) -> None:
     """Time AutoAttack engines on the same points: examples/s, peak memory, and each stage against its pass-count

@@ -35,9 +35,13 @@ class AutoAttackParams(Params):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[AttackName] | None = None  # only with version: custom
     engine: Literal["official", "bench"] = "official"  # which code computes it (not part of the protocol)
-    # our engine only, opt-in: the attacks' passes under autocast; every point is still decided in fp32, and the
-    # first points of each batch run again in fp32, counted in stats precision_check:* (not protocol either)
+    # our engine only, opt-in (none is protocol): the attacks' passes under autocast, through torch.compile in this
+    # mode on fixed-shape batches (reduce-overhead: CUDA graphs), on a channels-last copy of the model; every point
+    # is still decided by the plain model in fp32, and the first points of each batch run again on it, counted in
+    # stats search_check:*
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    channels_last: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "AutoAttackParams":
@@ -46,8 +50,10 @@ class AutoAttackParams(Params):
             raise ValueError("list attacks: exactly when version is custom")
         if self.attacks is not None and len(set(self.attacks)) != len(self.attacks):
             raise ValueError("an attack is listed twice (each listed attack runs in full)")
-        if self.precision != "fp32" and self.engine != "bench":
-            raise ValueError(f"precision {self.precision} needs engine: bench (the official package runs in fp32)")
+        for name, default in (("precision", "fp32"), ("compile", "off"), ("channels_last", False)):
+            if getattr(self, name) != default and self.engine != "bench":
+                raise ValueError(f"{name}: {getattr(self, name)} needs engine: bench (the official package calls the "
+                                 f"model as it is, in fp32)")
         return self
 
 
@@ -94,12 +100,12 @@ class AutoAttack(PerturbStep):
     @classmethod
     def protocol(cls, params: AutoAttackParams) -> dict:
         """The question asked, without the engine that answers it (that is the run's implementation identity)."""
-        return params.model_dump(mode="json", exclude={"engine", "precision"})
+        return params.model_dump(mode="json", exclude={"engine", "precision", "compile", "channels_last"})
 
     def implementation(self) -> dict:
         if self.params.engine == "official":
             return super().implementation()
-        from bench.threats.aa_engine import cpu_kernels
+        from bench.threats.aa_engine import compiled, cpu_kernels
         from bench.threats.aa_engine.engine import ENGINE_REVISION
 
         engine = {"name": "bench", "revision": ENGINE_REVISION}
@@ -108,6 +114,10 @@ class AutoAttack(PerturbStep):
             engine["cpu_kernels"] = kernels
         if self.params.precision != "fp32":
             engine["precision"] = self.params.precision
+        if self.params.compile != "off":  # torch's version is in every run's identity already
+            engine["compile"] = {"mode": self.params.compile, "smallest_bucket": compiled.SMALLEST}
+        if self.params.channels_last:
+            engine["channels_last"] = True
         return {"revision": self.revision, "engine": engine}
 
     @classmethod
@@ -128,9 +138,10 @@ class AutoAttack(PerturbStep):
         p = self.params
         self._require_gradient(target.module, x)
         result = autoattack(target.module, x, y, norm=p.norm, eps=p.eps, version=p.version, attacks=p.attacks,
-                            seed=draws.seed, positions=draws.keys, precision=p.precision)
+                            seed=draws.seed, positions=draws.keys, precision=p.precision, compile=p.compile,
+                            channels_last=p.channels_last)
         stats = {f"broken_by:{name}": count for name, count in result.broken_by.items()}
-        stats.update({f"precision_check:{name}": count for name, count in result.precision_check.items()})
+        stats.update({f"search_check:{name}": count for name, count in result.search_check.items()})
         return Candidates(result.x_adv, stats=stats, notes=[f"{CHECK_NOTE}{n}" for n in result.notes] + result.remarks)
 
     def _require_gradient(self, model, x: Tensor) -> None:

@@ -14,6 +14,7 @@ Regenerate (about 15 min on 2 CPU cores): ``python tests/aa_engine/agreement.py`
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,12 @@ from bench.testing import threat_card
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "official_autoattack.json"
+
+
+def paired_tolerance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """How far two attacks' robust counts on the same points may differ by chance: 3.5 standard errors of the
+    paired difference (the points only one of them breaks: sd sqrt(b + c) under equal strength), plus one."""
+    return 3.5 * math.sqrt(int((a != b).sum())) + 1
 
 
 @dataclass(frozen=True)

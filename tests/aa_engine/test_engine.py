@@ -12,17 +12,12 @@ from bench.errors import CardError
 from bench.run import evaluate
 from bench.store import Store
 from bench.threats import make_threat
+from aa_engine.agreement import paired_tolerance
 from conftest import threat
 from test_attacks import GradientInForward, NoisyModel
 
 pytest.importorskip("pyautoattack")
 ROWS = "SELECT index, clean_correct, robust FROM rows WHERE run_id = ? ORDER BY index"
-
-
-def paired_tolerance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """How far two attacks' robust counts on the same points may differ by chance: 3.5 standard errors of the
-    paired difference (the points only one of them breaks: sd sqrt(b + c) under equal strength), plus one."""
-    return 3.5 * math.sqrt(int((a != b).sum())) + 1
 
 
 def both(model, tmp_path, n: int, **params):
@@ -149,7 +144,7 @@ def test_mixed_precision_is_opt_in_identity_never_decides_and_is_checked_against
     _, bf16 = make_threat(threat("autoattack", precision="bf16", **params))
     assert threat("autoattack", precision="bf16", **params).hash == threat("autoattack", **params).hash
     assert bf16.implementation()["engine"]["precision"] == "bf16" and "precision" not in fp32.implementation()["engine"]
-    with pytest.raises(CardError, match="precision bf16 needs engine: bench"):
+    with pytest.raises(CardError, match="precision: bf16 needs engine: bench"):
         make_threat(threat("autoattack", norm="Linf", eps=0.1, precision="bf16"))
 
     test = load_dataset("digits", "test")
@@ -164,13 +159,13 @@ def test_mixed_precision_is_opt_in_identity_never_decides_and_is_checked_against
     honest = autoattack(digits_model, x, y, **kw)
     assert int(honest.robust.sum()) < int(lied_to.robust.sum())  # the fooled search found less than fp32's
     (note,) = lied_to.remarks
-    assert note.startswith("attacks in bf16") and "rerun in fp32" in note
-    check = lied_to.precision_check
+    assert note.startswith("attacks in bf16 (autocast), every point decided by the plain model") and "rerun" in note
+    check = lied_to.search_check
     assert check["points"] == 32 and check["robust"] == int(lied_to.robust[:32].sum())
     assert check["differ"] >= check["robust"] - check["robust_fp32"] > 0  # fp32 breaks what the lied-to search missed
     assert not any("bf16" in n for n in lied_to.notes)  # the official's checks stay its own
     same = autoattack(digits_model, x, y, precision="bf16", **kw)
-    assert same.remarks[0].startswith("attacks in bf16") and not honest.remarks and not honest.precision_check
+    assert same.remarks[0].startswith("attacks in bf16") and not honest.remarks and not honest.search_check
     assert abs(int(same.robust.sum()) - int(honest.robust.sum())) <= paired_tolerance(same.robust, honest.robust)
 
 

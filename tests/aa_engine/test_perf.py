@@ -48,6 +48,6 @@ def test_bench_perf_times_each_engine_in_its_own_process():
                               "apgd-ce", "--engine", "bench", "--engine", "official", "--threads", "1"])
     assert out.exit_code == 0, out.output
     rows = [line for line in out.output.splitlines() if re.match(r"\| (bench engine|official AutoAttack)", line)]
-    assert len(rows) == 2 and all(re.search(r"\| \d+\.\d\dx \| \d+\.\d \|$", r) for r in rows), out.output
+    assert len(rows) == 2 and all(re.search(r"\| \d+\.\d\dx \| \d+\.\d \(2\) \|$", r) for r in rows), out.output
     bad = runner.invoke(app, ["perf", "--model", "mnist-cnn-standard", "--eps", "0.3", "--engine", "fast"])
     assert bad.exit_code != 0 and "unknown engine 'fast'" in bad.output

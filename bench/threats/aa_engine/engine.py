@@ -3,12 +3,13 @@
 Each stage attacks only the points every earlier stage left standing (as the official), in chunks of
 ``batch_size`` points; every draw is keyed by the point's position in the split and the stage, so the chunking
 (and the shard's size) changes no point's outcome. The model's parameters are frozen for the whole run. The
-official's checks run on the same inputs and give the same warnings (``checks``). Whichever precision the
-attacks run in (opt-in bf16 or fp16), the model in fp32 decides every point.
+official's checks run on the same inputs and give the same warnings (``checks``). However the attacks call the
+model (opt-in: bf16 or fp16, compiled, channels-last), the plain model in fp32 decides every point.
 """
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -17,8 +18,8 @@ import torch
 from torch import Tensor
 
 from bench.progress import stage as progress
-from bench.threats.aa_engine import checks, rng
-from bench.threats.aa_engine.model import MixedPrecision, frozen
+from bench.threats.aa_engine import checks, compiled, rng
+from bench.threats.aa_engine.model import ChannelsLast, MixedPrecision, frozen
 
 # bump whenever the engine's numbers may change (3: APGD's Linf step as the official's clamps; 4: FAB's step fused
 # on CPUs, float64 inside)
@@ -91,22 +92,24 @@ class Result:
     accuracy: dict[str, float] = field(default_factory=dict)  # robust accuracy after each stage, "clean" first
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # each stage's start and end (time.time)
     notes: list[str] = field(default_factory=list)  # the official's checks
-    remarks: list[str] = field(default_factory=list)  # the engine's own: how lower-precision attacks compare
-    precision_check: dict[str, int] = field(default_factory=dict)  # its counts (summed over a run's batches)
+    remarks: list[str] = field(default_factory=list)  # the engine's own: how an opted-in search compares
+    search_check: dict[str, int] = field(default_factory=dict)  # its counts (summed over a run's batches)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-CHECK_POINTS = 32  # points the ensemble runs again in fp32 when the attacks run in lower precision
+CHECK_POINTS = 32  # points the ensemble runs again on the plain model when the attacks call another
 
 
 def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: str = "standard",
                attacks: list[str] | None = None, seed: int, positions: Tensor, batch_size: int | None = None,
-               precision: str = "fp32") -> Result:
+               precision: str = "fp32", compile: str = "off", channels_last: bool = False) -> Result:
     """Run the ensemble on ``x`` (labels ``y``; ``positions``: each point's position in the split, which keys its
-    draws with ``seed``). ``precision`` (opt-in bf16 or fp16): the attacks' passes run under autocast, which only
-    steers the search; whether a point is broken is always decided by the model in fp32. The first
-    ``CHECK_POINTS`` points then run again in fp32: ``precision_check`` counts them, the robust ones either way and
-    the points where the two differ, and a remark says what that means."""
+    draws with ``seed``). ``precision`` (opt-in bf16 or fp16): the attacks' passes run under autocast;
+    ``compile`` (opt-in, a ``torch.compile`` mode): through the compiled model on fixed-shape batches
+    (``compiled``); ``channels_last`` (opt-in): through a channels-last copy. Each only steers the search;
+    whether a point is broken is always decided by the plain model in fp32. The first ``CHECK_POINTS`` points then
+    run again with the attacks on the plain model: ``search_check`` counts them, the robust ones either way and the
+    points where the two differ, and a remark says what that means."""
     notes: list[str] = []
     with frozen(model):
         plan = stages(version, norm, attacks, notes)
@@ -116,29 +119,46 @@ def autoattack(model, x: Tensor, y: Tensor, *, norm: str, eps: float, version: s
         found, n_classes = checks.probabilities(model, x[:size])
         notes += found + checks.dynamic(model, x[:size])
         notes += checks.classes(n_classes, {s.name: s.targets for s in plan})
-        attacker = model if PRECISIONS[precision] is None else MixedPrecision(model, PRECISIONS[precision])
+        attacker, search = searcher(model, precision, compile, channels_last)
         if attacker is not model:
-            progress(f"AutoAttack: attacks in {precision} (autocast), every point decided in fp32")
-        result = _ensemble(plan, attacker, model, x, y, norm, eps, seed, positions, size)
+            progress(f"AutoAttack: {search}, every point decided by the plain model in fp32")
+        with compiled.recompiles() if compile != "off" else nullcontext():
+            result = _ensemble(plan, attacker, model, x, y, norm, eps, seed, positions, size)
         if attacker is not model:
             k = min(CHECK_POINTS, len(x))
-            progress(f"AutoAttack: the first {k} points again in fp32, to check {precision}")
+            progress(f"AutoAttack: the first {k} points again on the plain model in fp32, to check the search")
             full = _ensemble(plan, model, model, x[:k], y[:k], norm, eps, seed, positions[:k], size)
             low = result.robust[:k]
-            result.precision_check = {"points": k, "robust": int(low.sum()), "robust_fp32": int(full.robust.sum()),
-                                      "differ": int((low != full.robust).sum())}
-            result.remarks.append(precision_note(precision, result.precision_check["differ"] > 0))
+            result.search_check = {"points": k, "robust": int(low.sum()), "robust_fp32": int(full.robust.sum()),
+                                   "differ": int((low != full.robust).sum())}
+            result.remarks.append(search_note(search, result.search_check["differ"] > 0))
         result.notes = notes + checks.square_success(result.accuracy)
     return result
 
 
-def precision_note(precision: str, differ: bool) -> str:
-    """The run's remark on lower-precision attacks (the same words for every batch, so a run shows it once)."""
-    head = (f"attacks in {precision} (autocast), every point decided in fp32; the first {CHECK_POINTS} points of "
-            f"each batch ran again with the attacks in fp32 (stats precision_check:*)")
+def searcher(model, precision: str, compile: str, channels_last: bool = False) -> tuple:
+    """The model as the attacks call it, and the words that say how (None where it is the plain model)."""
+    how = []
+    if channels_last:
+        model = ChannelsLast(model)
+        how.append("attacks on a channels-last copy")
+    if PRECISIONS[precision] is not None:
+        model = MixedPrecision(model, PRECISIONS[precision])
+        how.append(f"attacks in {precision} (autocast)")
+    if compile != "off":
+        model = compiled.compiled(model, compile)
+        how.append(f"attacks through torch.compile (mode {compile}) on fixed-shape batches")
+    return model, ", ".join(how) or None
+
+
+def search_note(search: str, differ: bool) -> str:
+    """The run's remark on an opted-in search (the same words for every batch, so a run shows it once)."""
+    head = (f"{search}, every point decided by the plain model in fp32; the first {CHECK_POINTS} points of each "
+            f"batch ran again with the attacks on the plain model in fp32 (stats search_check:*)")
     if differ:
-        return head + ": some of those points differ, so rerun in fp32 (precision: fp32) before relying on this"
-    return head + ": none differ, a sample only: a search in lower precision can still miss points fp32 breaks"
+        return head + (": some of those points differ, so rerun without it (precision: fp32, compile: off, "
+                       "channels_last: false) before relying on this")
+    return head + ": none differ, a sample only: this search can still miss points the plain one breaks"
 
 
 def _ensemble(plan: list[Stage], attacker, model, x: Tensor, y: Tensor, norm: str, eps: float, seed: int,

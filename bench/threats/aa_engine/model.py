@@ -1,7 +1,8 @@
 """The model as the engine's attacks call it: parameters frozen, so a gradient call computes no weight gradients;
-optionally under autocast (``MixedPrecision``)."""
+optionally under autocast (``MixedPrecision``), or channels-last (``ChannelsLast``)."""
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -34,6 +35,30 @@ class MixedPrecision(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=self.dtype):
             return self.model(x).float()
+
+
+class ChannelsLast(nn.Module):
+    """A copy of the model with its weights channels-last, called on channels-last images: on GPUs, convolutions
+    in that layout run on tensor cores without transposing (most with mixed precision). The copy leaves the plain
+    model, which decides every point, as it was; gradients come back in the images' usual layout, which the
+    engine's steps and kernels expect."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ChannelsLast.apply(x) if x.dim() == 4 else x)
+
+
+class _ChannelsLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 def input_grad(model, x: torch.Tensor, loss_fn, seeded=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

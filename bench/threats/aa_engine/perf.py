@@ -9,9 +9,12 @@ A ratio near 1 says the attack is as fast as its passes allow; what lies above i
 Every engine runs in a fresh process (spawned), on the same points, with the same thread count, and measures the
 pass times there too, so its ratios are against the model's speed measured in the same run, and its peak memory
 is its own (CUDA: peak allocated; CPU: the process's peak resident set). Each engine first runs on the first
-``WARM_UP_POINTS`` points: the costs paid once per process (imports, the engine's kernels loaded or compiled, the
-model's first passes at new shapes, CUDA's set-up) land there, timed and shown apart, so the timed run is the
-steady cost per example, measured like the limit, which is also taken from warm passes.
+``WARM_UP_POINTS`` points (the compiled one on all of them: each batch shape it meets is a compilation): the costs
+paid once per process (imports, the engine's kernels loaded or compiled, the model's first passes at new shapes,
+CUDA's set-up) land there, timed and shown apart, so the timed run is the steady cost per example, measured like
+the limit, which is also taken from warm passes. A compiled engine's passes are counted at their padded rows (the
+rows computed) against the plain model's time per pass, and its time includes the plain rerun of the first points
+that checks it.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from torch import Tensor, nn
 
 from bench.threats.aa_engine.model import frozen
 
-ENGINES = ("bench", "official", "torchattacks-100", "torchattacks")
-LABELS = {"bench": "bench engine", "official": "official AutoAttack (pyautoattack)",
+ENGINES = ("bench", "bench-compiled", "official", "torchattacks-100", "torchattacks")
+LABELS = {"bench": "bench engine", "bench-compiled": "bench engine, compiled (torch.compile, fixed-shape batches)",
+          "official": "official AutoAttack (pyautoattack)",
           "torchattacks-100": "torchattacks AutoAttack, 100 iterations",
           "torchattacks": "torchattacks AutoAttack as shipped (10 iterations per gradient attack)"}
 WARM_UP_POINTS = 2
+COMPILE_MODE = {"cuda": "reduce-overhead", "cpu": "default"}  # bench-compiled's: CUDA graphs where there are some
 
 
 class PassCounter(nn.Module):
@@ -42,8 +47,17 @@ class PassCounter(nn.Module):
         self.events: list[tuple[float, int, bool]] = []
 
     def forward(self, x: Tensor) -> Tensor:
-        self.events.append((time.time(), len(x), torch.is_grad_enabled() and x.requires_grad))
+        self._record(x)
         return self.inner(x)
+
+    def _record(self, x: Tensor) -> None:
+        self.events.append((time.time(), len(x), torch.is_grad_enabled() and x.requires_grad))
+
+    def untraced(self) -> "PassCounter":
+        """Records every call even inside a compiled model, where a traced clock would be read once. Asked for only
+        there: it imports dynamo, whose 160 MiB would count in every engine's peak memory."""
+        self._record = torch.compiler.disable(self._record)
+        return self
 
     def between(self, start: float, end: float) -> tuple[list[int], list[int]]:
         """The row counts of the forward calls and of the forward+backward calls made in [start, end)."""
@@ -143,7 +157,8 @@ class Measure:
     peak_bytes: int
     stages: list[Stage] = field(default_factory=list)
     error: str | None = None
-    warm_up_s: float = math.nan  # the run on the first WARM_UP_POINTS points before the timed one
+    warm_up_s: float = math.nan  # the run on the first warm_up_points points before the timed one
+    warm_up_points: int = WARM_UP_POINTS
 
     @property
     def examples_per_s(self) -> float:
@@ -160,11 +175,13 @@ def _spans(marks: list[tuple[str, float]], end: float) -> list[tuple[str, float,
 
 
 def run_bench(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
-              attacks: list[str] | None):
+              attacks: list[str] | None, compile: str = "off"):
+    """Our engine; compiled, the counter sees the padded calls (the rows computed) inside the compiled model, and
+    the run includes the plain rerun of the first points that checks it."""
     from bench.threats.aa_engine.engine import autoattack
 
     result = autoattack(model, x, y, norm=norm, eps=eps, version=version, attacks=attacks, seed=0,
-                        positions=torch.arange(len(x)))
+                        positions=torch.arange(len(x)), compile=compile)
     return [(name, *span, result.broken_by.get(name)) for name, span in result.spans.items()], result.robust
 
 
@@ -234,11 +251,14 @@ def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, e
     if attacks is not None and engine.startswith("torchattacks"):
         raise ValueError("torchattacks' AutoAttack runs whole versions only, not a list of attacks")
     model = model.eval()
+    counter, warm = PassCounter(model), warm_up_points(engine, len(x))
+    if engine == "bench-compiled":
+        counter.untraced()
     start = time.time()
-    _run(engine, PassCounter(model), x[:WARM_UP_POINTS], y[:WARM_UP_POINTS], norm, eps, version, attacks)
+    _run(engine, counter, x[:warm], y[:warm], norm, eps, version, attacks)
     _sync(x)
     warm_up = time.time() - start
-    counter = PassCounter(model)
+    counter.events.clear()  # the same counter (and so the same compiled graphs) for the timed run
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
     start = time.time()
@@ -248,13 +268,21 @@ def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, e
     memory = peak(x.device)
     stages = [Stage(name, stop - begin, *counter.between(begin, stop), broken) for name, begin, stop, broken in spans]
     rates = pass_rates(model, x, max((rows for _, rows, _ in counter.events), default=len(x)))  # the largest call
-    return Measure(engine, seconds, int(robust.sum()), len(x), rates, memory, stages, warm_up_s=warm_up)
+    return Measure(engine, seconds, int(robust.sum()), len(x), rates, memory, stages, warm_up_s=warm_up,
+                   warm_up_points=warm)
+
+
+def warm_up_points(engine: str, n: int) -> int:
+    """A compiled engine warms up on every point, so that each batch shape the timed run meets is compiled: its
+    compile time, paid once per process, is its warm-up's; the others on ``WARM_UP_POINTS``."""
+    return n if engine == "bench-compiled" else min(WARM_UP_POINTS, n)
 
 
 def _run(engine: str, counter: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
          attacks: list[str] | None):
-    if engine == "bench":
-        return run_bench(counter, x, y, norm, eps, version, attacks)
+    if engine.startswith("bench"):
+        return run_bench(counter, x, y, norm, eps, version, attacks, COMPILE_MODE.get(x.device.type, "default")
+                         if engine == "bench-compiled" else "off")
     if engine == "official":
         return run_official(counter, x, y, norm, eps, version, attacks)
     return run_torchattacks(counter, x, y, norm, eps, version, 100 if engine == "torchattacks-100" else None)
@@ -271,15 +299,15 @@ def peak(device: torch.device) -> int:
 def table(measures: list[Measure]) -> str:
     """A markdown table: per engine its throughput, memory, robust points, limit ratio and warm-up, then per
     stage."""
-    lines = [f"| engine | examples/s | peak memory | robust | seconds | pass-count limit (s) | ratio | warm-up on "
-             f"{WARM_UP_POINTS} points (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| engine | examples/s | peak memory | robust | seconds | pass-count limit (s) | ratio | warm-up (s, "
+             "points) |", "|---|---|---|---|---|---|---|---|"]
     for m in measures:
         if m.error:
             lines.append(f"| {LABELS[m.engine]} | – | – | – | – | – | {m.error} | – |")
             continue
         lines.append(f"| {LABELS[m.engine]} | {m.examples_per_s:.2f} | {m.peak_bytes / 2 ** 20:.0f} MiB | "
                      f"{m.robust}/{m.n} | {m.seconds:.1f} | {m.limit:.1f} | {m.seconds / m.limit:.2f}x | "
-                     f"{m.warm_up_s:.1f} |")
+                     f"{m.warm_up_s:.1f} ({m.warm_up_points}) |")
     lines += ["", "| engine | stage | seconds | forward calls (rows) | forward+backward calls (rows) | limit (s) "
               "| ratio |", "|---|---|---|---|---|---|---|"]
     for m in measures:
