@@ -80,7 +80,7 @@ def adaptive(family: str) -> bool:
 
 def asked(family: str, params: dict[str, Any]) -> dict[str, Any]:
     """The card's params that make up its protocol, as the card writes them: without those its family leaves out
-    of the protocol (AutoAttack's engine and precision say which code answers, not what is asked), so a page
+    of the protocol (AutoAttack's engine and its opt-ins say which code answers, not what is asked), so a page
     neither titles nor groups a protocol by them. Params this code cannot read are shown whole."""
     from pydantic import ValidationError
 
