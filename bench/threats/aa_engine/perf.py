@@ -251,18 +251,19 @@ def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, e
     if attacks is not None and engine.startswith("torchattacks"):
         raise ValueError("torchattacks' AutoAttack runs whole versions only, not a list of attacks")
     model = model.eval()
-    counter, warm = PassCounter(model), warm_up_points(engine, len(x))
-    if engine == "bench-compiled":
+    counter, mode = PassCounter(model), compile_mode(engine, x.device)
+    if mode != "off":  # each batch shape the timed run meets is a compilation: all of them compiled in its warm-up
         counter.untraced()
+    warm = len(x) if mode != "off" else min(WARM_UP_POINTS, len(x))
     start = time.time()
-    _run(engine, counter, x[:warm], y[:warm], norm, eps, version, attacks)
+    _run(engine, counter, x[:warm], y[:warm], norm, eps, version, attacks, mode)
     _sync(x)
     warm_up = time.time() - start
     counter.events.clear()  # the same counter (and so the same compiled graphs) for the timed run
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
     start = time.time()
-    spans, robust = _run(engine, counter, x, y, norm, eps, version, attacks)
+    spans, robust = _run(engine, counter, x, y, norm, eps, version, attacks, mode)
     _sync(x)
     seconds = time.time() - start
     memory = peak(x.device)
@@ -272,17 +273,15 @@ def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, e
                    warm_up_points=warm)
 
 
-def warm_up_points(engine: str, n: int) -> int:
-    """A compiled engine warms up on every point, so that each batch shape the timed run meets is compiled: its
-    compile time, paid once per process, is its warm-up's; the others on ``WARM_UP_POINTS``."""
-    return n if engine == "bench-compiled" else min(WARM_UP_POINTS, n)
+def compile_mode(engine: str, device: torch.device) -> str:
+    """The engine's ``compile`` mode: off but for bench-compiled's (``COMPILE_MODE`` on its device)."""
+    return COMPILE_MODE.get(device.type, "default") if engine == "bench-compiled" else "off"
 
 
 def _run(engine: str, counter: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
-         attacks: list[str] | None):
+         attacks: list[str] | None, mode: str):
     if engine.startswith("bench"):
-        return run_bench(counter, x, y, norm, eps, version, attacks, COMPILE_MODE.get(x.device.type, "default")
-                         if engine == "bench-compiled" else "off")
+        return run_bench(counter, x, y, norm, eps, version, attacks, mode)
     if engine == "official":
         return run_official(counter, x, y, norm, eps, version, attacks)
     return run_torchattacks(counter, x, y, norm, eps, version, 100 if engine == "torchattacks-100" else None)
