@@ -12,12 +12,13 @@ from bench.threats.aa_engine.perf import Measure, Rates, measure
 
 
 def _child(engine: str, card: str, n: int, norm: str, eps: float, version: str, attacks: list[str] | None,
-           device: str, threads: int):
+           device: str, threads: int, repeats: int, batch_size: int | None):
     """One engine measured in its own process (spawned: nothing measured before shares its memory peak)."""
     torch.set_num_threads(threads)
     try:
         model, x, y = load_points(card, n, device)
-        return measure(engine, model, x, y, norm=norm, eps=eps, version=version, attacks=attacks)
+        return measure(engine, model, x, y, norm=norm, eps=eps, version=version, attacks=attacks,
+                       repeats=repeats, batch_size=batch_size)
     except Exception as err:  # reported in the table, not raised: one engine missing must not hide the others
         return Measure(engine, math.nan, 0, n, Rates([], [], []), 0, error=f"{type(err).__name__}: {err}")
 
@@ -37,11 +38,14 @@ def load_points(card: str, n: int, device: str) -> tuple[nn.Module, Tensor, Tens
 
 
 def perf(card: str, engines: list[str], *, n: int, norm: str, eps: float, version: str, device: str,
-         threads: int, attacks: list[str] | None = None) -> list[Measure]:
-    """Each engine in a fresh spawned process, one after the other (never two at once on the same cores)."""
+         threads: int, attacks: list[str] | None = None, repeats: int = 1, batch_size: int | None = None
+         ) -> list[Measure]:
+    """Each engine in a fresh spawned process, one after the other (never two at once on the same cores), timed
+    ``repeats`` times there."""
     context = multiprocessing.get_context("spawn")
     out = []
     for engine in engines:
         with context.Pool(1) as pool:
-            out.append(pool.apply(_child, (engine, card, n, norm, eps, version, attacks, device, threads)))
+            out.append(pool.apply(_child, (engine, card, n, norm, eps, version, attacks, device, threads,
+                                           repeats, batch_size)))
     return out

@@ -389,6 +389,10 @@ def perf(model: str = typer.Option(..., "--model", "-m", help="Model card id or 
                                            "(torch.compile on fixed-shape batches; CUDA graphs on a GPU), official, "
                                            "torchattacks-100, torchattacks."),
          threads: int = typer.Option(0, "--threads", help="CPU threads per engine [default: torch's]."),
+         repeats: int = typer.Option(1, "--repeat", min=1, help="Timed runs per engine: the median is reported, "
+                                     "with the range of all (the machine's speed moves between runs)."),
+         batch_size: int = typer.Option(0, "--batch-size", min=0, help="Points attacked at once (bench and official "
+                                        "engines) [default: all]."),
          device: str = DeviceOpt) -> None:
     """Time AutoAttack engines on the same points: examples/s, peak memory, and each stage against its pass-count
     limit (the model's own forward and forward+backward throughput, measured in the same run)."""
@@ -409,9 +413,11 @@ def perf(model: str = typer.Option(..., "--model", "-m", help="Model card id or 
 
     dev, threads = str(resolve_device(device)), threads or torch.get_num_threads()
     measures = measure(model, engines, n=n, norm=norm, eps=radius, version="custom" if attacks else version,
-                       device=dev, threads=threads, attacks=attacks or None)
+                       device=dev, threads=threads, attacks=attacks or None, repeats=repeats,
+                       batch_size=batch_size or None)
     what = f"custom {', '.join(attacks)}" if attacks else version
-    typer.echo(f"{model}, {n} points, {norm} eps {eps}, AutoAttack {what}, on {dev} ({threads} threads)\n")
+    how = f", {repeats} timed runs each" * (repeats > 1) + f", batches of {batch_size}" * bool(batch_size)
+    typer.echo(f"{model}, {n} points, {norm} eps {eps}, AutoAttack {what}, on {dev} ({threads} threads{how})\n")
     typer.echo(table(measures))
 
 

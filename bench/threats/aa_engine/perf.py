@@ -14,7 +14,8 @@ paid once per process (imports, the engine's kernels loaded or compiled, the mod
 CUDA's set-up) land there, timed and shown apart, so the timed run is the steady cost per example, measured like
 the limit, which is also taken from warm passes. A compiled engine's passes are counted at their padded rows (the
 rows computed) against the plain model's time per pass, and its time includes the plain rerun of the first points
-that checks it.
+that checks it. Timed several times (``repeats``), an engine reports its median run, and the range of all: one
+run's ratio moves by several percent with the machine's speed.
 """
 from __future__ import annotations
 
@@ -89,15 +90,16 @@ class Rates:
         return self.sizes[-1] / (self.backward if backward else self.forward)[-1] if self.sizes else math.nan
 
 
-def pass_rates(model: nn.Module, x: Tensor, max_rows: int | None = None, repeats: int = 3,
-               block_s: float = 0.05) -> Rates:
+def pass_rates(model: nn.Module, x: Tensor, max_rows: int | None = None, repeats: int = 7,
+               block_s: float = 0.1) -> Rates:
     """The model's time per pass at batch sizes 1, 2, 4, ... up to ``max_rows`` (by default ``len(x)``; rows
     beyond the points repeat them), with and without an input gradient (parameters frozen: the limit counts input
     gradients only, no attack needs the weights'). Each is the best of ``repeats`` blocks of back-to-back passes
-    (as many as fill about ``block_s``), divided by their count: the rate a loop of passes sustains, which is what
-    an attack's stage runs (on the 2-core CPU within 4% of a single pass's best time, either way). Sizes reach the
-    largest call: batched runs call the model with more rows than there are points, and those calls are measured,
-    not extrapolated from the point count."""
+    (as many as fill about ``block_s``, at most 100), divided by their count: the rate a loop of passes sustains,
+    which is what an attack's stage runs. Seven blocks of 100 ms: on the 2-core CPU the limit of a whole run then
+    moves by 3-4% between measurements, against 12% with three blocks of 50 ms, and is stricter (the best of more
+    blocks). Sizes reach the largest call: batched runs call the model with more rows than there
+    are points, and those calls are measured, not extrapolated from the point count."""
     def per_pass(fn, batch: Tensor) -> float:
         fn(batch)  # warm-up
         start = time.perf_counter()
@@ -159,6 +161,8 @@ class Measure:
     error: str | None = None
     warm_up_s: float = math.nan  # the run on the first warm_up_points points before the timed one
     warm_up_points: int = WARM_UP_POINTS
+    runs: list[float] = field(default_factory=list)  # every timed run's seconds (``seconds``: their median)
+    differ: int = 0  # points robust in some timed runs but not in all (a seeded engine: none)
 
     @property
     def examples_per_s(self) -> float:
@@ -175,18 +179,18 @@ def _spans(marks: list[tuple[str, float]], end: float) -> list[tuple[str, float,
 
 
 def run_bench(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
-              attacks: list[str] | None, compile: str = "off"):
+              attacks: list[str] | None, compile: str = "off", batch_size: int | None = None):
     """Our engine; compiled, the counter sees the padded calls (the rows computed) inside the compiled model, and
     the run includes the plain rerun of the first points that checks it."""
     from bench.threats.aa_engine.engine import autoattack
 
     result = autoattack(model, x, y, norm=norm, eps=eps, version=version, attacks=attacks, seed=0,
-                        positions=torch.arange(len(x)), compile=compile)
+                        positions=torch.arange(len(x)), compile=compile, batch_size=batch_size)
     return [(name, *span, result.broken_by.get(name)) for name, span in result.spans.items()], result.robust
 
 
 def run_official(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
-                 attacks: list[str] | None):
+                 attacks: list[str] | None, batch_size: int | None = None):
     from pyautoattack import AutoAttack
 
     marks: list[tuple[str, float]] = []
@@ -203,7 +207,7 @@ def run_official(model: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float
     logger.setLevel(logging.DEBUG)
     try:
         aa = AutoAttack(model, eps=eps, norm=norm, seed=0, version=version, attacks=attacks, device=x.device)
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size or len(x))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -244,33 +248,47 @@ def _classes(model: nn.Module, x: Tensor) -> int:
 
 
 def measure(engine: str, model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float,
-            version: str = "standard", attacks: list[str] | None = None) -> Measure:
+            version: str = "standard", attacks: list[str] | None = None, repeats: int = 1,
+            batch_size: int | None = None) -> Measure:
     """One engine on ``x``, after its warm-up run: wall time, robust points, per stage its time and passes, the
-    model's pass times. ``attacks`` (version custom): only these stages; torchattacks has no such version and
-    refuses."""
+    model's pass times. ``repeats`` timed runs: the median one is reported (the machine's speed moves between
+    runs; the limit, from the best of several blocks of passes, does not move with it as much), the others' times
+    kept beside it. ``attacks`` (version custom): only these stages; ``batch_size``: the points attacked at once
+    (by default all); torchattacks has neither and refuses."""
     if attacks is not None and engine.startswith("torchattacks"):
         raise ValueError("torchattacks' AutoAttack runs whole versions only, not a list of attacks")
+    if batch_size and batch_size < len(x) and engine.startswith("torchattacks"):
+        raise ValueError("torchattacks' AutoAttack attacks all the points it is given at once: no batch size")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
     model = model.eval()
     counter, mode = PassCounter(model), compile_mode(engine, x.device)
     if mode != "off":  # each batch shape the timed run meets is a compilation: all of them compiled in its warm-up
         counter.untraced()
     warm = len(x) if mode != "off" else min(WARM_UP_POINTS, len(x))
     start = time.time()
-    _run(engine, counter, x[:warm], y[:warm], norm, eps, version, attacks, mode)
+    _run(engine, counter, x[:warm], y[:warm], norm, eps, version, attacks, mode, batch_size)
     _sync(x)
     warm_up = time.time() - start
-    counter.events.clear()  # the same counter (and so the same compiled graphs) for the timed run
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
-    start = time.time()
-    spans, robust = _run(engine, counter, x, y, norm, eps, version, attacks, mode)
-    _sync(x)
-    seconds = time.time() - start
+    runs, largest = [], len(x)
+    for _ in range(repeats):
+        counter.events.clear()  # the same counter (and so the same compiled graphs) for every timed run
+        start = time.time()
+        spans, robust = _run(engine, counter, x, y, norm, eps, version, attacks, mode, batch_size)
+        _sync(x)
+        seconds = time.time() - start
+        largest = max([largest] + [rows for _, rows, _ in counter.events])
+        runs.append((seconds, robust.cpu(), [Stage(name, stop - begin, *counter.between(begin, stop), broken)
+                                             for name, begin, stop, broken in spans]))
     memory = peak(x.device)
-    stages = [Stage(name, stop - begin, *counter.between(begin, stop), broken) for name, begin, stop, broken in spans]
-    rates = pass_rates(model, x, max((rows for _, rows, _ in counter.events), default=len(x)))  # the largest call
+    seconds, robust, stages = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]  # the median (lower)
+    every = torch.stack([r for _, r, _ in runs])
+    differ = int((every.any(0) & ~every.all(0)).sum())  # robust in some runs, not in all
+    rates = pass_rates(model, x, largest)  # up to the largest call
     return Measure(engine, seconds, int(robust.sum()), len(x), rates, memory, stages, warm_up_s=warm_up,
-                   warm_up_points=warm)
+                   warm_up_points=warm, runs=[run[0] for run in runs], differ=differ)
 
 
 def compile_mode(engine: str, device: torch.device) -> str:
@@ -279,11 +297,11 @@ def compile_mode(engine: str, device: torch.device) -> str:
 
 
 def _run(engine: str, counter: PassCounter, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
-         attacks: list[str] | None, mode: str):
+         attacks: list[str] | None, mode: str, batch_size: int | None = None):
     if engine.startswith("bench"):
-        return run_bench(counter, x, y, norm, eps, version, attacks, mode)
+        return run_bench(counter, x, y, norm, eps, version, attacks, mode, batch_size)
     if engine == "official":
-        return run_official(counter, x, y, norm, eps, version, attacks)
+        return run_official(counter, x, y, norm, eps, version, attacks, batch_size)
     return run_torchattacks(counter, x, y, norm, eps, version, 100 if engine == "torchattacks-100" else None)
 
 
@@ -296,17 +314,23 @@ def peak(device: torch.device) -> int:
 
 
 def table(measures: list[Measure]) -> str:
-    """A markdown table: per engine its throughput, memory, robust points, limit ratio and warm-up, then per
-    stage."""
+    """A markdown table: per engine its throughput, memory, robust points, limit ratio and warm-up (of the median
+    run, with the range of all where there were several), then per stage (the median run's)."""
     lines = ["| engine | examples/s | peak memory | robust | seconds | pass-count limit (s) | ratio | warm-up (s, "
              "points) |", "|---|---|---|---|---|---|---|---|"]
     for m in measures:
         if m.error:
             lines.append(f"| {LABELS[m.engine]} | – | – | – | – | – | {m.error} | – |")
             continue
-        lines.append(f"| {LABELS[m.engine]} | {m.examples_per_s:.2f} | {m.peak_bytes / 2 ** 20:.0f} MiB | "
-                     f"{m.robust}/{m.n} | {m.seconds:.1f} | {m.limit:.1f} | {m.seconds / m.limit:.2f}x | "
-                     f"{m.warm_up_s:.1f} ({m.warm_up_points}) |")
+        limit = m.limit if m.limit > 0 else math.nan  # no stage made a pass
+        seconds, ratio, robust = f"{m.seconds:.1f}", f"{m.seconds / limit:.2f}x", f"{m.robust}/{m.n}"
+        if len(m.runs) > 1:  # the median run, and the range of all
+            seconds += f" (median of {len(m.runs)}: {min(m.runs):.1f}-{max(m.runs):.1f})"
+            ratio += f" ({min(m.runs) / limit:.2f}-{max(m.runs) / limit:.2f}x)"
+        if m.differ:
+            robust += f" ({m.differ} differ between runs)"
+        lines.append(f"| {LABELS[m.engine]} | {m.examples_per_s:.2f} | {m.peak_bytes / 2 ** 20:.0f} MiB | {robust} | "
+                     f"{seconds} | {m.limit:.1f} | {ratio} | {m.warm_up_s:.1f} ({m.warm_up_points}) |")
     lines += ["", "| engine | stage | seconds | forward calls (rows) | forward+backward calls (rows) | limit (s) "
               "| ratio |", "|---|---|---|---|---|---|---|"]
     for m in measures:
