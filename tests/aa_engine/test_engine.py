@@ -3,6 +3,7 @@ the same model and points: the same robust accuracy and the same per-stage break
 official's checks as run notes, and outcomes that do not depend on how the points are batched."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -130,6 +131,27 @@ class AutocastLies(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.inner(x)
         return out.roll(1, dims=1) if torch.is_autocast_enabled(x.device.type) else out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 0.5)])
+def test_on_cuda_the_engine_leaves_the_points_the_cpu_run_leaves(digits_model, norm, eps):
+    """The same draws on both devices (int64 counters); the steps differ (on the CPU the numba kernels, on CUDA
+    the torch steps) and so does the devices' float rounding, which may flip a near-tie: within paired sampling
+    error, and every example inside the threat model."""
+    from bench.data import load_dataset
+    from bench.threats.aa_engine.engine import autoattack
+    from bench.threats.aa_engine.geometry import norms
+
+    test = load_dataset("digits", "test")
+    x, y = test.x[:60], test.y[:60]
+    kw = dict(norm=norm, eps=eps, seed=0, positions=torch.arange(60))
+    cpu = autoattack(digits_model, x, y, **kw)
+    gpu = autoattack(copy.deepcopy(digits_model).cuda(), x.cuda(), y.cuda(), **kw)
+    a, b = cpu.robust, gpu.robust.cpu()
+    assert 0 < int(a.sum()) < len(x) and set(gpu.broken_by) == set(cpu.broken_by)
+    assert abs(int(a.sum()) - int(b.sum())) <= paired_tolerance(a, b) and (a == b).float().mean() >= 0.9
+    assert (norms(gpu.x_adv.cpu() - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
 
 
 def test_mixed_precision_is_opt_in_identity_never_decides_and_is_checked_against_fp32(digits_model):
