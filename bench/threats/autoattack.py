@@ -29,19 +29,24 @@ AttackName = Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
 _PERTURBED = re.compile(r"^(\S+) - \d+/\d+ - (\d+) out of \d+ successfully perturbed")
 
 
+# our engine's opt-ins and their defaults: each says how the code answers (implementation identity), never what is
+# asked, so one list both refuses them without engine: bench and keeps them out of the protocol
+OPT_INS = {"precision": "fp32", "compile": "off", "channels_last": False}
+
+
 class AutoAttackParams(Params):
     norm: Literal["Linf", "L2", "L1"]
     eps: Eps
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[AttackName] | None = None  # only with version: custom
     engine: Literal["official", "bench"] = "official"  # which code computes it (not part of the protocol)
-    # our engine only, opt-in (none is protocol): the attacks' passes under autocast, through torch.compile in this
-    # mode on fixed-shape batches (reduce-overhead: CUDA graphs), on a channels-last copy of the model; every point
-    # is still decided by the plain model in fp32, and the first points of each batch run again on it, counted in
-    # stats search_check:*
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
-    channels_last: bool = False
+    # our engine only, opt-in (OPT_INS: none is protocol): the attacks' passes under autocast, through torch.compile
+    # in this mode on fixed-shape batches (reduce-overhead: CUDA graphs), on a channels-last copy of the model; every
+    # point is still decided by the plain model in fp32, and the first points of each batch run again on it, counted
+    # in stats search_check:*
+    precision: Literal["fp32", "bf16", "fp16"] = OPT_INS["precision"]
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = OPT_INS["compile"]
+    channels_last: bool = OPT_INS["channels_last"]
 
     @model_validator(mode="after")
     def _check(self) -> "AutoAttackParams":
@@ -50,7 +55,7 @@ class AutoAttackParams(Params):
             raise ValueError("list attacks: exactly when version is custom")
         if self.attacks is not None and len(set(self.attacks)) != len(self.attacks):
             raise ValueError("an attack is listed twice (each listed attack runs in full)")
-        for name, default in (("precision", "fp32"), ("compile", "off"), ("channels_last", False)):
+        for name, default in OPT_INS.items():
             if getattr(self, name) != default and self.engine != "bench":
                 raise ValueError(f"{name}: {getattr(self, name)} needs engine: bench (the official package calls the "
                                  f"model as it is, in fp32)")
@@ -100,7 +105,7 @@ class AutoAttack(PerturbStep):
     @classmethod
     def protocol(cls, params: AutoAttackParams) -> dict:
         """The question asked, without the engine that answers it (that is the run's implementation identity)."""
-        return params.model_dump(mode="json", exclude={"engine", "precision", "compile", "channels_last"})
+        return params.model_dump(mode="json", exclude={"engine", *OPT_INS})
 
     def implementation(self) -> dict:
         if self.params.engine == "official":
