@@ -259,3 +259,19 @@ def test_bench_train_retrains_a_prebuilt_card_and_compares_with_the_shipped_weig
     assert out.exit_code == 0, out.output
     lines = {line.split()[0]: line for line in out.output.splitlines() if line.split()}
     assert "trained" in lines and "shipped" in lines and "clean_acc" in lines["shipped"]
+
+
+def test_every_shipped_weight_file_still_belongs_to_its_card():
+    """The prebuilt weights are found by their card's training hash: a card edited after its weights were shipped
+    leaves them unusable (a run trains instead, while listings still say prebuilt), and so would a change to what
+    the hash covers that is not a change of training (revisions at 0 are left out of it)."""
+    from bench.cards import builtin_root
+    from bench.models.card import as_card
+
+    records = {path.name: json.loads(path.read_text())
+               for path in sorted((builtin_root() / "models" / "prebuilt").glob("*.json"))}
+    assert records
+    stale = [name for name, data in records.items() if as_card(data["card"]).training_hash != data["training_hash"]
+             or not name.endswith(f"-{data['training_hash'][:16]}.json")]
+    assert not stale, (f"shipped weights no run can use (their card's training hash moved on): {stale}; retrain "
+                       "them with `bench train CARD` and ship what it writes in place of the old pair")

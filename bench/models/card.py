@@ -180,8 +180,9 @@ class ModelCard(CardSchema):
 
     def _dump(self, include: set[str] | None = None) -> dict[str, Any]:
         """The card as data without prose, plus its architecture's revision and its recipe's validated
-        params (defaults written out, card references as those cards' hashes): what an older revision or
-        another referenced card built (weights, cached statistics, results) never passes for this card's."""
+        params (defaults written out, card references as those cards' hashes) and revisions: what an older
+        revision or another referenced card built (weights, cached statistics, results) never passes for this
+        card's."""
         from bench.models.archs import revision
 
         key, stack = f"{self.source_dir}/{self.id}", _hashing.get()
@@ -195,12 +196,25 @@ class ModelCard(CardSchema):
             if data.get("architecture") is not None and (rev := revision(self.architecture.name)):
                 data["architecture"]["revision"] = rev
             if data.get("recipe") is not None:
-                data["recipe"]["params"] = self.make_recipe().params.model_dump(mode="json")
+                data["recipe"] |= self._recipe_identity()
             if data.get("compose") is not None:
                 data["compose"] = self.composition.identity()
             return data
         finally:
             _hashing.reset(token)
+
+    def _recipe_identity(self) -> dict[str, Any]:
+        """The recipe's validated params, and its revision and the training loop's where above 0 (left out at 0,
+        so the hashes of weights trained before revisions were counted stay as they were)."""
+        from bench.recipes.base import LOOP_REVISION
+
+        recipe = self.make_recipe()
+        out: dict[str, Any] = {"params": recipe.params.model_dump(mode="json")}
+        if recipe.revision:
+            out["revision"] = recipe.revision
+        if LOOP_REVISION:
+            out["loop"] = LOOP_REVISION
+        return out
 
     @cached_property
     def composition(self) -> Composition:

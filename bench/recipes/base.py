@@ -119,10 +119,20 @@ class ParamGroup:
                                nesterov=True)
 
 
+# Counts changes to what the shared training loop (``bench.training.loop``, ``bench.training._fit``) and this base
+# class make of a card: part of every training hash once above 0 (kept here, where the cards read it: the models
+# package cannot import the training package, which imports it)
+LOOP_REVISION = 0
+
+
 class Recipe:
-    """Base recipe: standard training, cross-entropy on clean inputs."""
+    """Base recipe: standard training, cross-entropy on clean inputs. ``revision`` counts changes to what a recipe
+    trains (its inputs, loss, parameters, schedule): part of its cards' training hashes once above 0, so weights
+    trained by an older revision are never reused for a newer one; ``tests/fingerprints/test_recipe_fingerprints.py``
+    fails on a forgotten bump."""
 
     Params: ClassVar[type[RecipeParams]] = RecipeParams
+    revision: ClassVar[int] = 0
 
     def __init__(self, params: RecipeParams):
         self.params = params

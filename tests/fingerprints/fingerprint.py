@@ -156,6 +156,17 @@ def expected(recorded: dict[str, Any]) -> dict[str, Any]:
     return {**recorded, **own} if own and recorded.get("platform") != platform_signature() else recorded
 
 
+def elsewhere(recorded: dict[str, Any], platform_command: str) -> str:
+    """The hint a failure adds on a machine without a recording of its own: it may compute the tiny models' passes
+    differently, in which case ``platform_command`` records its outputs (empty where it has a recording)."""
+    here = platform_signature()
+    if here == recorded.get("platform") or here in recorded.get("platforms", {}):
+        return ""
+    return (f" This machine computes the tiny models' passes unlike the one that recorded it (platform {here}, "
+            f"recorded on {recorded.get('platform', 'an unrecorded one')}): if no code changed (the same failure on "
+            f"a clean checkout of main), record this machine's outputs with `{platform_command}`.")
+
+
 def write(fingerprint: dict[str, Any]) -> Path:
     path = FOLDER / f"{fingerprint['family']}.json"
     path.write_text(json.dumps(fingerprint, separators=(",", ":")) + "\n")

@@ -4,7 +4,7 @@ implementation identity changed, in which case the fingerprint is recorded again
 from __future__ import annotations
 
 import pytest
-from fingerprint import FOLDER, VARIANTS, compare, compute, expected, family_of, platform_signature, read
+from fingerprint import FOLDER, VARIANTS, compare, compute, elsewhere, expected, family_of, platform_signature, read
 
 from bench.implementation import differences
 from bench.threats import THREAT_FAMILIES
@@ -29,18 +29,13 @@ def test_outputs_change_only_with_a_revision_bump(family, tmp_path):
         pytest.fail(f"family {family}: its implementation identity changed ({'; '.join(changed)}): record its new "
                     f"fingerprint with `python tests/fingerprints/update.py {family}`")
     problems = compare(expected(recorded), current)
-    here = platform_signature()
-    elsewhere = "" if here == recorded.get("platform") or here in recorded.get("platforms", {}) else (
-        f" This machine computes the tiny models' passes unlike the one that recorded it (platform "
-        f"{here}, recorded on {recorded.get('platform', 'an unrecorded one')}): if no code changed (the "
-        f"same failure on a clean checkout of main), record this machine's outputs with `python "
-        f"tests/fingerprints/update.py --platform {family}`.")
     assert not problems, (
         f"family {family}: its outputs changed ({'; '.join(problems)}) but its revision is still "
         f"{_revision(current['implementation']['family'], family)}: bump {_where(family)} (an ensemble's members' "
         "revisions are part of its identity: where only a member's code changed, bump that member's family; if "
         "every family changed, bump bench.implementation.CORE_REVISION, or the task's revision if its clean pass "
-        f"changed), then run `python tests/fingerprints/update.py {family}`.{elsewhere}")
+        f"changed), then run `python tests/fingerprints/update.py {family}`."
+        + elsewhere(recorded, f"python tests/fingerprints/update.py --platform {family}"))
 
 
 def test_a_changed_step_size_is_caught_and_named(tmp_path, monkeypatch):

@@ -4,6 +4,9 @@
     python tests/fingerprints/update.py --all                # e.g. after bumping the core's or a task's
     python tests/fingerprints/update.py --models             # retrain the tiny models (then --all)
     python tests/fingerprints/update.py --platform FAMILY    # this machine's outputs of unchanged code
+    python tests/fingerprints/update.py --recipe KEY         # after bumping a recipe's revision (training.py)
+    python tests/fingerprints/update.py --recipes            # every recipe (e.g. after bumping LOOP_REVISION)
+    python tests/fingerprints/update.py --platform --recipe KEY
 
 Only record a fingerprint for a family whose revision you bumped (or that is new): recording over a changed
 output under the same revision hides exactly what the fingerprint test exists to catch. ``--platform`` is for a
@@ -24,6 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fingerprint import FOLDER, VARIANTS, compute, platform_signature, read, write  # noqa: E402
+from training import compute_training, read_training, recipe_keys, write_training  # noqa: E402
 
 TINY = {  # card -> what it trains (weights are committed, so training need not be bit-reproducible elsewhere)
     "digits-cnn": {"task": "classifier", "architecture": {"name": "small-cnn", "kwargs": {"input_size": 8}},
@@ -76,12 +80,32 @@ def record_platform(family: str) -> None:
         new = compute(family, Path(results))
     if old is None or differences(old["implementation"], new["implementation"], ("recorded", "now")):
         sys.exit(f"{family}: its implementation identity changed: record it whole (without --platform)")
+    _beside(old, {"rows": new["rows"], "calls": new["calls"]}, family)
+    write(old)
+
+
+def record_recipe(key: str, platform: bool) -> None:
+    """A recipe's training fingerprint, whole or (``platform``) this machine's beside the recorded one."""
+    old = read_training(key)
+    with tempfile.TemporaryDirectory() as work:
+        new = compute_training(key, Path(work))
+    if platform:
+        if old is None or old["training_hash"] != new["training_hash"]:
+            sys.exit(f"recipe {key}: its training hash changed: record it whole (without --platform)")
+        _beside(old, {"weights": new["weights"], "history": new["history"]}, f"recipe {key}")
+        write_training(old)
+        return
+    write_training(new)
+    was = "new" if old is None else f"was revision {old['revisions']['recipe']}"
+    print(f"recipe {key}: recorded at revision {new['revisions']['recipe']} ({was})")
+
+
+def _beside(old: dict, outputs: dict, name: str) -> None:
     here = platform_signature()
     if here == old.get("platform"):
-        sys.exit(f"{family}: this machine ({here}) recorded it: a difference here is a change of code")
-    old.setdefault("platforms", {})[here] = {"rows": new["rows"], "calls": new["calls"]}
-    write(old)
-    print(f"{family}: recorded this machine's outputs (platform {here}) beside those of {old.get('platform')}")
+        sys.exit(f"{name}: this machine ({here}) recorded it: a difference here is a change of code")
+    old.setdefault("platforms", {})[here] = outputs
+    print(f"{name}: recorded this machine's outputs (platform {here}) beside those of {old.get('platform')}")
 
 
 def main() -> None:
@@ -92,9 +116,13 @@ def main() -> None:
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--models", action="store_true")
     parser.add_argument("--platform", action="store_true")
+    parser.add_argument("--recipe", action="append", default=[], metavar="KEY")
+    parser.add_argument("--recipes", action="store_true")
     args = parser.parse_args()
     if args.models:
         make_models()
+    for key in recipe_keys() if args.recipes else args.recipe:
+        record_recipe(key, args.platform)
     if args.platform:
         for family in args.families:
             record_platform(family)

@@ -138,6 +138,19 @@ def test_a_provae_schedule_longer_than_training_is_refused(tmp_path):
         load_model_card(write_card(tmp_path, recipe={**TINY["recipe"], "params": params})).make_recipe()
 
 
+def test_provae_on_a_model_its_certificate_cannot_bound_is_a_clear_error(tmp_path):
+    """A lipschitz-vae has no conv-vae encoder and heads for the certified ELBO: `bench train` says so at the first
+    batch, where it raised an AttributeError before."""
+    from bench.errors import CardError
+
+    arch = {"name": "lipschitz-vae", "kwargs": {"channels": 1, "side": 8, "latent": 4, "hidden": 16}}
+    params = {**TINY["recipe"]["params"], "epochs": 1, "objective": "provae", "eps": 0.02}
+    path = write_card(tmp_path, architecture=arch, recipe={**TINY["recipe"], "params": params})
+    with pytest.raises(CardError, match="provae trains on the certified ELBO, which bounds conv-vae models, not "
+                                        "LipschitzVAE"):
+        bench.train(path, results=tmp_path / "results")
+
+
 def test_the_provae_schedule_holds_its_radius_and_says_what_it_effectively_trains_at():
     from bench.families.vae_robustness.recipe import VAEParams, VAETraining, lr_weighted, provae_schedule
 

@@ -76,6 +76,12 @@ def certified_elbo(model: nn.Module, x: Tensor, eps: float, bound: Bound = "crow
     return outward(value, value, x.dtype)[0]
 
 
+def certifiable(model: nn.Module) -> bool:
+    """Whether ``elbo_lower_bound`` can bound the model: a conv-vae's encoder, heads and decoder (a lipschitz-vae
+    has its own certificate, its margins)."""
+    return all(hasattr(model, name) for name in ("encoder", "heads", "decoder", "noise", "likelihood"))
+
+
 def elbo_lower_bound(model: nn.Module, x: Tensor, eps: float, noise: Tensor, bound: Bound = "ibp") -> Tensor:
     """The bound for the noise vectors ``noise`` (K, latent), computed in x's dtype (CROWN: float64), sound in
     float64. proVAE trains on it with IBP in float32 (an approximation), differentiable in the parameters."""
@@ -187,7 +193,7 @@ class VAECertifiedELBO(Threat):
     revision = 2  # 2: bound (crown by default), IBP's rounding slack that holds under cancellation
 
     def unsupported(self, model: nn.Module) -> NotApplicable | None:
-        if not all(hasattr(model, name) for name in ("encoder", "heads", "decoder", "noise", "likelihood")):
+        if not certifiable(model):
             return NotApplicable("is not a conv-vae; the certified ELBO bounds conv-vae models",
                                  "use an architecture: conv-vae card (vae-lipschitz-margin certifies a lipschitz-vae)")
         return not_a_vae(model)

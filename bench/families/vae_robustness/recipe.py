@@ -25,6 +25,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from bench.errors import CardError
 from bench.families.vae_robustness.vae import gaussian_kl
 from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams
 
@@ -103,8 +104,11 @@ class VAETraining(Recipe):
     def _provae(self, model: nn.Module, batch: Batch, elbo: Tensor) -> Tensor:
         """-(kappa * ELBO + (1 - kappa) * certified ELBO at eps_t), after ``warmup`` and ramped over ``ramp``;
         the certificate uses one fresh noise vector per step."""
-        from bench.families.vae_robustness.certified import elbo_lower_bound
+        from bench.families.vae_robustness.certified import certifiable, elbo_lower_bound
 
+        if not certifiable(model):
+            raise CardError(f"objective: provae trains on the certified ELBO, which bounds conv-vae models, not "
+                            f"{type(model).__name__}", "use an architecture: conv-vae card for proVAE")
         kappa, eps = provae_schedule(self.params, batch.progress)
         noise = torch.randn(1, model.latent, generator=batch.gen).to(batch.x.device)
         robust = elbo_lower_bound(model, batch.x, eps, noise).mean()
