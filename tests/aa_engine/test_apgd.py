@@ -45,7 +45,10 @@ def test_checkpoints_fall_where_the_official_loop_checks(n_iter):
 @pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
 def test_one_run_follows_the_official_trajectory_from_the_same_start(digits_model, points, norm, loss):
     """Same start, same model: the official ``attack_single_run`` and ours end at the same best point and fool
-    the same points (every point runs to the end on both sides: ``counts=False``)."""
+    the same points (every point runs to the end on both sides: ``counts=False``). L-inf is the official's
+    arithmetic, so bit for bit. L2 and L1 differ in the last bits from the first step (L1: our projection is exact,
+    in float64; the official's float32 one is not), and L1's sparse steps (the top coordinates of |gradient|) carry
+    a few rows elsewhere: on these 93 digits 4-5 at 30 iterations, on 1 or 2 threads, the same on both."""
     x, y = points
     eps = RADII[norm]
     keys = rng.point_keys(0, torch.arange(len(x)), "start")
@@ -60,8 +63,11 @@ def test_one_run_follows_the_official_trajectory_from_the_same_start(digits_mode
         best, acc, loss_best, _ = official.attack_single_run(x, y, x_init=x0.clone())
         ours = run(digits_model, x, y, target, x0, norm=norm, eps=eps, n_iter=30, loss=loss, counts=False,
                    continued=norm == "L1")
+    if norm == "Linf":
+        assert torch.equal(ours.best, best)
     same = (ours.best - best).flatten(1).abs().amax(1) < 1e-4
-    assert same.float().mean() >= 0.95, f"{int((~same).sum())} of {len(x)} trajectories differ"
+    least = 0.9 if norm == "L1" else 0.95
+    assert same.float().mean() >= least, f"{int((~same).sum())} of {len(x)} trajectories differ"
     assert norms(ours.best - x, norm).max() <= eps * (1 + 1e-4)
 
 
