@@ -275,3 +275,4 @@ def test_every_shipped_weight_file_still_belongs_to_its_card():
              or not name.endswith(f"-{data['training_hash'][:16]}.json")]
     assert not stale, (f"shipped weights no run can use (their card's training hash moved on): {stale}; retrain "
                        "them with `bench train CARD` and ship what it writes in place of the old pair")
+

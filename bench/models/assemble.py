@@ -18,7 +18,7 @@ def skeleton(card: ModelCard) -> nn.Module:
     """The card's architecture with fresh weights (the card schema guarantees an architecture here)."""
     arch = card.architecture
     assert arch is not None
-    return build_arch(arch.name, arch.kwargs, f"model card {card.id}")
+    return build_arch(arch.name, arch.kwargs, f"model card {card.id}", card.task)
 
 
 def wrap(card: ModelCard, net: nn.Module) -> nn.Module:

@@ -173,10 +173,15 @@ class ModelCard(CardSchema):
 
     @cached_property
     def _recipe(self) -> Recipe:
-        from bench.recipes.base import make_recipe
+        from bench.recipes.base import make_recipe, recipes_for
 
-        return make_recipe(self.recipe.name, self.recipe.params, f"model card {self.id}",
-                           context={"source_dir": self.source_dir})
+        recipe = make_recipe(self.recipe.name, self.recipe.params, f"model card {self.id}",
+                             context={"source_dir": self.source_dir})
+        if self.task not in recipe.tasks:  # else training fails deep inside the loop, or trains nonsense
+            raise CardError(f"model card {self.id}: recipe {self.recipe.name} trains {' or '.join(recipe.tasks)} "
+                            f"models, not {self.task} ones",
+                            f"a {self.task} card takes one of: {', '.join(recipes_for(self.task)) or 'none'}")
+        return recipe
 
     def _dump(self, include: set[str] | None = None) -> dict[str, Any]:
         """The card as data without prose, plus its architecture's revision and its recipe's validated

@@ -133,6 +133,7 @@ class Recipe:
 
     Params: ClassVar[type[RecipeParams]] = RecipeParams
     revision: ClassVar[int] = 0
+    tasks: ClassVar[tuple[str, ...]] = ("classifier",)  # the tasks whose models it trains (checked on the card)
 
     def __init__(self, params: RecipeParams):
         self.params = params
@@ -210,6 +211,11 @@ class Recipe:
 
 
 RECIPES: Registry[type[Recipe]] = Registry("recipe", providers=("bench.recipes.standard",))
+
+
+def recipes_for(task: str) -> list[str]:
+    """The recipes that train models of ``task``."""
+    return [name for name in RECIPES.names() if task in RECIPES.get(name).tasks]
 
 
 def make_recipe(name: str, params: dict, where: str, context: dict | None = None) -> Recipe:

@@ -1,6 +1,7 @@
 """Trust under hostile input for the training recipes: every robust-training recipe has a cheap card in the
 catalogue, its trained model goes through the hostile models like any other card (a clear error, never a number),
-and a recipe card with impossible params is refused by `bench train` with the field named, never a traceback."""
+and a recipe card with impossible params, or with a recipe or an architecture of another task, is refused by
+`bench train` with the field named, never a traceback."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,3 +83,44 @@ def test_impossible_recipe_params_are_refused_by_train(tmp_path, recipe, params,
     result = CliRunner().invoke(app, ["train", str(card)])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert message in result.output
+
+
+def _fingerprint_card(recipe: str) -> dict:
+    """The recipe's tiny fingerprint card (valid params for it), references made absolute."""
+    folder = Path(__file__).resolve().parents[1] / "fingerprints" / "recipes"
+    card = yaml.safe_load((folder / f"{recipe}.yaml").read_text())
+    params = card["recipe"]["params"]
+    for key in ("cvae", "classifier"):
+        if key in params:
+            params[key] = str((folder / params[key]).resolve())
+    base = yaml.safe_load((folder / card.pop("include")).read_text()) if "include" in card else {}
+    return {**base, **card}
+
+
+def test_every_recipe_and_architecture_on_a_card_of_another_task_is_refused_naming_what_fits(tmp_path):
+    """A recipe or an architecture of another task failed deep inside the training loop with a traceback (or, for
+    some pairs, trained something meaningless): the card is refused before anything is built, naming the part
+    that does not fit and what would."""
+    from bench.models.archs import ARCHITECTURES, TASK_OF
+    from bench.recipes.base import RECIPES, recipes_for
+
+    def refused(card: dict, says: str) -> None:
+        path = tmp_path / f"{card['id']}.yaml"
+        path.write_text(yaml.safe_dump(card))
+        out = CliRunner().invoke(app, ["train", str(path)])
+        assert out.exit_code == 2 and says in " ".join(out.output.split()), out.output
+        assert "takes one of" in out.output and "Traceback" not in out.output
+
+    architectures = ARCHITECTURES.names()  # every family's imported: their architectures' tasks are known
+    tasks = sorted({TASK_OF[name] for name in architectures})
+    assert tasks == ["classifier", "generative", "perturbation-set", "translator"]
+    for recipe in RECIPES.names():
+        own = RECIPES.get(recipe).tasks
+        for task in (t for t in tasks if t not in own):
+            card = {**_fingerprint_card(recipe), "id": f"misfit-{recipe}-{task}", "task": task}
+            refused(card, f"recipe {recipe} trains {' or '.join(own)} models, not {task} ones")
+    for name in architectures:
+        for task in (t for t in tasks if t != TASK_OF[name]):
+            card = {**_fingerprint_card(recipes_for(task)[0]), "id": f"misfit-{name}-{task}", "task": task,
+                    "architecture": {"name": name, "kwargs": {}}}
+            refused(card, f"architecture {name} makes {TASK_OF[name]} models, not {task} ones")

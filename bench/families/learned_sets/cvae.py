@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from bench.families.learned_sets.pairs import affine_warp
 from bench.models.archs import architecture
 
+TASK = "perturbation-set"  # what a CVAE model is: a learned perturbation set
+
 LOGVAR_MIN, LOGVAR_MAX = math.log(1e-3), math.log(10.0)
 
 
@@ -215,6 +217,6 @@ def rectangle_cvae(channels: int = 3, side: int = 32, latent: int = 64, blocks: 
 
 
 # revision 1: the STN generator no longer feeds a z-map to its blend (weights of revision 0 do not load)
-architecture("cvae-stn", revision=1)(lambda **kw: small_cvae("stn", **kw))
-architecture("cvae-conv")(lambda **kw: small_cvae("conv", **kw))
-architecture("cvae-rectangle")(rectangle_cvae)
+architecture("cvae-stn", revision=1, task=TASK)(lambda **kw: small_cvae("stn", **kw))
+architecture("cvae-conv", task=TASK)(lambda **kw: small_cvae("conv", **kw))
+architecture("cvae-rectangle", task=TASK)(rectangle_cvae)

@@ -22,7 +22,7 @@ from bench.families.learned_sets.latent_apgd import latent_apgd
 from bench.families.learned_sets.latent_pgd import latent_pgd
 from bench.ops.draws import PointDraws
 from bench.families.learned_sets.pairs import Pairs
-from bench.families.learned_sets.sets import CVAERef, Radius, load_cvae, resolve_radius
+from bench.families.learned_sets.sets import TASK, CVAERef, Radius, load_cvae, resolve_radius
 from bench.params import Samples, Steps
 from bench.recipes.base import RECIPES, Batch, Recipe, RecipeParams, Schedule
 
@@ -37,6 +37,7 @@ class CVAEParams(RecipeParams):
 @RECIPES.register("cvae")
 class CVAETraining(Recipe):
     Params = CVAEParams
+    tasks = (TASK,)
 
     @property
     def reserved(self) -> int:

@@ -19,12 +19,11 @@ from pydantic import AfterValidator
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError, CardError
-from bench.families.learned_sets.cvae import CVAE
+from bench.families.learned_sets.cvae import CVAE, TASK
 from bench.files import atomic_write
 from bench.models.card import ModelCard, load_model_card, model_ref
 from bench.tasks import TASKS, Task
 
-TASK = "perturbation-set"
 EPS_SPEC = re.compile(r"^(p(\d{1,2}(\.\d+)?)|max|mean)$")
 EPS_HELP = "a positive number, or a percentile of the set's latent statistics: p50, p75, p99.9, max or mean"
 

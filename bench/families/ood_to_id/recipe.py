@@ -59,6 +59,7 @@ class TranslatorParams(RecipeParams):
 @RECIPES.register("ood2id-translator")
 class TranslatorTraining(Recipe):
     Params = TranslatorParams
+    tasks = ("translator",)
     params: TranslatorParams
 
     def prepare(self, *, device: torch.device, data_root: str | None) -> None:

@@ -90,6 +90,6 @@ class ResidualUNet(nn.Module):
         return (x + self.out(u1)).clamp(0, 1)
 
 
-@architecture("residual-unet")
+@architecture("residual-unet", task="translator")
 def residual_unet(channels: int = 1, width: int = 16) -> nn.Module:
     return ResidualUNet(channels, width)

@@ -71,7 +71,7 @@ class LipschitzVAE(VAEMixin, nn.Module):
                 "c": self.sigma_max / 4 * body * _operator_norm(self.std_head)}
 
 
-@architecture("lipschitz-vae")
+@architecture("lipschitz-vae", task="generative")
 def lipschitz_vae(channels: int = 1, side: int = 28, latent: int = 8, hidden: int = 256, sigma_max: float = 1.0,
                   samples: int = 8, gain: float = 1.0) -> nn.Module:
     if not (math.isfinite(gain) and gain > 0):

@@ -85,6 +85,7 @@ def lr_weighted(recipe: Recipe, points: int = 10_000) -> dict[str, float]:
 @RECIPES.register("vae")
 class VAETraining(Recipe):
     Params = VAEParams
+    tasks = ("generative",)
     params: VAEParams
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:

@@ -96,7 +96,7 @@ class ConvVAE(VAEMixin, nn.Module):
         return self.decoder(z)
 
 
-@architecture("conv-vae")
+@architecture("conv-vae", task="generative")
 def conv_vae(channels: int = 1, side: int = 28, latent: int = 16, width: int = 32, likelihood: str = "bernoulli",
              sigma: float = 0.1, samples: int = 8) -> nn.Module:
     if likelihood not in ("bernoulli", "gaussian"):

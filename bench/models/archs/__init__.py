@@ -16,14 +16,17 @@ Builder = Callable[..., nn.Module]
 ARCHITECTURES: Registry[Builder] = Registry("architecture", providers=("bench.models.archs.small",
                                                                        "bench.models.archs.resnets"))
 REVISIONS: dict[str, int] = {}
+TASK_OF: dict[str, str] = {}
 
 
-def architecture(name: str, revision: int = 0) -> Callable[[Builder], Builder]:
+def architecture(name: str, revision: int = 0, task: str = "classifier") -> Callable[[Builder], Builder]:
     """Register a builder. ``revision`` counts changes to what it makes; it is part of every training
-    hash that uses the architecture, so weights trained by an older revision never load into a newer one."""
+    hash that uses the architecture, so weights trained by an older revision never load into a newer one.
+    ``task``: what its models are (a card of another task is refused before anything is built or trained)."""
     def wrap(fn: Builder) -> Builder:
         ARCHITECTURES.register(name, fn)
         REVISIONS[name] = revision
+        TASK_OF[name] = task
         return fn
 
     return wrap
@@ -37,8 +40,15 @@ def revision(name: str) -> int:
     return REVISIONS.get(name, 0)
 
 
-def build(name: str, kwargs: dict, where: str) -> nn.Module:
+def build(name: str, kwargs: dict, where: str, task: str | None = None) -> nn.Module:
+    """The architecture's model; for a card of ``task``, only an architecture of that task (else its model fails
+    deep inside training or a run, with a traceback)."""
     builder = ARCHITECTURES.get(name, where)
+    makes = TASK_OF.get(name, "classifier")  # registered without architecture(): a classifier, as before tasks
+    if task is not None and makes != task:
+        fitting = [other for other in ARCHITECTURES.names() if TASK_OF.get(other, "classifier") == task]
+        raise CardError(f"{where}: architecture {name} makes {makes} models, not {task} ones",
+                        f"a {task} card takes one of: {', '.join(fitting) or 'none'}; or give it task: {makes}")
     try:
         return builder(**kwargs)
     except TypeError as err:
