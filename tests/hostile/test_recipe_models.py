@@ -112,6 +112,7 @@ def test_every_recipe_and_architecture_on_a_card_of_another_task_is_refused_nami
         assert "takes one of" in out.output and "Traceback" not in out.output
 
     architectures = ARCHITECTURES.names()  # every family's imported: their architectures' tasks are known
+    assert set(architectures) <= set(TASK_OF), "every architecture bench ships says its task: architecture(task=)"
     tasks = sorted({TASK_OF[name] for name in architectures})
     assert tasks == ["classifier", "generative", "perturbation-set", "translator"]
     for recipe in RECIPES.names():

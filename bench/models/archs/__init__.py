@@ -19,14 +19,16 @@ REVISIONS: dict[str, int] = {}
 TASK_OF: dict[str, str] = {}
 
 
-def architecture(name: str, revision: int = 0, task: str = "classifier") -> Callable[[Builder], Builder]:
+def architecture(name: str, revision: int = 0, task: str | None = None) -> Callable[[Builder], Builder]:
     """Register a builder. ``revision`` counts changes to what it makes; it is part of every training
     hash that uses the architecture, so weights trained by an older revision never load into a newer one.
-    ``task``: what its models are (a card of another task is refused before anything is built or trained)."""
+    ``task``: what its models are (a card of another task is refused before anything is built or trained);
+    every architecture bench ships says it, one registered without it serves any task, as before."""
     def wrap(fn: Builder) -> Builder:
         ARCHITECTURES.register(name, fn)
         REVISIONS[name] = revision
-        TASK_OF[name] = task
+        if task is not None:
+            TASK_OF[name] = task
         return fn
 
     return wrap
@@ -44,9 +46,9 @@ def build(name: str, kwargs: dict, where: str, task: str | None = None) -> nn.Mo
     """The architecture's model; for a card of ``task``, only an architecture of that task (else its model fails
     deep inside training or a run, with a traceback)."""
     builder = ARCHITECTURES.get(name, where)
-    makes = TASK_OF.get(name, "classifier")  # registered without architecture(): a classifier, as before tasks
-    if task is not None and makes != task:
-        fitting = [other for other in ARCHITECTURES.names() if TASK_OF.get(other, "classifier") == task]
+    makes = TASK_OF.get(name)
+    if task is not None and makes is not None and makes != task:
+        fitting = [other for other in ARCHITECTURES.names() if TASK_OF.get(other) == task]
         raise CardError(f"{where}: architecture {name} makes {makes} models, not {task} ones",
                         f"a {task} card takes one of: {', '.join(fitting) or 'none'}; or give it task: {makes}")
     try:

@@ -113,17 +113,17 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-@architecture("resnet18")
+@architecture("resnet18", task="classifier")
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, preact=False)
 
 
-@architecture("resnet50")
+@architecture("resnet50", task="classifier")
 def resnet50(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, preact=False)
 
 
-@architecture("preact-resnet18")
+@architecture("preact-resnet18", task="classifier")
 def preact_resnet18(num_classes: int = 10, in_channels: int = 3, final_bn: bool = True,
                     activated_shortcut: bool = True) -> nn.Module:
     """The defaults are the usual CIFAR PreAct ResNet-18; ``final_bn: false, activated_shortcut: false`` is
@@ -186,6 +186,6 @@ class WideResNet(nn.Module):
         return self.fc(out)
 
 
-@architecture("wrn")
+@architecture("wrn", task="classifier")
 def wide_resnet(depth: int = 28, widen_factor: int = 10, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return WideResNet(depth, widen_factor, num_classes, in_channels)

@@ -6,7 +6,7 @@ from torch import nn
 from bench.models.archs import architecture
 
 
-@architecture("small-cnn")
+@architecture("small-cnn", task="classifier")
 def small_cnn(in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
               width: int = 16, hidden: int = 100) -> nn.Module:
     """Two strided convolutions and two linear layers (the MNIST net of Wong et al., 2020)."""
@@ -19,7 +19,7 @@ def small_cnn(in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
     )
 
 
-@architecture("lenet")
+@architecture("lenet", task="classifier")
 def lenet(in_channels: int = 1, input_size: int = 28, num_classes: int = 10) -> nn.Module:
     """LeNet-5 with ReLU and max-pooling."""
     side = ((input_size + 4 - 4) // 2 - 4) // 2
