@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from bench.threats.aa_engine.perf import Measure, Rates, measure
 
 
-def _child(engine: str, card: str, n: int, norm: str, eps: float, version: str, attacks: list[str] | None,
+def _child(engine: str, *, card: str, n: int, norm: str, eps: float, version: str, attacks: list[str] | None,
            device: str, threads: int, repeats: int, batch_size: int | None):
     """One engine measured in its own process (spawned: nothing measured before shares its memory peak)."""
     torch.set_num_threads(threads)
@@ -43,9 +43,10 @@ def perf(card: str, engines: list[str], *, n: int, norm: str, eps: float, versio
     """Each engine in a fresh spawned process, one after the other (never two at once on the same cores), timed
     ``repeats`` times there."""
     context = multiprocessing.get_context("spawn")
+    options = dict(card=card, n=n, norm=norm, eps=eps, version=version, attacks=attacks, device=device,
+                   threads=threads, repeats=repeats, batch_size=batch_size)
     out = []
     for engine in engines:
         with context.Pool(1) as pool:
-            out.append(pool.apply(_child, (engine, card, n, norm, eps, version, attacks, device, threads,
-                                           repeats, batch_size)))
+            out.append(pool.apply(_child, (engine,), options))
     return out
